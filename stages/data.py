@@ -1,0 +1,200 @@
+"""Dataset snapshot: read, validate, checksum and split a text+label file.
+
+Input: CSV/TSV (optionally .gz), JSONL (optionally .gz) or Parquet with a text and a label column,
+optionally an id column and a `split` column (train/validation/test) for pre-split data.
+Output: one Parquet file per split plus `snapshot.json` under `out_dir`. The dataset version is
+derived from the file's SHA-256, so the same bytes always give the same version and split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from stages.config import DataConfig, TaskConfig
+from stages.errors import DatasetError
+
+SPLITS = ("train", "validation", "test")
+MIN_ROWS_PER_SPLIT = 2
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split in memory: parallel lists of ids, texts and label indices."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    sha256: str
+    source: str
+    n_rows: int
+    label_counts: dict[str, int]
+    split_counts: dict[str, int]
+    split_label_counts: dict[str, dict[str, int]]
+    directory: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DatasetError(
+            path, f"bytes {raw[err.start:err.end]!r} at line {line} are not valid UTF-8; re-save the file as UTF-8"
+        ) from None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        try:
+            return pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for a corrupt file
+            raise DatasetError(path, f"cannot read Parquet: {err}") from None
+    raw = path.read_bytes()
+    if name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DatasetError(path, f"cannot gunzip: {err}") from None
+        name = name[:-3]
+    text = _decode(path, raw)
+    try:
+        if name.endswith((".csv", ".tsv")):
+            sep = "\t" if name.endswith(".tsv") else ","
+            return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        if name.endswith((".jsonl", ".ndjson")):
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise DatasetError(path, f"cannot parse: {err}") from None
+    raise DatasetError(path, "unsupported file type; use .csv, .tsv, .jsonl or .parquet (optionally .gz)")
+
+
+def _validate(path: Path, df: pd.DataFrame, data: DataConfig, task: TaskConfig) -> pd.DataFrame:
+    """Return a frame with columns id, text, label (int), split (or None). Raises DatasetError."""
+    needed = [data.text_column, data.label_column] + ([data.id_column] if data.id_column else [])
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DatasetError(path, f"missing column(s) {missing}; the file has {list(df.columns)}")
+    if data.max_rows is not None:
+        df = df.iloc[: data.max_rows]
+    label_index = {name: i for i, name in enumerate(task.labels)}
+    rows = []
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        text = rec[data.text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(path, f"empty text in column {data.text_column!r}", row=i)
+        label = rec[data.label_column]
+        if isinstance(label, float) and task.type == "classification":
+            raise DatasetError(
+                path, f"label {label!r} is a float; classification needs one of {task.labels}", row=i
+            )
+        key = str(label)
+        if key not in label_index:
+            raise DatasetError(path, f"label {key!r} is not one of the declared classes {task.labels}", row=i)
+        rid = str(rec[data.id_column]) if data.id_column else f"row-{i}"
+        split = rec.get("split")
+        if split is not None and split not in SPLITS:
+            raise DatasetError(path, f"split {split!r} is not one of {list(SPLITS)}", row=i)
+        rows.append((rid, text.strip(), label_index[key], split, i))
+    out = pd.DataFrame(rows, columns=["id", "text", "label", "split", "row"])
+    dup = out[out.duplicated("id", keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]["id"]
+        where = dup[dup["id"] == first]
+        splits = sorted({str(s) for s in where["split"]})
+        across = f" across splits {splits}" if len(splits) > 1 else ""
+        raise DatasetError(
+            path, f"duplicate id {first!r}{across} at rows {where['row'].tolist()}", row=int(where.iloc[1]["row"])
+        )
+    if out["label"].nunique() < 2:
+        raise DatasetError(path, f"every row has the same label {task.labels[int(out['label'].iloc[0])]!r}")
+    return out
+
+
+def _assign_splits(df: pd.DataFrame, data: DataConfig, seed: int) -> pd.DataFrame:
+    """Deterministic split by a salted hash of the text: identical texts share a split."""
+    if df["split"].notna().all():
+        return df
+    u = [int(hashlib.sha256(f"{seed}:{t}".encode()).hexdigest()[:12], 16) / 16**12 for t in df["text"]]
+    test, val = data.test_fraction, data.test_fraction + data.validation_fraction
+    df = df.assign(split=["test" if x < test else "validation" if x < val else "train" for x in u], _u=u)
+    return df.sort_values(["_u", "id"]).drop(columns="_u")
+
+
+def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: Path) -> Snapshot:
+    """Read, validate and split the dataset; write Parquet splits and snapshot.json to out_dir.
+
+    Raises:
+        DatasetError: unreadable file, bad encoding, missing column, empty text, unknown label,
+            duplicate id, a single label, or too few rows for the splits.
+    """
+    path = Path(data.path)
+    if not path.is_file():
+        raise DatasetError(path, "file does not exist")
+    digest = sha256_file(path)
+    df = _assign_splits(_validate(path, _read_table(path), data, task), data, seed)
+    counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
+    short = {s: n for s, n in counts.items() if n < MIN_ROWS_PER_SPLIT}
+    if short:
+        raise DatasetError(
+            path, f"{len(df)} rows give splits {counts}; each split needs >= {MIN_ROWS_PER_SPLIT} rows; add data"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    frames = {s: df[df["split"] == s] for s in SPLITS}
+    frames["calibration"] = frames["train"].head(data.calibration_size)
+    for name, frame in frames.items():
+        target = out_dir / f"{name}.parquet"
+        frame[["id", "text", "label"]].to_parquet(target, index=False)
+        files[name] = target.name
+    names = task.labels
+    snap = Snapshot(
+        version=f"{path.name.split('.')[0]}-{digest[:12]}",
+        sha256=digest,
+        source=str(path),
+        n_rows=len(df),
+        label_counts={names[k]: int(v) for k, v in sorted(Counter(df["label"]).items())},
+        split_counts={**counts, "calibration": len(frames["calibration"])},
+        split_label_counts={
+            s: {names[k]: int(v) for k, v in sorted(Counter(f["label"]).items())} for s, f in frames.items()
+        },
+        directory=str(out_dir),
+        files=files,
+    )
+    (out_dir / "snapshot.json").write_text(snap.to_json())
+    return snap
+
+
+def load_split(snapshot: Snapshot, name: str) -> SplitData:
+    frame = pd.read_parquet(Path(snapshot.directory) / snapshot.files[name])
+    return SplitData(
+        ids=frame["id"].astype(str).tolist(), texts=frame["text"].tolist(), labels=frame["label"].astype(int).tolist()
+    )

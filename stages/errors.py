@@ -1,0 +1,48 @@
+"""One exception class per failure mode. Gates raise; nothing downgrades them to warnings."""
+
+from __future__ import annotations
+
+
+class TrainflowError(Exception):
+    """Base class of every error trainflow raises on purpose."""
+
+
+class ConfigError(TrainflowError):
+    """The run configuration is invalid. Lists every problem at once."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in config {source}:\n{lines}")
+
+
+class DatasetError(TrainflowError):
+    """The dataset file is unreadable or violates the declared schema."""
+
+    def __init__(self, path: object, problem: str, row: int | None = None) -> None:
+        self.path = str(path)
+        self.row = row
+        self.problem = problem
+        where = f"{self.path}, row {row}" if row is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class ModelLoadError(TrainflowError):
+    """The base model cannot be found or loaded."""
+
+
+class ParityError(TrainflowError):
+    """The ONNX model's outputs differ from PyTorch's beyond the configured tolerance."""
+
+
+class QuantizationAccuracyError(TrainflowError):
+    """The INT8 model lost more accuracy than the configured gate allows."""
+
+
+class PackageVerificationError(TrainflowError):
+    """A deployment package's files do not match its SHA256SUMS manifest."""
+
+
+class PublishError(TrainflowError):
+    """A deployment package cannot be written (e.g. the version already exists)."""

@@ -1,0 +1,269 @@
+"""The flow's steps as plain functions: each takes typed inputs and returns a small result, so
+the Metaflow flow only moves data and every step runs (and is tested) without Metaflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from stages.config import RunConfig
+from stages.data import Snapshot, load_split, snapshot_dataset
+from stages.export import export_onnx
+from stages.hpo import TrialRecord, best_trial, open_study, trial_records
+from stages.modeling import checksum_model_dir, load_model, majority_baseline, read_head, resolve_base_model
+from stages.publish import PackageResult, git_commit, package_versions, publish_package
+from stages.quantize import QuantizeResult, quantize_and_gate
+from stages.records import write_records
+from stages.verify import ParityResult, check_parity
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run keeps its files and its study; fixed in `start` and unchanged on resume."""
+
+    run_key: str
+    run_dir: str
+    storage: str
+    study_name: str
+    snapshot: Snapshot
+    started_at: float
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
+    """Snapshot and split the data, create the Optuna study. Raises DatasetError on bad data."""
+    run_dir = (Path(cfg.publish.run_root) / cfg.name / run_key).resolve()
+    snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / "data")
+    storage = cfg.hpo.storage or str(run_dir / "optuna.journal")
+    study_name = f"{cfg.name}-{run_key}"
+    open_study(cfg, storage, study_name)
+    log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
+    return RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
+
+
+def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[TrialRecord]]:
+    """The best complete trial and all trial records. Raises ValueError if no trial completed."""
+    study = open_study(cfg, ctx.storage, ctx.study_name)
+    records = trial_records(study)
+    try:
+        best = best_trial(study)
+    except ValueError:
+        states = {r.number: r.state for r in records}
+        raise ValueError(f"no trial of study {ctx.study_name} completed (states: {states})") from None
+    return best, records
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    onnx_dir: str
+    onnx_path: str
+    opset: int
+    inputs: list[str]
+    parity: ParityResult
+
+
+def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> ExportOutcome:
+    """ONNX export, then the parity gate on held-out test samples (raises ParityError)."""
+    onnx_dir = ctx.path / "onnx"
+    result = export_onnx(model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export)
+    test = load_split(ctx.snapshot, "test")
+    parity = check_parity(
+        model_dir=Path(model_dir),
+        onnx_path=Path(result.onnx_path),
+        texts=test.texts[: cfg.export.parity_samples],
+        max_length=cfg.model.max_length,
+        atol=cfg.export.parity_atol,
+    )
+    return ExportOutcome(str(onnx_dir), result.onnx_path, result.opset, result.inputs, parity)
+
+
+def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> QuantizeResult:
+    """INT8 static quantization and the accuracy gate (raises QuantizationAccuracyError)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(exported.onnx_dir)
+    head = read_head(Path(exported.onnx_dir))
+    return quantize_and_gate(
+        fp32_path=Path(exported.onnx_path),
+        tokenizer=tokenizer,
+        task=cfg.task.type,
+        n_classes=len(cfg.task.labels),
+        cutpoints=head["cutpoints"],
+        calibration=load_split(ctx.snapshot, "calibration"),
+        test=load_split(ctx.snapshot, "test"),
+        max_length=cfg.model.max_length,
+        q=cfg.quantize,
+    )
+
+
+def build_metadata(
+    *,
+    cfg: RunConfig,
+    ctx: RunContext,
+    best: TrialRecord,
+    records: list[TrialRecord],
+    exported: ExportOutcome,
+    quant: QuantizeResult,
+    pathspec: str,
+) -> dict[str, Any]:
+    head = read_head(Path(exported.onnx_dir))
+    base_dir = resolve_base_model(cfg.model.base)
+    snap = ctx.snapshot
+    baseline = majority_baseline(
+        cfg.task.type, load_split(snap, "train").labels, load_split(snap, "test").labels, len(cfg.task.labels)
+    )
+    model, _ = load_model(Path(best.model_dir or ""))
+    n_params = sum(p.numel() for p in model.parameters())
+    output = (
+        "logits: [batch, 1] scalar score s; P(y <= k) = sigmoid(cutpoints[k] - s); class = #(cutpoints < s)"
+        if cfg.task.type == "ordinal"
+        else f"logits: [batch, {len(cfg.task.labels)}]; class = argmax"
+    )
+    return {
+        "model_name": cfg.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": cfg.task.type,
+        "label_map": {str(i): name for i, name in enumerate(cfg.task.labels)},
+        "cutpoints": head["cutpoints"],
+        "onnx": {
+            "opset": exported.opset,
+            "inputs": exported.inputs,
+            "output": output,
+            "max_length": cfg.model.max_length,
+            "session_options": {"intra_op_num_threads": 0, "graph_optimization_level": "ORT_ENABLE_ALL"},
+        },
+        "base_model": {
+            "name": cfg.model.base,
+            "sha256": checksum_model_dir(base_dir) if Path(base_dir).is_dir() else None,
+            "parameters": n_params,
+        },
+        "hyperparameters": {**best.params, **cfg.train.model_dump(), "frozen_layers": cfg.model.frozen_layers},
+        "hpo": {
+            "metric": cfg.hpo.metric,
+            "direction": cfg.hpo.direction,
+            "best_trial": best.number,
+            "n_trials": len(records),
+            "states": {r.state: sum(x.state == r.state for x in records) for r in records},
+        },
+        "metrics": {
+            "validation": best.metrics,
+            "test_fp32_onnx": quant.fp32_metrics,
+            "test_int8_onnx": quant.int8_metrics,
+            "test_majority_baseline": baseline,
+            "int8_accuracy_drop": quant.accuracy_drop,
+            "parity": asdict(exported.parity),
+            "latency_batch1_fp32": quant.fp32_latency,
+            "latency_batch1_int8": quant.int8_latency,
+            "size_bytes": {"fp32": quant.fp32_size_bytes, "int8": quant.int8_size_bytes},
+        },
+        "quantization": {**quant.recipe, "node_counts": quant.node_counts},
+        "dataset": {
+            "version": snap.version,
+            "sha256": snap.sha256,
+            "source": snap.source,
+            "rows": snap.n_rows,
+            "splits": snap.split_counts,
+            "labels": snap.label_counts,
+        },
+        "lineage": {
+            "dataset_sha256": snap.sha256,
+            "study": ctx.study_name,
+            "trial": best.number,
+            "trial_model_dir": best.model_dir,
+        },
+        "git_commit": git_commit(ROOT),
+        "metaflow": {"pathspec": pathspec, "run_key": ctx.run_key},
+        "packages": package_versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def publish(
+    *,
+    cfg: RunConfig,
+    ctx: RunContext,
+    best: TrialRecord,
+    records: list[TrialRecord],
+    exported: ExportOutcome,
+    quant: QuantizeResult,
+    pathspec: str,
+    version: str | None = None,
+) -> PackageResult:
+    """Write the package atomically and the run/trial/package Parquet records."""
+    meta = build_metadata(
+        cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
+    )
+    version = version or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{ctx.run_key}"
+    root = Path(cfg.publish.artifact_root)
+    package = publish_package(
+        artifact_root=root,
+        model_name=cfg.name,
+        version=version,
+        sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
+        metadata=meta,
+    )
+    key = f"{cfg.name}-{ctx.run_key}"
+    write_records(
+        root,
+        "trials",
+        key,
+        [{"run_key": ctx.run_key, "model_name": cfg.name, "task": cfg.task.type, **r.to_dict()} for r in records],
+    )
+    m = meta["metrics"]
+    write_records(
+        root,
+        "packages",
+        f"{cfg.name}-{version}",
+        [
+            {
+                "model_name": cfg.name,
+                "version": version,
+                "path": package.path,
+                "task": cfg.task.type,
+                "dataset_version": ctx.snapshot.version,
+                "metric": cfg.hpo.metric,
+                "val_metric": best.value,
+                "test_accuracy": m["test_fp32_onnx"]["accuracy"],
+                "int8_accuracy": m["test_int8_onnx"]["accuracy"],
+                "int8_accuracy_drop": quant.accuracy_drop,
+                "majority_baseline_accuracy": m["test_majority_baseline"]["accuracy"],
+                "parity_max_abs_diff": exported.parity.max_abs_diff,
+                "n_trials": len(records),
+                "git_commit": meta["git_commit"],
+                "pathspec": pathspec,
+                "created_at": meta["created_at"],
+            }
+        ],
+    )
+    write_records(
+        root,
+        "runs",
+        key,
+        [
+            {
+                "run_key": ctx.run_key,
+                "model_name": cfg.name,
+                "pathspec": pathspec,
+                "status": "published",
+                "started_at": datetime.fromtimestamp(ctx.started_at, timezone.utc).isoformat(timespec="seconds"),
+                "duration_s": time.time() - ctx.started_at,
+                "dataset_version": ctx.snapshot.version,
+                "package_version": version,
+                "best_trial": best.number,
+                "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+            }
+        ],
+    )
+    return package

@@ -1,0 +1,372 @@
+"""Fine-tune one trial: a plain, resumable training loop (no metaflow, no optuna).
+
+Resume is exact on CPU: a checkpoint holds the model, optimizer, LR scheduler, the Python /
+NumPy / torch RNG states and the step; the batch order is a pure function of (seed, step), so
+the data position needs no extra state. Checkpoint folders carry a `meta.json` with the SHA-256
+of each file; a folder that fails the check (half-written, truncated) is skipped with a warning.
+
+Callers wire the outside world in through callbacks:
+  on_checkpoint(folder)      after each checkpoint is complete on disk (e.g. metaflow's save)
+  on_eval(step, metrics)     after each validation pass (may raise to stop, e.g. pruning)
+  log(step, values)          per-step scalars (e.g. W&B)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from stages.config import RunConfig
+from stages.data import SplitData
+from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    batch_size: int
+    max_steps: int
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    best_step: int
+    model_dir: str
+    steps_run: int
+    resumed_from_step: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the batch at `step`: epoch e is a seeded permutation of range(n)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[pos * batch_size : (pos + 1) * batch_size].tolist()
+
+
+def collate(encoded: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence in the batch, not to max_length."""
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def encode(tokenizer: object, texts: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: TextModel, encoded: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    model.train(False)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length-sorted: little padding
+    out: list[np.ndarray] = [np.empty(0)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = model.logits(collate([encoded[i] for i in idx], pad_id, device)).float().cpu().numpy()
+        for i, row in zip(idx, logits):
+            out[i] = row
+    return np.stack(out)
+
+
+def evaluate(
+    model: TextModel, encoded: list[list[int]], labels: list[int], pad_id: int, device: torch.device
+) -> dict[str, float]:
+    logits = predict_logits(model, encoded, pad_id, device)
+    cut = model.cutpoint_values()
+    preds = predict_classes(model.task, logits, None if cut is None else np.asarray(cut))
+    metrics = compute_metrics(model.task, np.asarray(labels), preds, len(model.labels))
+    with torch.no_grad():
+        t_logits = torch.from_numpy(logits).to(device)
+        metrics["loss"] = float(model.loss(t_logits, torch.tensor(labels, device=device)))
+    return metrics
+
+
+def param_groups(model: TextModel, hparams: Hyperparams, head_multiplier: float) -> list[dict]:
+    """Backbone and new head (pooler, classifier, cutpoints) as separate groups: the freshly
+    initialised head learns `head_multiplier` times faster; biases and norms get no decay."""
+    head_ids = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": hparams.learning_rate * (head_multiplier if is_head else 1.0),
+            "weight_decay": hparams.weight_decay if decays else 0.0,
+        }
+        for (is_head, decays), params in sorted(groups.items())
+    ]
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return fn
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; the old one is removed only afterwards."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    model: TextModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    extra: dict,
+) -> None:
+    """Write a complete checkpoint to `folder` atomically (temp folder, then rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+    np_state = np.random.get_state()
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_python": random.getstate(),
+            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / STATE_FILE,
+    )
+    meta = {
+        "step": step,
+        **extra,
+        "torch": torch.__version__,
+        "files": {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)},
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    _atomic_replace_dir(tmp, folder)
+
+
+def read_checkpoint_meta(folder: Path | None) -> dict | None:
+    """Return meta.json of a complete, intact checkpoint, or None (with a warning) otherwise."""
+    if folder is None or not (folder / META_FILE).is_file():
+        return None
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+        for name, digest in meta["files"].items():
+            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+                log.warning("checkpoint %s: %s is missing or corrupt; ignoring this checkpoint", folder, name)
+                return None
+    except (json.JSONDecodeError, KeyError, OSError) as err:
+        log.warning("checkpoint %s: unreadable meta.json (%s); ignoring this checkpoint", folder, err)
+        return None
+    return meta
+
+
+def _restore(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer, scheduler: object) -> None:
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    # weights_only=True: only tensors and plain containers are unpickled.
+    state = torch.load(folder / STATE_FILE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])  # type: ignore[attr-defined]
+    random.setstate(_as_tuple(state["rng_python"]))
+    kind, keys, *rest = state["rng_numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def _as_tuple(x: object) -> object:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def train_model(
+    *,
+    cfg: RunConfig,
+    hparams: Hyperparams,
+    train: SplitData,
+    validation: SplitData,
+    out_dir: Path,
+    seed: int,
+    resume_dir: Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    log_values: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after_step: int | None = None,
+    checkpoint_tags: dict | None = None,
+) -> TrainResult:
+    """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`.
+
+    Resumes from `resume_dir` when it holds an intact checkpoint (the architecture and all
+    training state come from the checkpoint; `hparams` must be the trial's own). Checkpoints go
+    to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps. `stop_after_step` ends the
+    loop early (used to simulate interruption in tests).
+
+    Returns:
+        TrainResult with the best validation metrics and where the best model is.
+    Raises:
+        ModelLoadError: the base model cannot be loaded. Anything `on_eval` raises propagates.
+    """
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    device = pick_device(cfg.train.device)
+    seed_everything(seed)
+    model = build_model(
+        task=cfg.task.type,
+        labels=cfg.task.labels,
+        base=cfg.model.base,
+        freeze_embeddings=cfg.model.freeze_embeddings,
+        frozen_layers=cfg.model.frozen_layers,
+    ).to(device)
+    from stages.modeling import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
+    pad_id = int(tokenizer.pad_token_id or 0)
+    train_enc = encode(tokenizer, train.texts, cfg.model.max_length)
+    val_enc = encode(tokenizer, validation.texts, cfg.model.max_length)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate
+    )
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    warmup = int(hparams.warmup_ratio * hparams.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps))
+
+    ckpt_dir = out_dir / "checkpoint"
+    best_dir = out_dir / "best"
+    step, best_value, best_step, best_metrics = 0, None, -1, {}
+    history: list[dict[str, float]] = []
+    meta = read_checkpoint_meta(resume_dir)
+    if meta is not None and resume_dir is not None:
+        _restore(resume_dir, model, optimizer, scheduler)
+        step, best_value, best_step = meta["step"], meta["best_value"], meta["best_step"]
+        best_metrics, history = meta["best_metrics"], meta["history"]
+        log.info("resumed from %s at step %d (checkpoint wins over fresh init)", resume_dir, step)
+    resumed_from = step
+
+    metric, sign = cfg.hpo.metric, (1 if cfg.hpo.direction == "maximize" else -1)
+    while step < hparams.max_steps:
+        model.train(True)
+        idx = batch_indices(step, len(train_enc), hparams.batch_size, seed)
+        batch = collate([train_enc[i] for i in idx], pad_id, device)
+        labels = torch.tensor([train.labels[i] for i in idx], device=device)
+        loss = model.loss(model.logits(batch), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if log_values is not None:
+            log_values(step, {"train/loss": float(loss), "train/lr": scheduler.get_last_lr()[0]})
+        if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
+            metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
+            history.append({"step": step, **metrics})
+            if log_values is not None:
+                log_values(step, {f"val/{k}": v for k, v in metrics.items()})
+            if best_value is None or sign * metrics[metric] > sign * best_value:
+                best_value, best_step, best_metrics = metrics[metric], step, metrics
+                tmp = best_dir.with_name("best.tmp")
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                save_model(model, tokenizer, tmp)
+                _atomic_replace_dir(tmp, best_dir)
+            if on_eval is not None:
+                on_eval(step, metrics)
+        if step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps:
+            save_checkpoint(
+                ckpt_dir,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step,
+                extra={
+                    **(checkpoint_tags or {}),
+                    "seed": seed,
+                    "hparams": asdict(hparams),
+                    "best_value": best_value,
+                    "best_step": best_step,
+                    "best_metrics": best_metrics,
+                    "history": history,
+                },
+            )
+            if on_checkpoint is not None:
+                on_checkpoint(ckpt_dir)
+        if stop_after_step is not None and step >= stop_after_step:
+            break
+    return TrainResult(
+        metrics=best_metrics,
+        best_step=best_step,
+        model_dir=str(best_dir),
+        steps_run=step - resumed_from,
+        resumed_from_step=resumed_from,
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )
+
+
+def final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint folder (for comparing a resumed run with an uninterrupted one)."""
+    return load_file(str(folder / WEIGHTS_FILE))
+
+
+def cpu_threads(requested: int, workers: int) -> int:
+    return requested or max(1, (os.cpu_count() or 1) // workers)
