@@ -17,14 +17,16 @@ Run:  python flows/train_flow.py run                      (config/default.yaml)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from metaflow import Config, FlowSpec, checkpoint, config_expr, current, resources, retry, step
 
+from stages import pipeline
 from stages.config import RunConfig, metaflow_config_parser
 from stages.hpo import run_worker
-from stages import pipeline
 
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
 
 
@@ -96,16 +98,8 @@ class TrainFlow(FlowSpec):
 
     @step
     def end(self):
-        summary = {
-            "package": self.package.path,
-            "best_trial": self.best.number,
-            "validation": self.best.metrics,
-            "test_fp32": self.quant.fp32_metrics,
-            "test_int8": self.quant.int8_metrics,
-            "parity_max_abs_diff": self.exported.parity.max_abs_diff,
-        }
         print("Published package:", self.package.path)
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(pipeline.summarize(self.package.path), indent=2))
 
     def _split(self, name: str):
         from stages.data import load_split

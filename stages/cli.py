@@ -1,8 +1,8 @@
 """`trainflow` command line: verify a package, print the leaderboard or a run's trials.
 
-    trainflow verify artifacts/rt-sentiment/<version>
-    trainflow leaderboard [--artifact-root artifacts] [--limit 20]
-    trainflow trials [--artifact-root artifacts] [--run RUN_KEY]
+trainflow verify artifacts/rt-sentiment/<version>
+trainflow leaderboard [--artifact-root artifacts] [--limit 20]
+trainflow trials [--artifact-root artifacts] [--run RUN_KEY]
 """
 
 from __future__ import annotations

@@ -101,6 +101,9 @@ class QuantizeConfig(_Strict):
     per_channel: bool = True
     reduce_range: bool = True
     weight_ops_only: bool = True
+    # BERT's second feed-forward MatMul reads GELU outputs with large outliers: INT8 there cost
+    # 1.5 accuracy points on the default model, keeping it FP32 cost 0.2 (see README).
+    exclude_node_patterns: list[str] = Field(default_factory=lambda: [r"layer\.\d+/output/dense/MatMul$"])
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     op_types: list[str] = Field(default_factory=lambda: ["MatMul"])
 

@@ -67,7 +67,7 @@ def _decode(path: Path, raw: bytes) -> str:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DatasetError(
-            path, f"bytes {raw[err.start:err.end]!r} at line {line} are not valid UTF-8; re-save the file as UTF-8"
+            path, f"bytes {raw[err.start : err.end]!r} at line {line} are not valid UTF-8; re-save the file as UTF-8"
         ) from None
 
 
@@ -113,9 +113,7 @@ def _validate(path: Path, df: pd.DataFrame, data: DataConfig, task: TaskConfig) 
             raise DatasetError(path, f"empty text in column {data.text_column!r}", row=i)
         label = rec[data.label_column]
         if isinstance(label, float) and task.type == "classification":
-            raise DatasetError(
-                path, f"label {label!r} is a float; classification needs one of {task.labels}", row=i
-            )
+            raise DatasetError(path, f"label {label!r} is a float; classification needs one of {task.labels}", row=i)
         key = str(label)
         if key not in label_index:
             raise DatasetError(path, f"label {key!r} is not one of the declared classes {task.labels}", row=i)

@@ -50,7 +50,9 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage | str:
         return spec
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 def make_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:

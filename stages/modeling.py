@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,11 @@ def checksum_model_dir(folder: str | Path) -> str:
 
 
 class Cutpoints(nn.Module):
-    """K-1 strictly increasing cutpoints: c_1 = a_0, c_k = c_{k-1} + softplus(a_{k-1})."""
+    """K-1 strictly increasing cutpoints: c_1 = a_0, c_k = c_{k-1} + softplus(a_{k-1}) + MIN_GAP.
+
+    MIN_GAP keeps every class reachable even when softplus underflows in float32."""
+
+    MIN_GAP = 1e-3
 
     def __init__(self, n_classes: int) -> None:
         super().__init__()
@@ -73,11 +78,12 @@ class Cutpoints(nn.Module):
         k = n_classes - 1
         raw = torch.empty(k)
         raw[0] = -(k - 1)
-        raw[1:] = math.log(math.expm1(2.0))
+        raw[1:] = math.log(math.expm1(2.0 - self.MIN_GAP))
         self.raw = nn.Parameter(raw)
 
     def forward(self) -> torch.Tensor:
-        return torch.cumsum(torch.cat([self.raw[:1], F.softplus(self.raw[1:])]), dim=0)
+        gaps = F.softplus(self.raw[1:]) + self.MIN_GAP
+        return torch.cumsum(torch.cat([self.raw[:1], gaps]), dim=0)
 
 
 def cumulative_link_nll(score: torch.Tensor, cutpoints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -100,7 +106,9 @@ def ordinal_probabilities(score: np.ndarray, cutpoints: np.ndarray) -> np.ndarra
 
 
 def predict_classes(task: str, logits: np.ndarray, cutpoints: np.ndarray | None) -> np.ndarray:
-    """Class indices from model outputs: argmax of K logits, or cutpoints below the score."""
+    """Class indices from model outputs: argmax of K logits; for ordinal, the number of cutpoints
+    below the score, which is the median of the predictive distribution (the smallest k with
+    P(y <= k) >= 0.5), not necessarily its mode."""
     if task == "ordinal":
         if cutpoints is None:
             raise ValueError("ordinal prediction needs cutpoints")
@@ -207,11 +215,13 @@ def build_model(
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load base model {base!r} (resolved to {source!r}): {err}") from None
     _freeze(hf, freeze_embeddings, frozen_layers)
-    return TextModel(task=task, labels=list(labels), hf=hf, cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None)
+    return TextModel(
+        task=task, labels=list(labels), hf=hf, cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None
+    )
 
 
-def _freeze(hf: nn.Module, freeze_embeddings: bool, frozen_layers: int) -> None:
-    backbone = getattr(hf, hf.base_model_prefix, None)
+def _freeze(hf: Any, freeze_embeddings: bool, frozen_layers: int) -> None:
+    backbone = getattr(hf, str(hf.base_model_prefix), None)
     if backbone is None:
         if freeze_embeddings or frozen_layers:
             raise ModelLoadError(f"cannot find the backbone of {type(hf).__name__} to freeze layers")
@@ -231,9 +241,9 @@ def _freeze(hf: nn.Module, freeze_embeddings: bool, frozen_layers: int) -> None:
 def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
     """Write an HF folder (config, safetensors, tokenizer) plus head.json with task, labels, cutpoints."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.hf.save_pretrained(folder, safe_serialization=True)
+    model.hf.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
     tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
-    head = {"task": model.task, "labels": model.labels, "cutpoints": model.cutpoint_values()}
+    head: dict[str, Any] = {"task": model.task, "labels": model.labels, "cutpoints": model.cutpoint_values()}
     if model.cutpoints is not None:
         head["cutpoints_raw"] = [float(x) for x in model.cutpoints.raw.detach().cpu()]
     (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def build_metadata(
     )
     return {
         "model_name": cfg.name,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": cfg.task.type,
         "label_map": {str(i): name for i, name in enumerate(cfg.task.labels)},
         "cutpoints": head["cutpoints"],
@@ -205,8 +205,8 @@ def publish(
     meta = build_metadata(
         cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
     )
-    version = version or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{ctx.run_key}"
-    root = Path(cfg.publish.artifact_root)
+    version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
+    root = Path(cfg.publish.artifact_root).resolve()
     package = publish_package(
         artifact_root=root,
         model_name=cfg.name,
@@ -257,7 +257,7 @@ def publish(
                 "model_name": cfg.name,
                 "pathspec": pathspec,
                 "status": "published",
-                "started_at": datetime.fromtimestamp(ctx.started_at, timezone.utc).isoformat(timespec="seconds"),
+                "started_at": datetime.fromtimestamp(ctx.started_at, UTC).isoformat(timespec="seconds"),
                 "duration_s": time.time() - ctx.started_at,
                 "dataset_version": ctx.snapshot.version,
                 "package_version": version,
@@ -267,3 +267,21 @@ def publish(
         ],
     )
     return package
+
+
+def summarize(package_path: str) -> dict[str, Any]:
+    """What `end` prints: where the package is and the headline metrics from its metadata."""
+    meta = json.loads((Path(package_path) / "metadata.json").read_text())
+    m = meta["metrics"]
+    return {
+        "package": package_path,
+        "version": meta["version"],
+        "best_trial": meta["hpo"]["best_trial"],
+        "hyperparameters": {k: meta["hyperparameters"][k] for k in ("learning_rate", "weight_decay", "warmup_ratio")},
+        "validation": m["validation"],
+        "test_fp32_onnx": m["test_fp32_onnx"],
+        "test_int8_onnx": m["test_int8_onnx"],
+        "test_majority_baseline": m["test_majority_baseline"],
+        "parity_max_abs_diff": m["parity"]["max_abs_diff"],
+        "int8_accuracy_drop": m["int8_accuracy_drop"],
+    }

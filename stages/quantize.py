@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def quantize_static_int8(
     quant_pre_process(str(fp32_path), str(prepped), auto_merge=True)
     graph = onnx.load(str(prepped), load_external_data=False).graph
     input_names = [i.name for i in graph.input]
-    nodes = weight_nodes(graph, q.op_types) if q.weight_ops_only else None
+    excluded = matching_nodes(graph, q.exclude_node_patterns)
+    nodes = [n for n in weight_nodes(graph, q.op_types) if n not in excluded] if q.weight_ops_only else None
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -77,6 +79,7 @@ def quantize_static_int8(
         reduce_range=q.reduce_range,
         op_types_to_quantize=list(q.op_types),
         nodes_to_quantize=nodes,
+        nodes_to_exclude=excluded,
         calibrate_method=method,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
@@ -89,6 +92,8 @@ def quantize_static_int8(
         "reduce_range": q.reduce_range,
         "op_types": list(q.op_types),
         "weight_ops_only": q.weight_ops_only,
+        "exclude_node_patterns": list(q.exclude_node_patterns),
+        "excluded_nodes": excluded,
         "quantized_nodes": None if nodes is None else len(nodes),
         "calibration_method": q.calibration_method,
         "calibration_samples": len(calibration),
@@ -100,6 +105,12 @@ def weight_nodes(graph: onnx.GraphProto, op_types: list[str]) -> list[str]:
     activation MatMuls (attention scores, attention x values) are the most sensitive to INT8."""
     inits = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type in op_types and any(i in inits for i in n.input)]
+
+
+def matching_nodes(graph: onnx.GraphProto, patterns: list[str]) -> list[str]:
+    """Names of nodes matching any of the regular expressions (kept in FP32)."""
+    compiled = [re.compile(p) for p in patterns]
+    return [n.name for n in graph.node if any(c.search(n.name) for c in compiled)]
 
 
 def count_nodes(path: Path) -> dict[str, int]:
@@ -136,8 +147,12 @@ def quantize_and_gate(
     """
     int8_path = fp32_path.with_name(INT8_FILE)
     recipe = quantize_static_int8(
-        fp32_path=fp32_path, out_path=int8_path, tokenizer=tokenizer, calibration=calibration.texts,
-        max_length=max_length, q=q,
+        fp32_path=fp32_path,
+        out_path=int8_path,
+        tokenizer=tokenizer,
+        calibration=calibration.texts,
+        max_length=max_length,
+        q=q,
     )
     fp32 = OnnxTextModel(fp32_path, tokenizer, max_length)
     int8 = OnnxTextModel(int8_path, tokenizer, max_length)

@@ -187,7 +187,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng_python": random.getstate(),
-            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),  # type: ignore[index]
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
@@ -225,7 +225,7 @@ def _restore(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer, s
     state = torch.load(folder / STATE_FILE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])  # type: ignore[attr-defined]
-    random.setstate(_as_tuple(state["rng_python"]))
+    random.setstate(_as_tuple(state["rng_python"]))  # type: ignore[arg-type]
     kind, keys, *rest = state["rng_numpy"]
     np.random.set_state((kind, keys.numpy(), *rest))
     torch.set_rng_state(state["rng_torch"])
@@ -283,9 +283,7 @@ def train_model(
     train_enc = encode(tokenizer, train.texts, cfg.model.max_length)
     val_enc = encode(tokenizer, validation.texts, cfg.model.max_length)
 
-    optimizer = torch.optim.AdamW(
-        param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(hparams.warmup_ratio * hparams.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps))
@@ -316,10 +314,11 @@ def train_model(
         scheduler.step()
         step += 1
         if log_values is not None:
-            log_values(step, {"train/loss": float(loss), "train/lr": scheduler.get_last_lr()[0]})
+            log_values(step, {"train/loss": float(loss), "train/lr": float(scheduler.get_last_lr()[0])})
         if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
             metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
             history.append({"step": step, **metrics})
+            log.info("step %d/%d: validation %s", step, hparams.max_steps, {k: round(v, 4) for k, v in metrics.items()})
             if log_values is not None:
                 log_values(step, {f"val/{k}": v for k, v in metrics.items()})
             if best_value is None or sign * metrics[metric] > sign * best_value:

@@ -21,3 +21,29 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, tiny_model_dir: Path) -> dict:
     return tiny_config(tmp_path, tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny classifier saved by `save_model` (random head, a few steps of training)."""
+    from stages.config import parse_config_dict
+    from stages.data import SplitData
+    from stages.train import Hyperparams, train_model
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = parse_config_dict(tiny_config(tmp, tiny_model_dir))
+    texts = rt_texts(64)
+    split = SplitData([str(i) for i in range(64)], texts, [i % 2 for i in range(64)])
+    hp = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=8, max_steps=3)
+    result = train_model(cfg=cfg, hparams=hp, train=split, validation=split, out_dir=tmp, seed=0)
+    return Path(result.model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Path) -> Path:
+    from stages.config import ExportConfig
+    from stages.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    export_onnx(model_dir=tiny_trained, out_dir=out, export=ExportConfig())
+    return out

@@ -54,8 +54,13 @@ def tiny_config(tmp: Path, model_dir: Path, **overrides: Any) -> dict[str, Any]:
         "name": "tiny",
         "seed": 3,
         "task": {"type": "classification", "labels": ["rotten", "fresh"]},
-        "data": {"path": str(RT_DATA), "max_rows": 240, "validation_fraction": 0.2, "test_fraction": 0.25,
-                 "calibration_size": 16},  # fmt: skip
+        "data": {
+            "path": str(RT_DATA),
+            "max_rows": 240,
+            "validation_fraction": 0.2,
+            "test_fraction": 0.25,
+            "calibration_size": 16,
+        },  # fmt: skip
         "model": {"base": str(model_dir), "max_length": 32, "freeze_embeddings": False, "frozen_layers": 0},
         "train": {"max_steps": 6, "batch_size": 8, "eval_every": 3, "checkpoint_every": 3},
         "hpo": {"n_trials": 2, "n_workers": 2, "metric": "accuracy"},

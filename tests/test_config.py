@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.config import RunConfig, load_config, metaflow_config_parser, parse_config_dict
+from stages.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_opens_with_a_comment(path: Path) -> None:
+    assert path.read_text().startswith("#"), f"{path.name} must open with a comment saying what it is for"
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert Path(cfg.data.path).suffix in {".gz", ".csv", ".jsonl", ".parquet"}
+
+
+def test_all_problems_reported_at_once(tiny_cfg: dict) -> None:
+    tiny_cfg["train"]["max_steps"] = "many"  # wrong type
+    tiny_cfg["train"]["epochs"] = 3  # unknown key
+    tiny_cfg["hpo"]["pruner"] = "hyperband"  # not an option
+    del tiny_cfg["task"]  # missing
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg, "t.yaml")
+    msg = str(info.value)
+    assert "4 problem(s) in config t.yaml" in msg
+    for fragment in ("train.max_steps", "train.epochs: unknown key", "hpo.pruner", "task: required key is missing"):
+        assert fragment in msg
+
+
+def test_impossible_combinations_are_all_listed(tiny_cfg: dict) -> None:
+    tiny_cfg["hpo"].update(n_workers=5, n_trials=2, metric="mae")
+    tiny_cfg["task"]["labels"] = ["a", "a"]
+    tiny_cfg["data"].update(validation_fraction=0.5, test_fraction=0.45)
+    tiny_cfg["train"]["device"] = "cpu"
+    tiny_cfg["compute"] = {"gpus": 1}
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert any("hpo.metric: 'mae'" in p for p in problems)
+    assert any("duplicates" in p for p in problems)
+    assert any("leaves under 10% to train" in p for p in problems)
+    assert any("hpo.n_workers: 5 exceeds" in p for p in problems)
+    assert any("conflicts with compute.gpus" in p for p in problems)
+
+
+def test_config_is_immutable(tiny_cfg: dict) -> None:
+    cfg = parse_config_dict(tiny_cfg)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 5  # type: ignore[misc]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_metaflow_parser_round_trips(tiny_cfg: dict) -> None:
+    as_dict = metaflow_config_parser(yaml.safe_dump(tiny_cfg))
+    assert RunConfig.model_validate(as_dict) == parse_config_dict(tiny_cfg)
+    assert parse_config_dict(tiny_cfg).hpo.direction == "maximize"

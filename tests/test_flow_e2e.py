@@ -1,0 +1,51 @@
+"""One end-to-end run of flows/train_flow.py through metaflow.Runner on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stages.publish import verify_package
+from stages.records import query
+from tests.tiny import ROOT, tiny_config, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_flow_publishes_a_verified_package_and_records(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from metaflow import Runner
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, tracking__wandb_mode="offline")
+    config_path = write_config(tmp_path / "cfg.yaml", cfg)
+    env = {"METAFLOW_USER": "e2e", "WANDB_MODE": "offline", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    with Runner(str(ROOT / "flows" / "train_flow.py"), show_output=False, cwd=str(tmp_path), env={**os.environ, **env},
+                config=str(config_path)).run() as running:  # fmt: skip
+        run = running.run
+        assert run.successful, running.stderr
+    data = run.data
+    package = Path(data.package.path)
+    assert package.parent == tmp_path / "artifacts" / "tiny"
+    assert verify_package(package)
+    meta = json.loads((package / "metadata.json").read_text())
+    assert meta["version"] == data.package.version
+    assert meta["task"] == "classification" and meta["label_map"] == {"0": "rotten", "1": "fresh"}
+    assert meta["dataset"]["sha256"] == data.ctx.snapshot.sha256
+    assert meta["metaflow"]["pathspec"].startswith(f"TrainFlow/{run.id}/publish/")
+    assert meta["onnx"]["opset"] == 17
+    assert meta["metrics"]["parity"]["max_abs_diff"] <= 1e-4
+    assert set(meta["hyperparameters"]) >= {"learning_rate", "weight_decay", "warmup_ratio", "max_steps"}
+    assert meta["packages"]["onnxruntime"] and meta["base_model"]["sha256"]
+    assert len(meta["git_commit"]) >= 40 or meta["git_commit"] == "unknown"
+    assert data.best.number in {0, 1} and len(data.trial_records) == 2
+
+    art = tmp_path / "artifacts"
+    assert query(art, "SELECT count(*) FROM trials")[1] == [(2,)]
+    _, pkg_rows = query(art, "SELECT version, n_trials FROM packages")
+    assert pkg_rows == [(data.package.version, 2)]
+    assert query(art, "SELECT status FROM runs")[1] == [("published",)]
+    offline_runs = sorted((Path(data.ctx.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2, "one W&B run per trial"
+    assert all(any(r.glob("*.wandb")) for r in offline_runs)
