@@ -22,7 +22,7 @@ def test_flow_publishes_a_verified_package_and_records(tmp_path: Path, tiny_mode
     config_path = write_config(tmp_path / "cfg.yaml", cfg)
     env = {"METAFLOW_USER": "e2e", "WANDB_MODE": "offline", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
     with Runner(str(ROOT / "flows" / "train_flow.py"), show_output=False, cwd=str(tmp_path), env={**os.environ, **env},
-                config=str(config_path)).run() as running:  # fmt: skip
+                config=[("config", str(config_path))]).run() as running:  # fmt: skip
         run = running.run
         assert run.successful, running.stderr
     data = run.data

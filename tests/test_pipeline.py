@@ -1,0 +1,69 @@
+"""The flow's step functions chained without Metaflow, for the ordinal reference task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from stages import pipeline
+from stages.config import parse_config_dict
+from stages.data import load_split
+from stages.errors import DatasetError
+from stages.hpo import run_worker
+from stages.modeling import ordinal_probabilities, predict_classes
+from stages.onnx_model import OnnxTextModel
+from stages.publish import verify_package
+from tests.tiny import ROOT
+
+
+def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:
+    tiny_cfg.update(
+        task={"type": "ordinal", "labels": ["negative", "neutral", "positive"]},
+        data={**tiny_cfg["data"], "path": str(ROOT / "data" / "drug_reviews.csv.gz"), "max_rows": 150},
+    )
+    tiny_cfg["hpo"].update(n_trials=1, n_workers=1, metric="mae")
+    cfg = parse_config_dict(tiny_cfg)
+    ctx = pipeline.prepare_run(cfg=cfg, run_key="r1")
+    run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
+               train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
+               work_dir=ctx.path, group="r1")  # fmt: skip
+    best, records = pipeline.select_best(cfg=cfg, ctx=ctx)
+    assert cfg.hpo.direction == "minimize" and best.value == best.metrics["mae"]
+    exported = pipeline.export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
+    quant = pipeline.quantize(cfg=cfg, ctx=ctx, exported=exported)
+    package = pipeline.publish(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
+                               pathspec="TrainFlow/r1/publish/7", version="v1")  # fmt: skip
+    path = Path(package.path)
+    verify_package(path)
+    meta = json.loads((path / "metadata.json").read_text())
+    cut = np.asarray(meta["cutpoints"])
+    assert len(cut) == 2 and cut[0] < cut[1]
+    assert meta["label_map"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert "sigmoid(cutpoints[k] - s)" in meta["onnx"]["output"]
+    assert "mae" in meta["metrics"]["test_fp32_onnx"]
+    # A consumer reproduces the reported test accuracy from the package alone.
+    test = load_split(ctx.snapshot, "test")
+    onnx_model = OnnxTextModel(path / "model.onnx", AutoTokenizer.from_pretrained(path), meta["onnx"]["max_length"])
+    scores = onnx_model.logits(test.texts)
+    assert scores.shape == (len(test), 1)
+    preds = predict_classes("ordinal", scores, cut)
+    assert float((preds == np.asarray(test.labels)).mean()) == pytest.approx(
+        meta["metrics"]["test_fp32_onnx"]["accuracy"]
+    )
+    probs = ordinal_probabilities(scores[:, 0], cut)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert meta["lineage"]["dataset_sha256"] == ctx.snapshot.sha256
+
+
+def test_bad_data_stops_before_any_study_or_training(tmp_path: Path, tiny_cfg: dict) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,text,label\n1,good,fresh\n2,,rotten\n")
+    tiny_cfg["data"]["path"] = str(bad)
+    cfg = parse_config_dict(tiny_cfg)
+    with pytest.raises(DatasetError, match=r"bad.csv, row 2: empty text"):
+        pipeline.prepare_run(cfg=cfg, run_key="r2")
+    assert not list((tmp_path / "runs").rglob("optuna.journal"))
