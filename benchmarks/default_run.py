@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def main() -> None:
     ]  # fmt: skip
     body = "\n".join(
         [
-            f"`benchmarks/default_run.py --config {args.config}`, {datetime.now(timezone.utc):%Y-%m-%d}, "
+            f"`benchmarks/default_run.py --config {args.config}`, {datetime.now(UTC):%Y-%m-%d}, "
             f"{platform.machine()} {os.cpu_count()} cores, package `{meta['version']}`.",
             "",
             "| what | value |",
