@@ -3,7 +3,8 @@
 Steps:
   start     validate the config, snapshot and split the dataset, create the Optuna study
   train     (foreach worker) ask trials from the shared study, train, report, tell;
-            @checkpoint-resumable, @retry-able, @resources from config
+            @checkpoint-resumable, @retry-able, @resources from config; runs on SLURM
+            or Kubernetes when `compute.backend` says so (flows/trainflow_backends.py)
   join      choose the best complete trial by the configured metric
   export    ONNX export with Optimum (opset from config) + PyTorch-vs-ORT parity gate
   quantize  INT8 static QDQ quantization + accuracy gate + CPU latency
@@ -21,15 +22,18 @@ import logging
 from pathlib import Path
 
 from metaflow import Config, FlowSpec, checkpoint, config_expr, current, resources, retry, step
+from trainflow_backends import ComputeBackend
 
 from stages import pipeline
 from stages.config import RunConfig, metaflow_config_parser
 from stages.hpo import run_worker
 
-logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+logging.getLogger("stages").setLevel(logging.INFO)
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
 
 
+@ComputeBackend
 class TrainFlow(FlowSpec):
     config = Config("config", default=DEFAULT_CONFIG, parser=metaflow_config_parser)
 
@@ -44,7 +48,10 @@ class TrainFlow(FlowSpec):
         self.next(self.train, foreach="workers")
 
     @checkpoint(show_card=False)
-    @retry(times=config_expr("config.compute.retries"))
+    @retry(
+        times=config_expr("config.compute.retries"),
+        minutes_between_retries=config_expr("config.compute.retry_delay_minutes"),
+    )
     @resources(
         cpu=config_expr("config.compute.cpus"),
         gpu=config_expr("config.compute.gpus"),

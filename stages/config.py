@@ -7,6 +7,7 @@ the file (unknown keys, wrong types, impossible combinations) is reported at onc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,12 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads per trial; 0 = cores / workers.")
+    # GPU fast path (stages/accel.py); the CPU path ignores these and trains as it always did.
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile + CUDA graphs on CUDA; auto = on from 5,000 steps (stages/accel.py)."
+    )
+    length_bucketing: bool = Field(True, description="CUDA: batch samples of similar length (less padding).")
+    gpus_per_trial: int = Field(1, ge=1, description="Data-parallel GPUs per trial (only 1 is wired so far).")
 
 
 class SearchSpace(_Strict):
@@ -82,12 +89,31 @@ class HpoConfig(_Strict):
         return METRIC_DIRECTIONS[self.metric]
 
 
+class SlurmConfig(_Strict):
+    partition: str | None = None
+    python: str | None = Field(None, description="python on the cluster; default: $TRAINFLOW_SLURM_PYTHON")
+    preempt_signal_seconds: int = Field(60, ge=0, description="SIGUSR1 this long before the time limit; 0 = off")
+    env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables for the job.")
+
+
+class KubernetesConfig(_Strict):
+    namespace: str | None = None
+    service_account: str | None = None
+
+
 class ComputeConfig(_Strict):
+    """Where the training trials run; every other step stays local."""
+
     backend: Literal["local", "slurm", "kubernetes"] = "local"
     gpus: int = Field(0, ge=0)
     cpus: int = Field(1, ge=1)
     memory_mb: int = Field(4096, ge=256)
+    time_minutes: int = Field(60, ge=1)
     retries: int = Field(1, ge=0, le=4)
+    retry_delay_minutes: int = Field(0, ge=0, description="Wait before a retry (metaflow-slurm sleeps it).")
+    image: str | None = Field(None, description="Container image (Kubernetes) or Apptainer .sif (SLURM).")
+    slurm: SlurmConfig = SlurmConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
 
 
 class ExportConfig(_Strict):
@@ -96,16 +122,91 @@ class ExportConfig(_Strict):
     parity_samples: int = Field(64, ge=1)
 
 
+class RecipeConfig(_Strict):
+    """One static QDQ INT8 recipe the quantize step may try (`stages/quantize.py`).
+
+    Only nodes of `op_types` are quantized (with `weight_ops_only`, only those with a weight
+    input), so LayerNorm, GELU, residual Add and Softmax stay FP32 unless listed here.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    # x86 ONNX Runtime fuses QDQ into integer kernels only for uint8 activations (U8S8); int8
+    # activations fall back to dequantize + FP32 MatMul there (fast on ARM). See README.
+    activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    per_channel: bool = True
+    # 7-bit weights: avoids the u8 x s8 16-bit saturation of AVX2/AVX-512 kernels without VNNI.
+    reduce_range: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul"], min_length=1)
+    weight_ops_only: bool = True
+    # False: a quantized MatMul returns FP32 (ORT fuses it to MatMulIntegerToFloat), so its output
+    # carries no extra rounding and needs no Q/DQ pair; True adds a requantized output.
+    quantize_outputs: bool = False
+    exclude_node_patterns: list[str] = Field(default_factory=list, description="Regexes of node names kept FP32.")
+    keep_fp32_top_k: int = Field(
+        0, ge=0, description="Also keep the k weight nodes with the largest per-layer INT8 output error in FP32."
+    )
+
+
+# BERT's second feed-forward MatMul reads GELU outputs with large outliers.
+FF2_PATTERN = r"layer\.\d+/output/dense/MatMul$"
+
+
+def default_recipes() -> list[RecipeConfig]:
+    """Ordered from the fastest on x86 to the most conservative; the search keeps the fastest
+    that passes the gate. Calibration ranges are shared between recipes of one method."""
+    return [
+        RecipeConfig(name="u8s8-minmax"),
+        RecipeConfig(name="u8s8-percentile", calibration_method="percentile"),
+        RecipeConfig(name="u8s8-minmax-ff2-fp32", exclude_node_patterns=[FF2_PATTERN]),
+        RecipeConfig(name="u8s8-minmax-sensitive4-fp32", keep_fp32_top_k=4),
+        RecipeConfig(name="s8s8-minmax-ff2-fp32", activation_type="QInt8", exclude_node_patterns=[FF2_PATTERN]),
+    ]
+
+
 class QuantizeConfig(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="Fraction, 0.01 = 1 point.")
-    per_channel: bool = True
-    reduce_range: bool = True
-    weight_ops_only: bool = True
-    # BERT's second feed-forward MatMul reads GELU outputs with large outliers: INT8 there cost
-    # 1.5 accuracy points on the default model, keeping it FP32 cost 0.2 (see README).
-    exclude_node_patterns: list[str] = Field(default_factory=lambda: [r"layer\.\d+/output/dense/MatMul$"])
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    op_types: list[str] = Field(default_factory=lambda: ["MatMul"])
+    search: bool = Field(True, description="Try every recipe and keep the fastest that passes; false = first only.")
+    recipes: list[RecipeConfig] = Field(default_factory=default_recipes, min_length=1)
+    graph_optimization: Literal["none", "basic", "fused"] = Field(
+        "basic",
+        description="Graph rewrite before quantizing: none; basic = ORT basic level (constant folding, redundant"
+        " nodes); fused = basic + ORT transformer fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm). Applied only"
+        " if FP32 logits stay within graph_optimization_atol, else the next lower level is used.",
+    )
+    graph_optimization_atol: float = Field(1e-4, gt=0)
+    intra_op_threads: int = Field(0, ge=0, description="ORT threads for the latency check; 0 = all cores.")
+    latency_samples: int = Field(64, ge=1, description="Test texts timed at batch 1, every model turn about.")
+    latency_rounds: int = Field(2, ge=1)
+    latency_tie: float = Field(
+        0.03, ge=0, description="Recipes within this fraction of the fastest p50 tie; the smaller drop wins."
+    )
+    sensitivity_samples: int = Field(16, ge=1, description="Calibration texts used to rank per-layer INT8 error.")
+
+    @model_validator(mode="after")
+    def _recipes(self) -> QuantizeConfig:
+        problems: list[str] = []
+        names = [r.name for r in self.recipes]
+        if len(set(names)) != len(names):
+            problems.append(f"quantize.recipes: names {names} repeat; give each recipe a unique name")
+        for i, r in enumerate(self.recipes):
+            if r.activation_type == "QInt8" and r.weight_type == "QUInt8":
+                problems.append(
+                    f"quantize.recipes[{i}] ({r.name}): QInt8 activations with QUInt8 weights is not supported by"
+                    " ONNX Runtime; use weight_type QInt8"
+                )
+            for pattern in r.exclude_node_patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    problems.append(
+                        f"quantize.recipes[{i}] ({r.name}).exclude_node_patterns: {pattern!r} is not a valid"
+                        f" regular expression ({err})"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class PublishConfig(_Strict):
@@ -164,6 +265,18 @@ class RunConfig(_Strict):
             problems.append("train.device: 'cpu' conflicts with compute.gpus > 0; use 'auto' or 'cuda'")
         if self.compute.gpus == 0 and self.compute.backend == "local" and self.train.device == "cuda":
             problems.append("train.device: 'cuda' needs compute.gpus >= 1")
+        if self.train.gpus_per_trial > 1:
+            problems.append(
+                f"train.gpus_per_trial: {self.train.gpus_per_trial} is not supported yet: multi-GPU trials are not"
+                " wired into the flow (stages/ddp.py has the parts; see README, GPU fast path); use 1"
+            )
+        if self.compute.backend == "kubernetes" and not self.compute.image:
+            problems.append("compute.image: the kubernetes backend needs a container image")
+        if self.compute.backend == "kubernetes" and not Path(self.publish.run_root).is_absolute():
+            problems.append(
+                f"publish.run_root: {self.publish.run_root!r} must be an absolute path of a volume every"
+                " pod mounts (the Optuna journal and trial models live there)"
+            )
         if self.model.frozen_layers and not self.model.freeze_embeddings:
             problems.append("model.frozen_layers: freezing layers needs model.freeze_embeddings: true")
         if problems:

@@ -32,6 +32,16 @@ class ModelLoadError(TrainflowError):
     """The base model cannot be found or loaded."""
 
 
+class TrainingInterrupted(TrainflowError):
+    """Training stopped on request (SIGTERM, SIGUSR1 before preemption) after saving a checkpoint.
+
+    The task exits non-zero so that @retry (or a requeue) resumes from that checkpoint."""
+
+    def __init__(self, message: str, step: int) -> None:
+        self.step = step
+        super().__init__(message)
+
+
 class ParityError(TrainflowError):
     """The ONNX model's outputs differ from PyTorch's beyond the configured tolerance."""
 

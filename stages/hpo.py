@@ -10,6 +10,10 @@ same worker is continued (from its checkpoint when one was loaded), never asked 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,27 +132,52 @@ def run_worker(
     resume_dir: Path | None = None,
     on_checkpoint: Any = None,
 ) -> list[TrialRecord]:
-    """Run this worker's quota of trials; return the records of the trials it ran."""
+    """Run this worker's quota of trials; return the records of the trials it ran.
+
+    SIGTERM or SIGUSR1 (SLURM's warning before preemption or the time limit) makes the running
+    trial save a checkpoint and raise TrainingInterrupted; the trial stays RUNNING and the
+    next attempt of this worker continues it."""
     torch.set_num_threads(cpu_threads(cfg.train.num_threads, cfg.hpo.n_workers))
-    study = open_study(cfg, storage, study_name, sampler_seed=worker)
-    quota = worker_quota(cfg.hpo.n_trials, cfg.hpo.n_workers, worker)
-    resume_meta = read_checkpoint_meta(resume_dir)
-    ran: list[int] = []
-    while True:
-        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
-        running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
-        if running:
-            trial = optuna.Trial(study, running[0]._trial_id)
-            log.info("worker %d: continuing trial %d left running by an earlier attempt", worker, trial.number)
-        elif sum(t.state in FINISHED for t in mine) >= quota:
-            break
-        else:
-            trial = study.ask()
-            trial.set_user_attr("worker", worker)
-        resume = resume_dir if resume_meta is not None and resume_meta.get("trial") == trial.number else None
-        _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint)
-        ran.append(trial.number)
-    return [r for r in trial_records(study) if r.number in ran]
+    with stop_on_signals() as stop_requested:
+        study = open_study(cfg, storage, study_name, sampler_seed=worker)
+        quota = worker_quota(cfg.hpo.n_trials, cfg.hpo.n_workers, worker)
+        resume_meta = read_checkpoint_meta(resume_dir)
+        ran: list[int] = []
+        while True:
+            mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
+            running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+            if running:
+                trial = optuna.Trial(study, running[0]._trial_id)
+                log.info("worker %d: continuing trial %d left running by an earlier attempt", worker, trial.number)
+            elif sum(t.state in FINISHED for t in mine) >= quota:
+                break
+            else:
+                trial = study.ask()
+                trial.set_user_attr("worker", worker)
+            resume = resume_dir if resume_meta is not None and resume_meta.get("trial") == trial.number else None
+            _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop_requested)
+            ran.append(trial.number)
+        return [r for r in trial_records(study) if r.number in ran]
+
+
+@contextmanager
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[Callable[[], bool]]:
+    """Yield a `stop_requested()` that turns true once one of `signals` arrives."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop.is_set
+        return
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.warning("received %s: checkpointing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+    try:
+        yield stop.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_trial(
@@ -161,6 +190,7 @@ def _run_trial(
     group: str,
     resume_dir: Path | None,
     on_checkpoint: Any,
+    stop_requested: Callable[[], bool],
 ) -> None:
     hparams = suggest(trial, cfg)
     metric = cfg.hpo.metric
@@ -192,6 +222,7 @@ def _run_trial(
                 on_eval=on_eval,
                 log_values=tlog.log,
                 checkpoint_tags={"trial": trial.number},
+                stop_requested=stop_requested,
             )
         except optuna.TrialPruned as pruned:
             log.info("%s", pruned)

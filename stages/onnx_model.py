@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-# Session settings used for every measurement; written into the package so consumers match them.
-DEFAULT_SESSION = {"intra_op_num_threads": 0, "graph_optimization_level": "ORT_ENABLE_ALL"}
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """ONNX Runtime session options used for a measurement. They are written into the package
+    (`metadata.json` -> onnx.session_options) so that a consumer can reproduce the latencies.
+
+    `intra_op_num_threads=0` means all logical cores (`os.cpu_count()`); `resolved()` fills in the
+    number actually used, so the recorded value never depends on ORT's own default.
+    """
+
+    intra_op_num_threads: int = 0
+    inter_op_num_threads: int = 1
+    graph_optimization_level: str = "ORT_ENABLE_ALL"
+    execution_mode: str = "ORT_SEQUENTIAL"
+
+    def resolved(self) -> SessionSettings:
+        threads = self.intra_op_num_threads or os.cpu_count() or 1
+        return SessionSettings(threads, self.inter_op_num_threads, self.graph_optimization_level, self.execution_mode)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
-def make_session(path: Path, intra_op_num_threads: int = 0) -> object:
+# Session settings used for every measurement unless a caller passes its own.
+DEFAULT_SESSION = SessionSettings().to_dict()
+
+
+def make_session(path: Path, intra_op_num_threads: int = 0, settings: SessionSettings | None = None) -> object:
+    """A CPU InferenceSession; `settings` wins over `intra_op_num_threads` when given."""
     import onnxruntime as ort
 
+    settings = settings or SessionSettings(intra_op_num_threads=intra_op_num_threads)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_num_threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = settings.intra_op_num_threads
+    opts.inter_op_num_threads = settings.inter_op_num_threads
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
+    opts.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -42,9 +70,10 @@ class OnnxTextModel:
     tokenizer: object
     max_length: int
     threads: int = 0
+    settings: SessionSettings | None = None
 
     def __post_init__(self) -> None:
-        self.session = make_session(self.path, self.threads)
+        self.session = make_session(self.path, self.threads, self.settings)
         self.input_names = [i.name for i in self.session.get_inputs()]  # type: ignore[attr-defined]
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -55,9 +84,12 @@ class OnnxTextModel:
                 out[i] = row
         return np.stack(out)
 
+    def batch1_feeds(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        return [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 1, self.input_names)]
+
     def latency_ms(self, texts: list[str], repeats: int = 1) -> dict[str, float]:
         """Batch-1 latency percentiles over `texts` (tokenization excluded), after one warm-up."""
-        feeds = [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 1, self.input_names)]
+        feeds = self.batch1_feeds(texts)
         self.session.run(["logits"], feeds[0])  # type: ignore[attr-defined]
         times = []
         for _ in range(repeats):
@@ -67,3 +99,31 @@ class OnnxTextModel:
                 times.append((time.perf_counter() - t0) * 1000)
         arr = np.asarray(times)
         return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)), "n": len(arr)}
+
+
+def interleaved_latency_ms(models: dict[str, OnnxTextModel], texts: list[str], rounds: int = 1) -> dict[str, dict]:
+    """Batch-1 latency percentiles of several models measured turn about: for each text, every
+    model runs once (the order rotating), so a burst of load from another process on the machine
+    hits all models alike instead of whichever happened to be measured at that moment.
+
+    Tokenization is excluded; each model runs every text once as a warm-up first.
+    """
+    names = list(models)
+    feeds = {n: models[n].batch1_feeds(texts) for n in names}
+    for n in names:
+        for f in feeds[n]:
+            models[n].session.run(["logits"], f)  # type: ignore[attr-defined]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    turn = 0
+    for _ in range(rounds):
+        for i in range(len(texts)):
+            turn += 1
+            for n in names[turn % len(names) :] + names[: turn % len(names)]:
+                t0 = time.perf_counter()
+                models[n].session.run(["logits"], feeds[n][i])  # type: ignore[attr-defined]
+                times[n].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for n, t in times.items():
+        arr = np.asarray(t)
+        out[n] = {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)), "n": len(arr)}
+    return out

@@ -90,7 +90,7 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
 
 
 def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> QuantizeResult:
-    """INT8 static quantization and the accuracy gate (raises QuantizationAccuracyError)."""
+    """INT8 recipe search and the accuracy gate (raises QuantizationAccuracyError if no recipe passes)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(exported.onnx_dir)
@@ -142,7 +142,8 @@ def build_metadata(
             "inputs": exported.inputs,
             "output": output,
             "max_length": cfg.model.max_length,
-            "session_options": {"intra_op_num_threads": 0, "graph_optimization_level": "ORT_ENABLE_ALL"},
+            # The options every latency in this file was measured with; reuse them to reproduce.
+            "session_options": quant.session_options,
         },
         "base_model": {
             "name": cfg.model.base,
@@ -168,7 +169,17 @@ def build_metadata(
             "latency_batch1_int8": quant.int8_latency,
             "size_bytes": {"fp32": quant.fp32_size_bytes, "int8": quant.int8_size_bytes},
         },
-        "quantization": {**quant.recipe, "node_counts": quant.node_counts},
+        "quantization": {
+            **quant.recipe,
+            "node_counts": quant.node_counts,
+            "chosen_recipe": quant.chosen,
+            "max_accuracy_drop": cfg.quantize.max_accuracy_drop,
+            "selection": "fastest batch-1 p50 among recipes within max_accuracy_drop of FP32 ONNX test accuracy;"
+            f" p50s within {cfg.quantize.latency_tie:.0%} tie, then the smaller drop wins",
+            "graph_optimization": quant.graph_optimization,
+            "session_options": quant.session_options,
+            "search": quant.search,
+        },
         "dataset": {
             "version": snap.version,
             "sha256": snap.sha256,

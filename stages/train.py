@@ -23,14 +23,17 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stages import accel
 from stages.config import RunConfig
 from stages.data import SplitData
+from stages.errors import TrainingInterrupted
 from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
 
 log = logging.getLogger(__name__)
@@ -80,9 +83,15 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return perm[pos * batch_size : (pos + 1) * batch_size].tolist()
 
 
-def collate(encoded: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad to the longest sequence in the batch, not to max_length."""
+def collate(
+    encoded: list[list[int]], pad_id: int, device: torch.device, pad_to_multiple: int = 1, max_width: int = 0
+) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence in the batch, not to max_length (rounded up
+    to a multiple of `pad_to_multiple`, but not past `max_width` when that is set)."""
     width = max(len(e) for e in encoded)
+    if pad_to_multiple > 1:
+        rounded = -(-width // pad_to_multiple) * pad_to_multiple
+        width = min(rounded, max(width, max_width)) if max_width else rounded
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for i, e in enumerate(encoded):
@@ -251,12 +260,14 @@ def train_model(
     log_values: Callable[[int, dict[str, float]], None] | None = None,
     stop_after_step: int | None = None,
     checkpoint_tags: dict | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`.
 
     Resumes from `resume_dir` when it holds an intact checkpoint (the architecture and all
     training state come from the checkpoint; `hparams` must be the trial's own). Checkpoints go
-    to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps. `stop_after_step` ends the
+    to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps, and at once when
+    `stop_requested()` turns true (then TrainingInterrupted is raised). `stop_after_step` ends the
     loop early (used to simulate interruption in tests).
 
     Returns:
@@ -267,7 +278,10 @@ def train_model(
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
-    device = pick_device(cfg.train.device)
+    fast = accel.select_fast_path(cfg.train, accel.probe_capabilities(cfg.train.device))
+    log.info("training fast path:\n%s", fast.describe())
+    accel.apply_global_settings(fast)
+    device = torch.device(fast.device)
     seed_everything(seed)
     model = build_model(
         task=cfg.task.type,
@@ -276,6 +290,7 @@ def train_model(
         freeze_embeddings=cfg.model.freeze_embeddings,
         frozen_layers=cfg.model.frozen_layers,
     ).to(device)
+    accel.maybe_compile(model.hf, fast)
     from stages.modeling import resolve_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
@@ -283,7 +298,10 @@ def train_model(
     train_enc = encode(tokenizer, train.texts, cfg.model.max_length)
     val_enc = encode(tokenizer, validation.texts, cfg.model.max_length)
 
-    optimizer = torch.optim.AdamW(param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate, **accel.adamw_kwargs(fast)
+    )
+    scaler = accel.grad_scaler(fast)  # disabled (a pass-through) unless fp16
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(hparams.warmup_ratio * hparams.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps))
@@ -297,26 +315,41 @@ def train_model(
         _restore(resume_dir, model, optimizer, scheduler)
         step, best_value, best_step = meta["step"], meta["best_value"], meta["best_step"]
         best_metrics, history = meta["best_metrics"], meta["history"]
+        if meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         log.info("resumed from %s at step %d (checkpoint wins over fresh init)", resume_dir, step)
     resumed_from = step
 
     metric, sign = cfg.hpo.metric, (1 if cfg.hpo.direction == "maximize" else -1)
+    batches = accel.train_batches(
+        fast,
+        steps=range(step, hparams.max_steps),
+        order=accel.LengthBucketedOrder([len(e) for e in train_enc], hparams.batch_size, seed)
+        if fast.length_bucketing
+        else partial(batch_indices, n=len(train_enc), batch_size=hparams.batch_size, seed=seed),
+        encoded=train_enc,
+        labels=train.labels,
+        collate=partial(collate, pad_id=pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length),
+    )
     while step < hparams.max_steps:
         model.train(True)
-        idx = batch_indices(step, len(train_enc), hparams.batch_size, seed)
-        batch = collate([train_enc[i] for i in idx], pad_id, device)
-        labels = torch.tensor([train.labels[i] for i in idx], device=device)
-        loss = model.loss(model.logits(batch), labels)
+        batch, labels = next(batches)
+        with accel.autocast(fast):
+            logits = model.logits(batch)
+        loss = model.loss(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         step += 1
         if log_values is not None:
             log_values(step, {"train/loss": float(loss), "train/lr": float(scheduler.get_last_lr()[0])})
         if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
-            metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
+            with accel.autocast(fast):
+                metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
             history.append({"step": step, **metrics})
             log.info("step %d/%d: validation %s", step, hparams.max_steps, {k: round(v, 4) for k, v in metrics.items()})
             if log_values is not None:
@@ -330,7 +363,9 @@ def train_model(
                 _atomic_replace_dir(tmp, best_dir)
             if on_eval is not None:
                 on_eval(step, metrics)
-        if step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps:
+        # A stop request (SIGTERM / SIGUSR1 before preemption) forces a checkpoint now.
+        stopping = stop_requested is not None and stop_requested() and step < hparams.max_steps
+        if (step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps) or stopping:
             save_checkpoint(
                 ckpt_dir,
                 model=model,
@@ -345,10 +380,13 @@ def train_model(
                     "best_step": best_step,
                     "best_metrics": best_metrics,
                     "history": history,
+                    "grad_scaler": scaler.state_dict(),  # {} unless fp16
                 },
             )
             if on_checkpoint is not None:
                 on_checkpoint(ckpt_dir)
+        if stopping:
+            raise TrainingInterrupted(f"stop requested: checkpoint saved at step {step}", step=step)
         if stop_after_step is not None and step >= stop_after_step:
             break
     return TrainResult(

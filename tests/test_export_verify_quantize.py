@@ -9,13 +9,13 @@ import pytest
 from onnx import numpy_helper
 from transformers import AutoTokenizer
 
-from stages.config import ExportConfig, QuantizeConfig
+from stages.config import FF2_PATTERN, ExportConfig, QuantizeConfig, RecipeConfig
 from stages.data import SplitData
 from stages.errors import ParityError, QuantizationAccuracyError
 from stages.export import export_onnx
 from stages.modeling import build_model, save_model
 from stages.onnx_model import OnnxTextModel
-from stages.quantize import count_nodes, quantize_and_gate, quantize_static_int8
+from stages.quantize import TextCalibrationReader, count_nodes, prepare_graph, quantize_and_gate, quantize_static_int8
 from stages.verify import check_parity
 from tests.tiny import rt_texts
 
@@ -73,21 +73,26 @@ def test_ordinal_head_exports_a_scalar_score(tmp_path: Path, tiny_model_dir: Pat
 
 def test_int8_recipe_structure(tmp_path: Path, tiny_onnx: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_onnx)
-    out = tmp_path / "q.onnx"
-    recipe = quantize_static_int8(fp32_path=tiny_onnx / "model.onnx", out_path=out, tokenizer=tok,
-                                  calibration=TEXTS[:16], max_length=32, q=QuantizeConfig())  # fmt: skip
+    prepared, out = tmp_path / "p.onnx", tmp_path / "q.onnx"
+    prepare_graph(fp32_path=tiny_onnx / "model.onnx", out_path=prepared, level="basic", tokenizer=tok,
+                  texts=TEXTS[:16], max_length=32, atol=1e-4)  # fmt: skip
+    names = [i.name for i in onnx.load(str(prepared)).graph.input]
+    recipe = RecipeConfig(name="s8s8-ff2", activation_type="QInt8", exclude_node_patterns=[FF2_PATTERN])
+    info = quantize_static_int8(model_path=prepared, out_path=out, reader=TextCalibrationReader(tok, TEXTS[:16], 32,
+                                names), recipe=recipe)  # fmt: skip
     nodes = count_nodes(out)
     fp32_matmuls = count_nodes(tiny_onnx / "model.onnx")["MatMul"]
     # Weight MatMuls: 2 layers x (Q, K, V, attention out, FF1) = 10 quantized. FF2 (excluded by
     # pattern) and the 2 x 2 activation x activation attention MatMuls stay FP32.
-    assert recipe["quantized_nodes"] == 10
-    assert recipe["excluded_nodes"] == [f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(2)]
+    assert info["quantized_nodes"] == 10
+    assert info["excluded_nodes"] == [f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(2)]
     assert nodes["MatMul"] == fp32_matmuls
-    assert nodes["QuantizeLinear"] >= 10 and nodes["DequantizeLinear"] >= 20
+    # Inputs only: per layer 3 activations (Q/K/V input, context, FF1 input) + 5 weights.
+    assert nodes["QuantizeLinear"] == 6 and nodes["DequantizeLinear"] == 16
     graph = onnx.load(str(out)).graph
     producers = {o: n.op_type for n in graph.node for o in n.output}
     by_name = {n.name: n for n in graph.node}
-    for name in recipe["excluded_nodes"]:
+    for name in info["excluded_nodes"]:  # type: ignore[union-attr]
         assert all(producers.get(i) != "DequantizeLinear" for i in by_name[name].input), f"{name} must stay FP32"
     quantized = by_name["/bert/encoder/layer.0/intermediate/dense/MatMul"]
     assert any(producers.get(i) == "DequantizeLinear" for i in quantized.input)
@@ -105,7 +110,8 @@ def test_quantization_gate_passes_and_records_measurements(tmp_path: Path, tiny_
     labels = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEXTS).argmax(1)
     result = quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification", n_classes=2,
                                cutpoints=None, calibration=_split(TEXTS[:16], labels[:16]), test=_split(TEXTS, labels),
-                               max_length=32, q=QuantizeConfig(max_accuracy_drop=1.0), latency_samples=8)  # fmt: skip
+                               max_length=32, q=QuantizeConfig(max_accuracy_drop=1.0, latency_rounds=1),
+                               latency_samples=8)  # fmt: skip
     assert result.fp32_metrics["accuracy"] == 1.0  # labels are the FP32 predictions
     assert result.accuracy_drop == pytest.approx(1.0 - result.int8_metrics["accuracy"])
     assert result.int8_latency["n"] == 8 and result.int8_latency["p95_ms"] > 0
@@ -125,9 +131,10 @@ def test_quantization_gate_fails_when_int8_breaks_the_model(tmp_path: Path, tiny
     labels = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEXTS).argmax(1)
     assert 0 < labels.sum() < len(labels), "FP32 predictions must vary for the gate to mean anything"
     bad_calibration = _split(["a"] * 4, labels[:4])
-    q = QuantizeConfig(max_accuracy_drop=0.0, per_channel=False, reduce_range=False, weight_ops_only=False,
-                       op_types=["MatMul", "Add", "Gemm"], exclude_node_patterns=[])  # fmt: skip
-    with pytest.raises(QuantizationAccuracyError, match=r"loses .* accuracy points .* the gate allows 0.00"):
+    naive = RecipeConfig(name="naive", per_channel=False, reduce_range=False, weight_ops_only=False,
+                         op_types=["MatMul", "Add", "Gemm"])  # fmt: skip
+    q = QuantizeConfig(max_accuracy_drop=0.0, recipes=[naive], latency_samples=8, latency_rounds=1)
+    with pytest.raises(QuantizationAccuracyError, match=r"within 0.00 points .*\n  - naive: accuracy .* FAIL"):
         quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification", n_classes=2,
                           cutpoints=None, calibration=bad_calibration, test=_split(TEXTS, labels),
                           max_length=32, q=q)  # fmt: skip

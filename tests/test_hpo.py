@@ -77,3 +77,18 @@ def test_pruner_stops_a_trial_worse_than_the_median(tmp_path, tiny_cfg, splits) 
     ))  # fmt: skip
     ran = _worker(cfg, storage, 0, splits, tmp_path)
     assert ran[0].state == "PRUNED"
+
+
+def test_sigusr1_and_sigterm_request_a_stop() -> None:
+    import os
+    import signal
+
+    from stages.hpo import stop_on_signals
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        before = signal.getsignal(sig)
+        with stop_on_signals() as stop_requested:
+            assert not stop_requested()
+            os.kill(os.getpid(), sig)
+            assert stop_requested()
+        assert signal.getsignal(sig) is before, "handlers are restored"

@@ -45,6 +45,11 @@ def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, t
     assert meta["label_map"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert "sigmoid(cutpoints[k] - s)" in meta["onnx"]["output"]
     assert "mae" in meta["metrics"]["test_fp32_onnx"]
+    # The INT8 search table, the chosen recipe and the session options travel in the package.
+    quant_meta = meta["quantization"]
+    assert [r["name"] for r in quant_meta["search"]] == [r.name for r in cfg.quantize.recipes]
+    assert quant_meta["chosen_recipe"] in {r["name"] for r in quant_meta["search"] if r["passed"]}
+    assert meta["onnx"]["session_options"]["intra_op_num_threads"] >= 1
     # A consumer reproduces the reported test accuracy from the package alone.
     test = load_split(ctx.snapshot, "test")
     onnx_model = OnnxTextModel(path / "model.onnx", AutoTokenizer.from_pretrained(path), meta["onnx"]["max_length"])

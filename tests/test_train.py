@@ -75,3 +75,17 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, tiny_cfg, splits
     assert "missing or corrupt" in caplog.text
     assert result.resumed_from_step == 0 and result.steps_run == HP.max_steps
     assert final_weights(tmp_path / "run2" / "checkpoint")  # a fresh, intact checkpoint was written
+
+
+def test_stop_request_checkpoints_at_once_and_resume_is_exact(tmp_path, tiny_cfg, splits) -> None:
+    from stages.errors import TrainingInterrupted
+
+    tiny_cfg["train"].update(checkpoint_every=1000, eval_every=4)  # no regular checkpoint is due
+    cfg = parse_config_dict(tiny_cfg)
+    full = _train(cfg, splits, tmp_path / "full")
+    calls = iter(range(100))
+    with pytest.raises(TrainingInterrupted, match="checkpoint saved at step 5") as info:
+        _train(cfg, splits, tmp_path / "part", stop_requested=lambda: next(calls) >= 4)
+    assert info.value.step == 5
+    resumed = _train(cfg, splits, tmp_path / "part", resume_dir=tmp_path / "part" / "checkpoint")
+    assert resumed.resumed_from_step == 5 and resumed.metrics == full.metrics

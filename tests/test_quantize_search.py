@@ -1,0 +1,350 @@
+"""The INT8 recipe search: every recipe builds a valid QDQ model, exclusions really stay FP32,
+per-layer sensitivity finds the layer that INT8 breaks, the search skips failing recipes and
+keeps a passing one, and the gate fails the run (listing every recipe) when none passes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import AutoTokenizer
+
+from stages import quantize as quantize_module
+from stages.config import (
+    FF2_PATTERN,
+    ExportConfig,
+    QuantizeConfig,
+    RecipeConfig,
+    default_recipes,
+    parse_config_dict,
+)
+from stages.data import SplitData
+from stages.errors import ConfigError, QuantizationAccuracyError
+from stages.export import export_onnx
+from stages.modeling import build_model, save_model
+from stages.onnx_model import OnnxTextModel, tokenize_batches
+from stages.quantize import (
+    INT8_FILE,
+    SEARCH_DIR,
+    RecipeOutcome,
+    TextCalibrationReader,
+    choose,
+    count_nodes,
+    layer_sensitivity,
+    prepare_graph,
+    quantize_and_gate,
+    quantize_static_int8,
+    weight_nodes,
+)
+from tests.tiny import rt_texts
+
+CALIBRATION = rt_texts(16)
+TEST_TEXTS = rt_texts(300)[200:296]  # disjoint from the calibration texts
+FRAGILE_NODE = "/bert/encoder/layer.1/attention/output/dense/MatMul"
+# Recipes with a fast search: one latency pass over a few texts.
+FAST = {"latency_samples": 8, "latency_rounds": 1}
+
+
+def _split(texts: list[str], labels: np.ndarray | list[int]) -> SplitData:
+    return SplitData([str(i) for i in range(len(texts))], texts, [int(x) for x in labels])
+
+
+@pytest.fixture(scope="module")
+def mixing_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny BERT with unit-gain random linear layers (std 1/sqrt(fan_in)), exported to ONNX.
+
+    The tiny fixture model barely mixes tokens (weights of std 0.02): its logits vary by ~1e-4
+    between texts, below any INT8 noise, so no recipe could preserve its predictions. Here the
+    output depends on the input (margin spread ~0.1) and INT8 can be right or wrong about it.
+    """
+    folder = tmp_path_factory.mktemp("mixing")
+    model = build_model(task="classification", labels=["rotten", "fresh"], base=str(tiny_model_dir))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.hf.modules():  # type: ignore[attr-defined]
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, module.in_features**-0.5, generator=gen)
+                module.bias.normal_(0, 0.1, generator=gen)
+    save_model(model, AutoTokenizer.from_pretrained(tiny_model_dir), folder / "model")
+    export_onnx(model_dir=folder / "model", out_dir=folder / "onnx", export=ExportConfig())
+    return folder / "onnx"
+
+
+def _edit(model: onnx.ModelProto, name: str, fn) -> None:  # type: ignore[no-untyped-def]
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init).copy()), name))
+
+
+def _make_fragile(src: Path, dst: Path, channel: int = 3, factor: float = 1000.0) -> None:
+    """Rescale one attention channel of layer 1 so that the FP32 function is unchanged but one
+    weight MatMul becomes INT8-hostile: value weights and bias of `channel` x factor (per-channel
+    weights absorb that), attention-output weights of that row / factor. The attention-output
+    MatMul then reads an activation with one channel `factor` times larger than the rest (one
+    per-tensor activation scale wipes out the others) and a weight row `factor` times smaller."""
+    model = onnx.load(str(src))
+    nodes = {n.name: n for n in model.graph.node}
+    value = nodes["/bert/encoder/layer.1/attention/self/value/MatMul"]
+    bias_add = next(n for n in model.graph.node if n.op_type == "Add" and value.output[0] in n.input)
+    inits = {i.name for i in model.graph.initializer}
+    bias = next(i for i in bias_add.input if i in inits)
+
+    def scale_column(w: np.ndarray) -> np.ndarray:
+        w[:, channel] *= factor
+        return w
+
+    def scale_entry(b: np.ndarray) -> np.ndarray:
+        b[channel] *= factor
+        return b
+
+    def shrink_row(w: np.ndarray) -> np.ndarray:
+        w[channel] /= factor
+        return w
+
+    _edit(model, value.input[1], scale_column)
+    _edit(model, bias, scale_entry)
+    _edit(model, nodes[FRAGILE_NODE].input[1], shrink_row)
+    onnx.save(model, str(dst))
+
+
+def _centre(path: Path, tok: object, texts: list[str]) -> np.ndarray:
+    """Shift the classifier bias so that half the texts fall on each side; return FP32 labels."""
+    logits = OnnxTextModel(path, tok, 32).logits(texts)
+    shift = float(np.median(logits[:, 1] - logits[:, 0]))
+    model = onnx.load(str(path))
+    bias = next(i.name for i in model.graph.initializer if "classifier.bias" in i.name)
+    _edit(model, bias, lambda b: b + np.array([0.0, -shift], np.float32))
+    onnx.save(model, str(path))
+    labels = OnnxTextModel(path, tok, 32).logits(texts).argmax(1)
+    assert 0 < labels.sum() < len(labels)
+    return labels
+
+
+@pytest.fixture
+def fragile(tmp_path: Path, mixing_onnx: Path) -> tuple[Path, object, np.ndarray]:
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(mixing_onnx, onnx_dir)
+    tok = AutoTokenizer.from_pretrained(onnx_dir)
+    before = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEST_TEXTS)
+    _make_fragile(onnx_dir / "model.onnx", onnx_dir / "model.onnx")
+    after = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEST_TEXTS)
+    np.testing.assert_allclose(after, before, atol=1e-4)  # same FP32 function
+    labels = _centre(onnx_dir / "model.onnx", tok, TEST_TEXTS)
+    return onnx_dir / "model.onnx", tok, labels
+
+
+def _search(model: Path, tok: object, labels: np.ndarray, recipes: list[RecipeConfig], drop: float = 0.1):
+    q = QuantizeConfig(max_accuracy_drop=drop, recipes=recipes, **FAST)
+    return quantize_and_gate(fp32_path=model, tokenizer=tok, task="classification", n_classes=2, cutpoints=None,
+                             calibration=_split(CALIBRATION, [0] * len(CALIBRATION)),
+                             test=_split(TEST_TEXTS, labels), max_length=32, q=q)  # fmt: skip
+
+
+# --- each recipe builds a valid model -----------------------------------------------------------
+
+
+def _inputs_from_dq(graph: onnx.GraphProto, node_name: str) -> list[bool]:
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    node = next(n for n in graph.node if n.name == node_name)
+    return [producers.get(i) == "DequantizeLinear" for i in node.input]
+
+
+@pytest.mark.parametrize("recipe", default_recipes(), ids=lambda r: r.name)
+def test_each_default_recipe_builds_a_valid_qdq_model(tmp_path: Path, tiny_onnx: Path, recipe: RecipeConfig) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_onnx)
+    prepared = tmp_path / "prepared.onnx"
+    prepare_graph(fp32_path=tiny_onnx / "model.onnx", out_path=prepared, level="basic", tokenizer=tok,
+                  texts=CALIBRATION, max_length=32, atol=1e-4)  # fmt: skip
+    fp32_graph = onnx.load(str(prepared)).graph
+    names = [i.name for i in fp32_graph.input]
+    reader = TextCalibrationReader(tok, CALIBRATION, 32, names, fixed_length=recipe.calibration_method != "minmax")
+    extra: list[str] = []
+    if recipe.keep_fp32_top_k:
+        base = tmp_path / "base.onnx"
+        quantize_static_int8(model_path=prepared, out_path=base, reader=reader, recipe=recipe)
+        feeds = [f for _, f in tokenize_batches(tok, CALIBRATION, 32, 8, names)]
+        ranking = layer_sensitivity(model_path=prepared, int8_path=base, feeds=feeds)
+        assert len(ranking) == 12 and all(v >= 0 for v in ranking.values())
+        extra = list(ranking)[: recipe.keep_fp32_top_k]
+    out = tmp_path / "q.onnx"
+    info = quantize_static_int8(model_path=prepared, out_path=out, reader=reader, recipe=recipe, exclude_nodes=extra)
+
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    # 2 layers x (Q, K, V, attention output, FF1, FF2) weight MatMuls; attention's activation x
+    # activation MatMuls are never quantized.
+    weights = weight_nodes(fp32_graph, ["MatMul"])
+    assert len(weights) == 12
+    excluded = set(info["excluded_nodes"])  # type: ignore[arg-type]
+    expected_fp32 = {n for n in weights if "/output/dense/" in n and "attention" not in n}
+    if recipe.exclude_node_patterns:
+        assert expected_fp32 <= excluded
+    by_pattern = len(expected_fp32) if recipe.exclude_node_patterns else 0
+    assert len(excluded) == by_pattern + recipe.keep_fp32_top_k
+    quantized = [n for n in weights if n not in excluded]
+    assert info["quantized_nodes"] == len(quantized)
+    # Only inputs are quantized: one Q/DQ pair per distinct activation, one DQ per weight.
+    by_name = {n.name: n for n in fp32_graph.node}
+    activations = {by_name[n].input[0] for n in quantized}
+    counts = count_nodes(out)
+    assert counts["QuantizeLinear"] == len(activations)
+    assert counts["DequantizeLinear"] == len(activations) + len(quantized)
+    assert counts["MatMul"] == count_nodes(prepared)["MatMul"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    act_dtype = np.uint8 if recipe.activation_type == "QUInt8" else np.int8
+    for name in quantized:
+        assert _inputs_from_dq(model.graph, name) == [True, True], f"{name} must read DequantizeLinear"
+        weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0]
+                         == next(x for x in model.graph.node if x.name == name).input[1])  # fmt: skip
+        w = inits[weight_dq.input[0]]
+        assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 64, "reduce_range: 7-bit weights"
+        assert inits[weight_dq.input[1]].shape == (w.shape[1],), "per-channel scales, one per output column"
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == act_dtype for z in zero_points)
+    for name in excluded:
+        assert _inputs_from_dq(model.graph, name) == [False, False], f"{name} must stay FP32"
+        weight = next(x for x in model.graph.node if x.name == name).input[1]
+        assert inits[weight].dtype == np.float32
+
+
+# --- sensitivity, search and gate ---------------------------------------------------------------
+
+
+def test_sensitivity_finds_the_layer_int8_breaks(tmp_path: Path, fragile: tuple[Path, object, np.ndarray]) -> None:
+    model, tok, _ = fragile
+    prepared = tmp_path / "prepared.onnx"
+    prepare_graph(fp32_path=model, out_path=prepared, level="basic", tokenizer=tok, texts=CALIBRATION,
+                  max_length=32, atol=1e-4)  # fmt: skip
+    names = [i.name for i in onnx.load(str(prepared)).graph.input]
+    base = tmp_path / "base.onnx"
+    quantize_static_int8(model_path=prepared, out_path=base, reader=TextCalibrationReader(tok, CALIBRATION, 32, names),
+                         recipe=RecipeConfig(name="naive"))  # fmt: skip
+    feeds = [f for _, f in tokenize_batches(tok, CALIBRATION, 32, 8, names)]
+    ranking = layer_sensitivity(model_path=prepared, int8_path=base, feeds=feeds)
+    worst, second = list(ranking.items())[:2]
+    assert worst[0] == FRAGILE_NODE
+    assert worst[1] > 10 * second[1], ranking
+
+
+def test_search_skips_failing_recipes_and_keeps_the_passing_one(fragile: tuple[Path, object, np.ndarray]) -> None:
+    model, tok, labels = fragile
+    recipes = [
+        RecipeConfig(name="naive"),
+        RecipeConfig(name="ff2-fp32", exclude_node_patterns=[FF2_PATTERN]),  # the wrong layers
+        RecipeConfig(name="sensitive1-fp32", keep_fp32_top_k=1),
+    ]
+    result = _search(model, tok, labels, recipes)
+    table = {row["name"]: row for row in result.search}
+    assert list(table) == ["naive", "ff2-fp32", "sensitive1-fp32"]
+    assert not table["naive"]["passed"] and table["naive"]["accuracy_drop"] > 0.2
+    assert not table["ff2-fp32"]["passed"]
+    assert table["sensitive1-fp32"]["passed"] and table["sensitive1-fp32"]["accuracy_drop"] <= 0.1
+    assert all(row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] for row in result.search)
+    assert result.chosen == "sensitive1-fp32"
+    assert result.recipe["kept_fp32_by_sensitivity"] == [FRAGILE_NODE]
+    assert result.int8_metrics["accuracy"] == table["sensitive1-fp32"]["accuracy"]
+    int8 = onnx.load(result.int8_path)
+    assert _inputs_from_dq(int8.graph, FRAGILE_NODE) == [False, False]
+    assert result.session_options["intra_op_num_threads"] >= 1
+    assert result.graph_optimization["applied"] == "basic"
+    assert not list((model.parent / SEARCH_DIR).glob("*.onnx")), "losing candidates are removed"
+
+
+def test_gate_fails_the_run_when_no_recipe_passes(fragile: tuple[Path, object, np.ndarray]) -> None:
+    model, tok, labels = fragile
+    recipes = [RecipeConfig(name="naive"), RecipeConfig(name="ff2-fp32", exclude_node_patterns=[FF2_PATTERN])]
+    with pytest.raises(QuantizationAccuracyError) as info:
+        _search(model, tok, labels, recipes)
+    msg = str(info.value)
+    assert "no INT8 recipe keeps test accuracy within 10.00 points" in msg
+    for name in ("naive", "ff2-fp32"):
+        assert f"  - {name}: accuracy 0." in msg
+    rows = [line for line in msg.splitlines() if line.startswith("  - ")]
+    assert len(rows) == 2 and all("batch-1 p50" in r and "p95" in r and r.endswith("FAIL") for r in rows), rows
+    assert not (model.parent / INT8_FILE).exists(), "nothing to publish"
+    assert (model.parent / SEARCH_DIR / "naive.onnx").is_file(), "candidates kept for inspection"
+
+
+def test_search_false_tries_only_the_first_recipe(tmp_path: Path, tiny_onnx: Path) -> None:
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx, onnx_dir)
+    tok = AutoTokenizer.from_pretrained(onnx_dir)
+    labels = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEST_TEXTS).argmax(1)
+    q = QuantizeConfig(max_accuracy_drop=1.0, search=False, **FAST)
+    result = quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification",
+                               n_classes=2, cutpoints=None, calibration=_split(CALIBRATION, [0] * 16),
+                               test=_split(TEST_TEXTS, labels), max_length=32, q=q)  # fmt: skip
+    assert [row["name"] for row in result.search] == [default_recipes()[0].name] == [result.chosen]
+    assert Path(result.int8_path).name == INT8_FILE
+
+
+def test_choose_prefers_speed_then_accuracy_within_a_tie() -> None:
+    def row(name: str, p50: float, drop: float, passed: bool = True) -> RecipeOutcome:
+        return RecipeOutcome(name=name, passed=passed, accuracy=0.8 - drop, accuracy_drop=drop, p50_ms=p50, p95_ms=p50)
+
+    assert choose([row("slow", 10.0, 0.0), row("fast", 5.0, 0.009)], tie=0.03).name == "fast"
+    assert choose([row("a", 5.0, 0.009), row("b", 5.1, 0.001)], tie=0.03).name == "b"  # within 3%: tie
+    assert choose([row("a", 5.0, 0.009), row("b", 5.2, 0.001)], tie=0.03).name == "a"
+    assert choose([row("fastest-but-failed", 1.0, 0.05, passed=False), row("ok", 9.0, 0.0)], 0.03).name == "ok"
+    assert choose([row("x", 1.0, 0.05, passed=False)], 0.03) is None
+
+
+# --- graph optimization ------------------------------------------------------------------------
+
+
+def test_fused_graph_is_used_only_while_fp32_parity_holds(
+    tmp_path: Path, mixing_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = AutoTokenizer.from_pretrained(mixing_onnx)
+    kwargs = {"fp32_path": mixing_onnx / "model.onnx", "out_path": tmp_path / "p.onnx", "level": "fused",
+              "tokenizer": tok, "texts": TEST_TEXTS[:16], "max_length": 32, "atol": 1e-4}  # fmt: skip
+    done = prepare_graph(**kwargs)  # type: ignore[arg-type]
+    assert done["applied"] == "fused" and done["max_abs_diff"] <= 1e-4  # type: ignore[operator]
+    assert done["fusions"]["SkipLayerNormalization"] == 4  # type: ignore[index]
+    assert count_nodes(tmp_path / "p.onnx").get("SkipLayerNormalization") == 4
+
+    real = quantize_module._fuse_transformer
+
+    def drifting(fp32_path: Path, out_path: Path) -> dict[str, int]:
+        fusions = real(fp32_path, out_path)
+        model = onnx.load(str(out_path))
+        bias = next(i.name for i in model.graph.initializer if "classifier.bias" in i.name)
+        _edit(model, bias, lambda b: b + np.float32(0.01))
+        onnx.save(model, str(out_path))
+        return fusions
+
+    monkeypatch.setattr(quantize_module, "_fuse_transformer", drifting)
+    done = prepare_graph(**kwargs)  # type: ignore[arg-type]
+    assert done["applied"] == "basic"
+    assert [t["level"] for t in done["tried"]] == ["fused", "basic"]  # type: ignore[union-attr]
+    assert done["tried"][0]["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)  # type: ignore[index]
+    assert "SkipLayerNormalization" not in count_nodes(tmp_path / "p.onnx")
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_recipe_config_problems_are_reported_at_once(tiny_cfg: dict) -> None:
+    tiny_cfg["quantize"] = {
+        "recipes": [
+            {"name": "a", "activation_type": "QInt8", "weight_type": "QUInt8"},
+            {"name": "a", "exclude_node_patterns": ["(unclosed"]},
+            {"name": "b", "calibration": "minmax"},
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg, "t.yaml")
+    msg = str(info.value)
+    assert "quantize.recipes.2.calibration: unknown key" in msg
+    tiny_cfg["quantize"]["recipes"].pop()
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg, "t.yaml")
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert any("names ['a', 'a'] repeat" in p for p in problems)
+    assert any("QInt8 activations with QUInt8 weights" in p for p in problems)
+    assert any("'(unclosed' is not a valid regular expression" in p for p in problems)
