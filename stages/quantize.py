@@ -247,13 +247,58 @@ def quantize_static_int8(
         },
         calibration_cache_path=calibration_cache,
     )
+    targets = {
+        n.name
+        for n in graph.node
+        if n.op_type in recipe.op_types and n.name not in excluded and (nodes is None or n.name in nodes)
+    }
+    restored = restore_fp32_consumers(out_path, targets)
     return {
         **recipe.model_dump(),
         "format": "QDQ",
         "excluded_nodes": excluded,
+        "fp32_inputs_restored": restored,
         "quantized_nodes": None if nodes is None else len(nodes),
         "calibration_samples": len(reader.batches),
     }
+
+
+def restore_fp32_consumers(path: Path, quantized: set[str]) -> int:
+    """Make every node outside `quantized` read the FP32 tensor again; return how many inputs.
+
+    ONNX Runtime's QDQ quantizer inserts one Q -> DQ pair per quantized activation and rewires
+    *all* consumers of that tensor to the DQ output (`replace_input_of_all_nodes`), so a node
+    kept FP32 that shares its input with a quantized one (V beside Q and K, the residual Add
+    beside FF1) would silently read the INT8-rounded value. Dangling Q/DQ nodes are dropped.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    restored = 0
+    for node in graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]
+                restored += 1
+    if restored:
+        outputs = {o.name for o in graph.output}
+        while True:
+            used = {i for n in graph.node for i in n.input} | outputs
+            dangling = [
+                n
+                for n in graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & used
+            ]
+            if not dangling:
+                break
+            for n in dangling:
+                graph.node.remove(n)
+        onnx.save(model, str(path))
+    return restored
 
 
 # --- per-layer sensitivity ----------------------------------------------------------------------

@@ -209,6 +209,35 @@ def test_each_default_recipe_builds_a_valid_qdq_model(tmp_path: Path, tiny_onnx:
         assert _inputs_from_dq(model.graph, name) == [False, False], f"{name} must stay FP32"
         weight = next(x for x in model.graph.node if x.name == name).input[1]
         assert inits[weight].dtype == np.float32
+    # Nothing but the quantized MatMuls reads a dequantized activation: not an excluded MatMul
+    # sharing its input with a quantized one, not the residual Add beside FF1.
+    readers = {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+               and any(_inputs_from_dq(model.graph, n.name))}  # fmt: skip
+    assert readers == set(quantized)
+
+
+def test_excluded_node_sharing_an_input_with_quantized_ones_reads_fp32(tmp_path: Path, tiny_onnx: Path) -> None:
+    """V shares its input with Q and K; ORT's quantizer rewires every consumer of a quantized
+    activation to its DequantizeLinear, so V would read INT8-rounded values unless restored."""
+    tok = AutoTokenizer.from_pretrained(tiny_onnx)
+    prepared, out = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
+    prepare_graph(fp32_path=tiny_onnx / "model.onnx", out_path=prepared, level="basic", tokenizer=tok,
+                  texts=CALIBRATION, max_length=32, atol=1e-4)  # fmt: skip
+    names = [i.name for i in onnx.load(str(prepared)).graph.input]
+    recipe = RecipeConfig(name="v-fp32", exclude_node_patterns=[r"attention/self/value/MatMul$"])
+    info = quantize_static_int8(model_path=prepared, out_path=out, reader=TextCalibrationReader(tok, CALIBRATION, 32,
+                                names), recipe=recipe)  # fmt: skip
+    graph = onnx.load(str(out)).graph
+    for layer in range(2):
+        prefix = f"/bert/encoder/layer.{layer}/attention/self/"
+        assert _inputs_from_dq(graph, prefix + "value/MatMul") == [False, False]
+        assert _inputs_from_dq(graph, prefix + "query/MatMul") == [True, True]
+        assert _inputs_from_dq(graph, prefix + "key/MatMul") == [True, True]
+    # 2 layers x (V input beside Q/K, residual Adds beside attention-output and FF1 inputs, ...).
+    assert info["fp32_inputs_restored"] >= 2
+    onnx.checker.check_model(onnx.load(str(out)))
+    reference = OnnxTextModel(prepared, tok, 32).logits(TEST_TEXTS[:8])
+    np.testing.assert_allclose(OnnxTextModel(out, tok, 32).logits(TEST_TEXTS[:8]), reference, atol=0.5)
 
 
 # --- sensitivity, search and gate ---------------------------------------------------------------
