@@ -566,6 +566,190 @@ def e2e_main(out: Path) -> None:
     (out / "e2e.json").write_text(json.dumps(results, indent=1, default=str))
 
 
+# ---------------------------------------------------------------- plan "checkpoint": what saving costs the loop
+
+
+def _timed_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, stream: Any, n: int,
+                 save_at: Callable[[int], None] | None = None) -> float:  # fmt: skip
+    """Run n steps from `stream`; call save_at(i) before step i when given; seconds until the GPU is idle."""
+    sync()
+    t0 = time.perf_counter()
+    for i in range(n):
+        if save_at is not None:
+            save_at(i)
+        run_steps(model, fast, opt, sched, scaler, itertools.islice(stream, 1))
+    sync()
+    return time.perf_counter() - t0
+
+
+def checkpoint_main(out: Path, smoke: bool) -> None:
+    """The checkpoint's cost to the training loop, measured in the loop (not estimated):
+
+    write_sync   one synchronous stages.checkpoints save (snapshot + serialize + hash + write)
+    old_sync     what save_checkpoint did before: the same write, then both files re-read for SHA-256
+    extra_async  wall time one background save adds to N steps (N x step >= 2 x write): the
+                 snapshot copy into pinned memory plus any slowdown of steps while the thread writes
+    every 25     N = 100 steps with a save every 25 steps, synchronous and asynchronous, against
+                 100 steps without: the overhead share at config/default.yaml's interval with no
+                 time floor
+    floor 30 s   one direct run of about 75 s at the CUDA default (async, every 25 steps but at
+                 least 30 s apart) for the first configuration, against the same steps without saves
+    """
+    import torch
+
+    from stages import accel
+
+    out.mkdir(parents=True, exist_ok=True)
+    caps = (
+        accel.probe_capabilities("cuda")
+        if DEVICE == "cuda"
+        else accel.Capabilities(cuda=True, compute_capability=(9, 0), device_name="dry run", cpu_count=16)
+    )
+    results: dict[str, Any] = {"env": {"device": caps.device_name, "torch": torch.__version__, "plan": "checkpoint",
+                                       "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                                       "tmp_fs": os.popen("df -T /tmp | tail -1").read().split()[1:2]},
+               "rows": []}  # fmt: skip
+    data = synthetic_data(4096, seed=0)
+    fast = variants(caps)
+    plan = [("BERT-base", "c", 256), ("BERT-base", "b", 32), ("MiniLM-L6", "c", 256), ("MiniLM-L6", "b", 32)]
+    if smoke:
+        plan = [("MiniLM-L6", "b", 32)]
+    folder = Path("/tmp/ckpt_bench")
+    for i, (model_name, variant, bs) in enumerate(plan):
+        try:
+            row = measure_checkpoint(model_name=model_name, fast=fast[variant], variant=variant, bs=bs, data=data,
+                                     folder=folder, layers=2 if smoke else None, floor=i == 0 and not smoke)  # fmt: skip
+            results["rows"].append(row)
+            log(f"checkpoint {model_name} {variant} bs={bs}: {json.dumps(row, default=str)}")
+        except Exception as err:
+            import traceback
+
+            traceback.print_exc()
+            results.setdefault("errors", []).append({"model": model_name, "variant": variant, "error": repr(err)})
+        reset_peak_memory()
+        (out / "checkpoint.json").write_text(json.dumps(results, indent=1, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure_checkpoint(
+    *,
+    model_name: str,
+    fast: Any,
+    variant: str,
+    bs: int,
+    data: tuple[list[list[int]], list[int]],
+    folder: Path,
+    layers: int | None,
+    floor: bool,
+) -> dict[str, Any]:
+    """One row of the checkpoint plan (see checkpoint_main)."""
+    from stages import accel
+    from stages.checkpoints import CheckpointWriter, sha256_file
+    from stages.train import batch_indices, collate
+
+    encoded, labels = data
+    f = fast
+    accel.apply_global_settings(f)
+    model = build_model(model_name, layers)
+    accel.maybe_compile(model.hf, f)
+    opt, sched, scaler = make_optimizer(model, f)
+    coll = partial(collate, pad_id=0, pad_to_multiple=f.pad_to_multiple, max_width=MAX_LENGTH)
+    order = (accel.LengthBucketedOrder([len(e) for e in encoded], bs, seed=1) if f.length_bucketing
+             else partial(batch_indices, n=len(encoded), batch_size=bs, seed=1))  # fmt: skip
+    stream = accel.train_batches(f, steps=itertools.count(), order=order, encoded=encoded, labels=labels, collate=coll)
+    state = {"model": model, "optimizer": opt, "scheduler": sched, "extra": {"bench": True}}
+
+    def steps(n: int, save_at: Callable[[int], None] | None = None) -> float:
+        return _timed_steps(model, f, opt, sched, scaler, stream, n, save_at)
+
+    run_steps(model, f, opt, sched, scaler, itertools.islice(stream, 40 if f.cuda_graphs else 5))  # warm-up
+    t100 = steps(100)
+    step_s = t100 / 100
+    sync_writer = CheckpointWriter(asynchronous=False)
+    sync_writer.save(folder / "warm", step=0, **state)  # pinned buffers and page cache warm
+    times = []
+    for k in range(3):
+        sync()
+        t0 = time.perf_counter()
+        sync_writer.save(folder / "sync", step=k, **state)
+        times.append(time.perf_counter() - t0)
+    write_s = statistics.median(times)
+    t0 = time.perf_counter()
+    for name in ("model.safetensors", "trainer_state.pt"):
+        sha256_file(folder / "sync" / name)
+    rehash_s = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in (folder / "sync").iterdir())
+
+    writer = CheckpointWriter(asynchronous=True)
+
+    def save_every(w: CheckpointWriter, sub: str, k: int, min_s: float = 0.0) -> Callable[[int], None]:
+        last = [time.monotonic()]
+        saves = [0]
+
+        def at(j: int) -> None:
+            if j % k == k - 1 and time.monotonic() - last[0] >= min_s:
+                last[0] = time.monotonic()
+                saves[0] += 1
+                w.save(folder / sub, step=j, **state)
+
+        at.saves = saves  # type: ignore[attr-defined]
+        return at
+
+    n = max(100, int((2 * write_s + 2) / step_s))
+    base_n = steps(n)
+    one = steps(n, lambda j: writer.save(folder / "async", step=j, **state) if j == 0 else None)
+    t0 = time.perf_counter()
+    writer.wait()
+    tail_wait = time.perf_counter() - t0
+    every = {}
+    for mode, w in (("sync", sync_writer), ("async", writer)):
+        t = steps(100, save_every(w, mode, 25))
+        t0 = time.perf_counter()
+        w.wait()
+        t += time.perf_counter() - t0
+        every[mode] = {"seconds": t, "overhead": (t - t100) / t}
+    row: dict[str, Any] = {
+        "model": model_name, "variant": variant, "batch": bs, "step_ms": 1000 * step_s,
+        "bytes": size, "write_sync_s": write_s, "old_sync_s": write_s + rehash_s,
+        "n_steps": n, "extra_async_s": one - base_n, "async_tail_wait_s": tail_wait, "every25": every,
+    }  # fmt: skip
+    if floor:  # the CUDA default, measured directly over about 75 s
+        m = int((75 if DEVICE == "cuda" else 3) / step_s)
+        policy = save_every(writer, "floor", 25, accel.CUDA_CHECKPOINT_MIN_SECONDS)
+        t = steps(m, policy)
+        t0 = time.perf_counter()
+        writer.wait()
+        t += time.perf_counter() - t0
+        none = steps(m)
+        row["floor30"] = {"steps": m, "seconds": t, "seconds_without": none, "saves": policy.saves[0],  # type: ignore[attr-defined]
+                          "overhead": (t - none) / t}  # fmt: skip
+    writer.close()
+    return row
+
+
+def render_checkpoint(results: dict[str, Any]) -> str:
+    lines = [
+        f"Checkpoint cost in the training loop on {results['env']['device']} (torch {results['env']['torch']},"
+        f" {results['env']['date']}; /tmp is {results['env']['tmp_fs']}); model + AdamW state + RNG.",
+        "",
+        "| model | variant | batch | ms/step | MB | sync save s (before: + re-read for SHA-256) | extra wall s of one"
+        " async save | every 25 steps: sync | every 25 steps: async | CUDA default (async, >= 30 s apart) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        fl = r.get("floor30")
+        floor = (f"{100 * fl['overhead']:.1f}% ({fl['saves']} saves in {fl['seconds']:.0f} s, measured)" if fl
+                 else f"{100 * r['extra_async_s'] / (30 + r['extra_async_s']):.1f}% (from extra s)")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['batch']} | {r['step_ms']:.1f} | {r['bytes'] / 1e6:.0f} | "
+            f"{r['write_sync_s']:.2f} ({r['old_sync_s']:.2f}) | {r['extra_async_s']:.3f} | "
+            f"{100 * r['every25']['sync']['overhead']:.0f}% | {100 * r['every25']['async']['overhead']:.0f}% | {floor} |"
+        )
+    for e in results.get("errors", []):
+        lines.append(f"\nFAILED: {e['model']} {e['variant']}: {e['error'][:160]}")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -744,7 +928,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="run the benchmark on this machine's GPU; write results here")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check that every path runs")
     ap.add_argument(
-        "--plan", choices=("full", "workers", "graphs", "e2e"), default="full", help="which variants to run"
+        "--plan",
+        choices=("full", "workers", "graphs", "e2e", "checkpoint"),
+        default="full",
+        help="which variants to run",
     )
     ap.add_argument("--cpu-dry-run", action="store_true", help="with --smoke: run the code paths on the CPU")
     ap.add_argument("--record", type=Path, nargs="+", help="result JSON files to write into benchmarks/RESULTS.md")
@@ -758,7 +945,14 @@ def main(argv: list[str] | None = None) -> None:
         for path in args.record:
             results = json.loads(path.read_text())
             title = results["env"].get("note") or f"plan {results['env'].get('plan', 'e2e')}"
-            text = render_e2e(results) if "matmul" in results else render(results)
+            plan = results["env"].get("plan")
+            text = (
+                render_e2e(results)
+                if "matmul" in results
+                else render_checkpoint(results)
+                if plan == "checkpoint"
+                else render(results)
+            )
             body += f"\n### {title} ({path.name})\n\n{text}"
         replace_section(SECTION, body)
         log(f"recorded in {RESULTS}")
@@ -769,6 +963,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree("/tmp/e2e", ignore_errors=True)
         if args.plan == "e2e":
             e2e_main(args.out)
+        elif args.plan == "checkpoint":
+            checkpoint_main(args.out, args.smoke)
         else:
             gpu_main(args.out, args.smoke, args.plan)
     else:

@@ -13,7 +13,6 @@ Callers wire the outside world in through callbacks:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -28,9 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stages import accel
+from stages.checkpoints import (
+    META_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointWriter,
+    atomic_replace_dir,
+    sha256_file,
+    take_snapshot,
+    write_snapshot,
+)
 from stages.config import RunConfig
 from stages.data import SplitData
 from stages.errors import TrainingInterrupted
@@ -38,9 +47,7 @@ from stages.modeling import TextModel, build_model, compute_metrics, predict_cla
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "meta.json"
+__all__ = ["META_FILE", "STATE_FILE", "WEIGHTS_FILE", "save_checkpoint", "read_checkpoint_meta", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -159,22 +166,6 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return fn
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place; the old one is removed only afterwards."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def save_checkpoint(
     folder: Path,
     *,
@@ -184,32 +175,8 @@ def save_checkpoint(
     step: int,
     extra: dict,
 ) -> None:
-    """Write a complete checkpoint to `folder` atomically (temp folder, then rename)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-    np_state = np.random.get_state()
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_python": random.getstate(),
-            "rng_numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),  # type: ignore[index]
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        tmp / STATE_FILE,
-    )
-    meta = {
-        "step": step,
-        **extra,
-        "torch": torch.__version__,
-        "files": {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)},
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    _atomic_replace_dir(tmp, folder)
+    """Write a complete checkpoint to `folder` atomically (temp folder, then rename), synchronously."""
+    write_snapshot(folder, take_snapshot(model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra))
 
 
 def read_checkpoint_meta(folder: Path | None) -> dict | None:
@@ -219,7 +186,7 @@ def read_checkpoint_meta(folder: Path | None) -> dict | None:
     try:
         meta = json.loads((folder / META_FILE).read_text())
         for name, digest in meta["files"].items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 log.warning("checkpoint %s: %s is missing or corrupt; ignoring this checkpoint", folder, name)
                 return None
     except (json.JSONDecodeError, KeyError, OSError) as err:
@@ -266,7 +233,8 @@ def train_model(
 
     Resumes from `resume_dir` when it holds an intact checkpoint (the architecture and all
     training state come from the checkpoint; `hparams` must be the trial's own). Checkpoints go
-    to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps, and at once when
+    to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps (no sooner than the fast path's
+    `checkpoint_min_seconds` after the previous one; written in the background on CUDA), and at once when
     `stop_requested()` turns true (then TrainingInterrupted is raised). `stop_after_step` ends the
     loop early (used to simulate interruption in tests).
 
@@ -331,64 +299,77 @@ def train_model(
         labels=train.labels,
         collate=partial(collate, pad_id=pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length),
     )
-    while step < hparams.max_steps:
-        model.train(True)
-        batch, labels = next(batches)
-        with accel.autocast(fast):
-            logits = model.logits(batch)
-        loss = model.loss(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        if log_values is not None:
-            log_values(step, {"train/loss": float(loss), "train/lr": float(scheduler.get_last_lr()[0])})
-        if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
+    # On CUDA the checkpoint is written (and on_checkpoint called) by a background thread while
+    # training goes on; the loop only waits for the copy of the state to CPU memory.
+    writer = CheckpointWriter(asynchronous=fast.async_checkpoint, on_written=on_checkpoint)
+    last_checkpoint = time.monotonic()
+    try:
+        while step < hparams.max_steps:
+            model.train(True)
+            batch, labels = next(batches)
             with accel.autocast(fast):
-                metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
-            history.append({"step": step, **metrics})
-            log.info("step %d/%d: validation %s", step, hparams.max_steps, {k: round(v, 4) for k, v in metrics.items()})
+                logits = model.logits(batch)
+            loss = model.loss(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
             if log_values is not None:
-                log_values(step, {f"val/{k}": v for k, v in metrics.items()})
-            if best_value is None or sign * metrics[metric] > sign * best_value:
-                best_value, best_step, best_metrics = metrics[metric], step, metrics
-                tmp = best_dir.with_name("best.tmp")
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                save_model(model, tokenizer, tmp)
-                _atomic_replace_dir(tmp, best_dir)
-            if on_eval is not None:
-                on_eval(step, metrics)
-        # A stop request (SIGTERM / SIGUSR1 before preemption) forces a checkpoint now.
-        stopping = stop_requested is not None and stop_requested() and step < hparams.max_steps
-        if (step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps) or stopping:
-            save_checkpoint(
-                ckpt_dir,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                step=step,
-                extra={
-                    **(checkpoint_tags or {}),
-                    "seed": seed,
-                    "hparams": asdict(hparams),
-                    "best_value": best_value,
-                    "best_step": best_step,
-                    "best_metrics": best_metrics,
-                    "history": history,
-                    "grad_scaler": scaler.state_dict(),  # {} unless fp16
-                },
-            )
-            if on_checkpoint is not None:
-                on_checkpoint(ckpt_dir)
-        if stopping:
-            raise TrainingInterrupted(f"stop requested: checkpoint saved at step {step}", step=step)
-        if stop_after_step is not None and step >= stop_after_step:
-            break
+                log_values(step, {"train/loss": float(loss), "train/lr": float(scheduler.get_last_lr()[0])})
+            if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
+                with accel.autocast(fast):
+                    metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
+                history.append({"step": step, **metrics})
+                log.info(
+                    "step %d/%d: validation %s", step, hparams.max_steps, {k: round(v, 4) for k, v in metrics.items()}
+                )
+                if log_values is not None:
+                    log_values(step, {f"val/{k}": v for k, v in metrics.items()})
+                if best_value is None or sign * metrics[metric] > sign * best_value:
+                    best_value, best_step, best_metrics = metrics[metric], step, metrics
+                    tmp = best_dir.with_name("best.tmp")
+                    if tmp.exists():
+                        shutil.rmtree(tmp)
+                    save_model(model, tokenizer, tmp)
+                    atomic_replace_dir(tmp, best_dir)
+                if on_eval is not None:
+                    on_eval(step, metrics)
+            # A stop request (SIGTERM / SIGUSR1 before preemption) forces a checkpoint now.
+            stopping = stop_requested is not None and stop_requested() and step < hparams.max_steps
+            due = step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps
+            if (due and time.monotonic() - last_checkpoint >= fast.checkpoint_min_seconds) or stopping:
+                last_checkpoint = time.monotonic()
+                writer.save(
+                    ckpt_dir,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    step=step,
+                    extra={
+                        **(checkpoint_tags or {}),
+                        "seed": seed,
+                        "hparams": asdict(hparams),
+                        "best_value": best_value,
+                        "best_step": best_step,
+                        "best_metrics": best_metrics,
+                        "history": history,
+                        "grad_scaler": scaler.state_dict(),  # {} unless fp16
+                    },
+                )
+                if stopping:
+                    writer.wait()  # the checkpoint must be on disk before the process exits
+            if stopping:
+                raise TrainingInterrupted(f"stop requested: checkpoint saved at step {step}", step=step)
+            if stop_after_step is not None and step >= stop_after_step:
+                break
+    except BaseException:
+        writer.close(quiet=True)  # the last checkpoint is complete on disk, also when training failed
+        raise
+    writer.close()
     return TrainResult(
         metrics=best_metrics,
         best_step=best_step,

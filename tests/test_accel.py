@@ -173,3 +173,16 @@ def test_cpu_helpers_are_pass_throughs() -> None:
     module = torch.nn.Linear(2, 2)
     accel.maybe_compile(module, fast)
     assert module._compiled_call_impl is None  # not compiled
+
+
+def test_checkpoint_policy_is_asynchronous_and_time_floored_on_cuda_only() -> None:
+    cpu, cuda = select_fast_path(TrainConfig(), CPU), select_fast_path(TrainConfig(), HOPPER)
+    assert (cpu.async_checkpoint, cpu.checkpoint_min_seconds) == (False, 0.0), "CPU: as before"
+    assert (cuda.async_checkpoint, cuda.checkpoint_min_seconds) == (True, accel.CUDA_CHECKPOINT_MIN_SECONDS)
+    forced = TrainConfig(async_checkpoint="on", checkpoint_min_seconds=5)
+    assert (select_fast_path(forced, CPU).async_checkpoint, select_fast_path(forced, CPU).checkpoint_min_seconds) == (
+        True,
+        5,
+    )
+    off = select_fast_path(TrainConfig(async_checkpoint="off", checkpoint_min_seconds=0), HOPPER)
+    assert (off.async_checkpoint, off.checkpoint_min_seconds) == (False, 0)
