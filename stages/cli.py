@@ -18,6 +18,7 @@ and exit 1 (usage errors exit 2).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,9 +53,13 @@ class CliFailure(Exception):
     """A command's failure, printed as one line."""
 
 
+def _width(stream: Any) -> int | None:
+    # Not a terminal and no $COLUMNS (logs, tests): wide, so checksums and paths are not folded.
+    return None if stream.isatty() or "COLUMNS" in os.environ else 220
+
+
 def _out() -> Console:
-    # Wide when not a terminal so checksums and paths are not folded in logs and tests.
-    return Console(width=None if sys.stdout.isatty() else 220, highlight=False)
+    return Console(width=_width(sys.stdout), highlight=False)
 
 
 def _one_line(err: BaseException) -> str:
@@ -319,7 +324,7 @@ def promote(version: Annotated[str, typer.Argument(help="Package version.")],
     policy, _ = _config_sections(config)
     events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy)
     for e in events:
-        _out().print(_event_line(e), markup=False)
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
 
 
 def _event_line(e: Any) -> str:
@@ -332,7 +337,7 @@ def rollback(artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = 
     from stages.registry import rollback as do_rollback
 
     for e in do_rollback(artifact_root=artifact_root, model_name=model):
-        _out().print(_event_line(e), markup=False)
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -378,7 +383,7 @@ def retention(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit code."""
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 220, highlight=False)
+    err = Console(stderr=True, width=_width(sys.stderr), highlight=False)
     command = typer.main.get_command(app)
     try:
         result: Any = command.main(
