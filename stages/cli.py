@@ -229,7 +229,7 @@ def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
     from stages.registry import resolve_model
 
     try:
-        return resolve_model(artifact_root, version, model)
+        return resolve_model(artifact_root=artifact_root, version=version, model_name=model)
     except RegistryError:
         if not _columns(artifact_root, "lineage"):
             raise
@@ -249,7 +249,7 @@ def verify(package: Annotated[str, typer.Argument(help="Package folder, or a ver
 
     path = Path(package)
     if not path.is_dir() and "/" not in package:
-        path = artifact_root / resolve_model(artifact_root, package, model) / package
+        path = artifact_root / resolve_model(artifact_root=artifact_root, version=package, model_name=model) / package
     try:
         files = verify_package(path)
     except PackageVerificationError as err:

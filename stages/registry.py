@@ -185,7 +185,7 @@ def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[R
         lock.release()
 
 
-def resolve_model(artifact_root: Path, version: str, model_name: str | None = None) -> str:
+def resolve_model(*, artifact_root: Path, version: str, model_name: str | None = None) -> str:
     """The model a version belongs to. Raises RegistryError if no or several models have it."""
     if model_name is not None:
         return model_name
@@ -259,7 +259,7 @@ def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_
         RegistryError: unknown or deleted version, already production, the package fails
             verification, or its test metric regresses against production beyond the margin.
     """
-    model_name = resolve_model(artifact_root, version, model_name)
+    model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model_name)
     with locked(artifact_root) as state:
         stage = state.stage(model_name, version)
         if stage is None or stage == "deleted":
