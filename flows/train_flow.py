@@ -8,7 +8,8 @@ Steps:
   join      choose the best complete trial by the configured metric
   export    ONNX export with Optimum (opset from config) + PyTorch-vs-ORT parity gate
   quantize  INT8 static QDQ quantization + accuracy gate + CPU latency
-  publish   atomic, checksummed deployment package + Parquet records
+  publish   atomic, checksummed deployment package (registered as staging), lineage,
+            the run's cost from its task timings, Parquet records
   end       print where the package is and the best trial's metrics
 
 Run:  python flows/train_flow.py run                      (config/default.yaml)
@@ -27,6 +28,7 @@ from trainflow_backends import ComputeBackend
 from stages import pipeline
 from stages.config import RunConfig, metaflow_config_parser
 from stages.hpo import run_worker
+from stages.run_metadata import task_timings
 
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 logging.getLogger("stages").setLevel(logging.INFO)
@@ -100,6 +102,7 @@ class TrainFlow(FlowSpec):
             exported=self.exported,
             quant=self.quant,
             pathspec=current.pathspec,
+            timings=task_timings(flow_name=current.flow_name, run_id=current.run_id),
         )
         self.next(self.end)
 

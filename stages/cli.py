@@ -1,52 +1,408 @@
-"""`trainflow` command line: verify a package, print the leaderboard or a run's trials.
+"""`trainflow`: runs, trials, leaderboard, lineage, cost, package verification, registry and
+retention over an artifact root.
 
-trainflow verify artifacts/rt-sentiment/<version>
-trainflow leaderboard [--artifact-root artifacts] [--limit 20]
-trainflow trials [--artifact-root artifacts] [--run RUN_KEY]
+trainflow runs                      recent runs: status, start/end, duration, cost, package
+trainflow trials RUN                a run's Optuna trials
+trainflow leaderboard               packages ranked by test metric, per task and metric
+trainflow lineage VERSION           dataset -> checkpoints -> best model -> ONNX -> INT8, re-hashed
+trainflow verify PACKAGE            a package folder (or version) against its SHA256SUMS
+trainflow cost RUN                  a run's cost per step
+trainflow registry                  every version with its stage
+trainflow promote VERSION           staging/archived -> production (gated)
+trainflow rollback                  previous production version back to production
+trainflow retention [--dry-run]     delete old staging versions and trial checkpoints
+
+Every command takes --artifact-root (default `artifacts`). Errors print one line to stderr
+and exit 1 (usage errors exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Annotated, Any
 
-from stages.errors import PackageVerificationError
-from stages.publish import verify_package
-from stages.records import format_table, leaderboard, query
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from stages.config import METRIC_DIRECTIONS, RegistryConfig, RetentionConfig, load_config
+from stages.errors import TrainflowError
+
+app = typer.Typer(
+    name="trainflow",
+    help="Runs, trials, leaderboard, lineage, cost, verification, registry and retention of trainflow packages.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ArtifactRoot = Annotated[
+    Path, typer.Option("--artifact-root", help="Folder holding the packages, _records/ and _registry/.")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; needed only if ambiguous.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Run config YAML whose registry/retention sections apply.")
+]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows (per group).")]
+
+
+class CliFailure(Exception):
+    """A command's failure, printed as one line."""
+
+
+def _width(stream: Any) -> int | None:
+    # Not a terminal and no $COLUMNS (logs, tests): wide, so checksums and paths are not folded.
+    return None if stream.isatty() or "COLUMNS" in os.environ else 220
+
+
+def _out() -> Console:
+    return Console(width=_width(sys.stdout), highlight=False)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip().removeprefix("- ").strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    return f"{lines[0].rstrip(':')}: " + "; ".join(lines[1:])
+
+
+def _table(title: str | None, cols: list[str], rows: list[tuple] | list[list]) -> Table:
+    table = Table(title=escape(title) if title else None, title_justify="left")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        # Text cells: paths and versions are shown as they are, never read as rich markup.
+        cells = [Text("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))) for v in r]
+        table.add_row(*cells)
+    return table
+
+
+def _columns(root: Path, kind: str) -> set[str]:
+    from stages.records import has_records, query
+
+    if not has_records(root, kind):
+        return set()
+    return set(query(root, f"SELECT * FROM {kind} LIMIT 0")[0])
+
+
+def _col(present: set[str], column: str, expr: str | None = None, alias: str | None = None) -> str:
+    """`expr AS alias` if the records have `column`, else NULL (older records lack newer columns)."""
+    return f"{expr or column} AS {alias or column}" if column in present else f"NULL AS {alias or column}"
+
+
+def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConfig]:
+    if config is None:
+        return RegistryConfig(), RetentionConfig()
+    cfg = load_config(config)
+    return cfg.registry, cfg.retention
+
+
+# --- runs, trials, leaderboard ---------------------------------------------------------------
+
+
+@app.command()
+def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
+    """Recent runs from the Parquet `runs` records, newest first."""
+    from stages.records import query
+
+    present = _columns(artifact_root, "runs")
+    if not present:
+        raise CliFailure(f"no run records under {artifact_root / '_records' / 'runs'}")
+    select = ", ".join(
+        [
+            "run_key", _col(present, "model_name"), _col(present, "status"), _col(present, "started_at"),
+            _col(present, "finished_at"), _col(present, "duration_s", "round(duration_s, 1)"),
+            _col(present, "package_version"), _col(present, "cost", "round(cost, 4)"), _col(present, "cost_currency"),
+        ]
+    )  # fmt: skip
+    cols, rows = query(artifact_root, f"SELECT {select} FROM runs ORDER BY started_at DESC NULLS LAST LIMIT ?", [limit])
+    rows = [(*r[:-2], None if r[-2] is None else f"{r[-2]:.4f} {r[-1] or ''}".strip()) for r in rows]
+    _out().print(_table(f"Runs in {artifact_root}", cols[:-1], rows))
+
+
+@app.command()
+def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
+           artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 100) -> None:  # fmt: skip
+    """The Optuna trials of one run."""
+    from stages.records import query
+
+    if not _columns(artifact_root, "trials"):
+        raise CliFailure(f"no trial records under {artifact_root / '_records' / 'trials'}")
+    cols, rows = query(
+        artifact_root,
+        "SELECT number, state, worker, round(value, 4) AS value, params, round(duration_s, 1) AS seconds "
+        "FROM trials WHERE run_key = ? ORDER BY number LIMIT ?",
+        [run, limit],
+    )
+    if not rows:
+        raise CliFailure(f"no trials recorded for run {run!r}")
+    _out().print(_table(f"Trials of run {run}", cols, rows))
+
+
+@app.command()
+def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
+    """Packages ranked by their test metric (FP32 ONNX), one table per task and metric."""
+    from stages.records import query
+
+    present = _columns(artifact_root, "packages")
+    if not present:
+        _out().print(f"(no package records under {artifact_root / '_records' / 'packages'})", markup=False)
+        return
+
+    # Records written before test_metric/int8_metric existed only have the accuracies.
+    def metric_of(column: str, accuracy: str) -> str:
+        fallback = f"CASE WHEN metric = 'accuracy' THEN {accuracy} END"
+        return f"coalesce({column}, {fallback})" if column in present else fallback
+
+    select = ", ".join(
+        [
+            "task", "metric", "model_name", "version", _col(present, "dataset_version"),
+            f"round({metric_of('test_metric', 'test_accuracy')}, 4) AS test",
+            f"round({metric_of('int8_metric', 'int8_accuracy')}, 4) AS int8",
+            _col(present, "majority_baseline_accuracy", "round(majority_baseline_accuracy, 4)", "baseline"),
+            _col(present, "val_metric", "round(val_metric, 4)"), _col(present, "n_trials"),
+            _col(present, "created_at"),
+        ]
+    )  # fmt: skip
+    cols, rows = query(artifact_root, f"SELECT {select} FROM packages")
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for r in rows:
+        groups.setdefault((r[0], r[1]), []).append(r)
+    out = _out()
+    for (task, metric), members in sorted(groups.items()):
+        higher = METRIC_DIRECTIONS.get(metric, "maximize") == "maximize"
+        # Best first; ties: newest first; packages without the metric last.
+        ranked = sorted(members, key=lambda r: str(r[-1]), reverse=True)
+        ranked = sorted(ranked, key=lambda r: (r[5] is None, -(r[5] or 0) if higher else (r[5] or 0)))[:limit]
+        title = f"{task} · test {metric} ({'higher' if higher else 'lower'} is better)"
+        out.print(_table(title, ["#", *cols[2:]], [(i + 1, *r[2:]) for i, r in enumerate(ranked)]))
+
+
+# --- lineage, verify, cost -------------------------------------------------------------------
+
+
+@app.command()
+def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
+            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Lineage of a version: dataset -> checkpoints -> best model -> FP32 ONNX -> INT8.
+
+    Prints each node's id, SHA-256 and parents, re-hashes every recorded file still present and
+    exits 1 if one changed (a missing file is reported, not an error)."""
+    from stages.lineage import check_lineage, load_lineage
+
+    model_name = _resolve_any(artifact_root, version, model)
+    nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
+    checks = check_lineage(nodes=nodes, package=package)
+    out = _out()
+    order = ["dataset", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    chain = " → ".join(
+        ", ".join(n.id for n in nodes if n.kind == kind) for kind in order if any(n.kind == kind for n in nodes)
+    )
+    out.print(f"[bold]{escape(model_name)} {escape(version)}[/bold]"
+              + ("" if package else " (package folder gone: read from the Parquet lineage records)"))  # fmt: skip
+    out.print(chain, soft_wrap=True, markup=False)
+    # One block per node, one fact per line (never folded): id and kind, SHA-256, parents,
+    # then each place the file was checked.
+    status_style = {"ok": "green", "changed": "bold red", "missing": "yellow"}
+    for n in nodes:
+        out.print(f"[bold]{escape(n.id)}[/bold] ({n.kind})", soft_wrap=True)
+        out.print(f"    sha256   {n.sha256}", soft_wrap=True, markup=False)
+        parents = ", ".join(f"{p['id']} ({p['sha256'][:12]})" for p in n.parents) or "-"
+        out.print(f"    parents  {parents}", soft_wrap=True, markup=False)
+        for c in (c for c in checks if c.node.id == n.id):
+            out.print(f"    [{status_style[c.status]}]{c.status:<8}[/] {escape(c.location)}", soft_wrap=True)
+    changed = [c for c in checks if c.status == "changed"]
+    if changed:
+        raise CliFailure(
+            f"lineage of {model_name} {version}: {len(changed)} file(s) changed since publishing: "
+            + ", ".join(f"{c.node.id} ({c.location})" for c in changed)
+        )
+
+
+def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
+    """The model of a version on disk, or (when its folder is gone) in the lineage records."""
+    from stages.errors import RegistryError
+    from stages.records import query
+    from stages.registry import resolve_model
+
+    try:
+        return resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    except RegistryError:
+        if not _columns(artifact_root, "lineage"):
+            raise
+        owners = [r[0] for r in query(artifact_root, "SELECT DISTINCT model_name FROM lineage WHERE version = ?", [version])[1]]  # fmt: skip
+        if len(owners) != 1:
+            raise
+        return owners[0]
+
+
+@app.command()
+def verify(package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
+           artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Check every file of a package against its SHA256SUMS."""
+    from stages.errors import PackageVerificationError
+    from stages.publish import verify_package
+    from stages.registry import resolve_model
+
+    path = Path(package)
+    if not path.is_dir() and "/" not in package:
+        path = artifact_root / resolve_model(artifact_root=artifact_root, version=package, model_name=model) / package
+    try:
+        files = verify_package(path)
+    except PackageVerificationError as err:
+        raise CliFailure(_one_line(err)) from None
+    _out().print(f"OK: {path} ({len(files)} files match SHA256SUMS)", markup=False)
+
+
+@app.command()
+def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
+         artifact_root: ArtifactRoot = Path("artifacts")) -> None:  # fmt: skip
+    """A run's cost per step: tasks, task-hours and CPU/GPU/memory cost."""
+    from stages.records import query
+
+    if not _columns(artifact_root, "costs"):
+        raise CliFailure(f"no cost records under {artifact_root / '_records' / 'costs'}")
+    cols, rows = query(
+        artifact_root,
+        "SELECT step, count(*) AS tasks, round(sum(seconds), 1) AS task_seconds, max(cpus) AS cpus, max(gpus) AS gpus,"
+        " max(memory_gb) AS memory_gb, sum(cpu_cost) AS cpu, sum(gpu_cost) AS gpu, sum(memory_cost) AS memory,"
+        " sum(cost) AS cost, bool_or(running) AS running, any_value(currency) AS currency"
+        " FROM costs WHERE run_key = ? GROUP BY step ORDER BY min(started_at)",
+        [run],
+    )
+    if not rows:
+        raise CliFailure(f"no cost records for run {run!r} (published without task timings, or unknown run)")
+    currency = rows[0][-1]
+    # Costs to 4 decimals in the currency; max(cpus/gpus/memory_gb) are what the step declared.
+    shown = [(*r[:6], *(f"{v:.4f}" for v in r[6:10]), "still running when priced" if r[10] else "") for r in rows]
+    table = _table(f"Cost of run {run} ({currency})", [*cols[:-2], "note"], shown)
+    totals = [sum(r[i] for r in rows) for i in (2, 6, 7, 8, 9)]
+    table.add_row("total", str(sum(r[1] for r in rows)), f"{totals[0]:.1f}", "", "", "",
+                  *(f"{t:.4f}" for t in totals[1:]), "", style="bold")  # fmt: skip
+    _out().print(table)
+
+
+# --- registry and retention ------------------------------------------------------------------
+
+
+@app.command("registry")
+def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
+                  metric: Annotated[str, typer.Option(help="Test metric to show.")] = "accuracy") -> None:  # fmt: skip
+    """Every version with its stage (staging, production, archived, deleted)."""
+    from stages.registry import list_versions
+
+    versions = list_versions(artifact_root=artifact_root)
+    if not versions:
+        raise CliFailure(f"no packages under {artifact_root}")
+    style = {"production": "bold green", "archived": "dim", "staging": "yellow", "deleted": "red"}
+    table = Table(title=escape(f"Registry of {artifact_root}"), title_justify="left")
+    for c in ("model", "version", "stage", "created_at", f"test {metric} fp32", f"test {metric} int8", "on disk"):
+        table.add_column(c, overflow="fold")
+    for v in versions:
+        fp32 = v.metrics.get("test_fp32_onnx", {}).get(metric)
+        int8 = v.metrics.get("test_int8_onnx", {}).get(metric)
+        table.add_row(
+            escape(v.model_name), escape(v.version), f"[{style[v.stage]}]{v.stage}[/]", escape(v.created_at or ""),
+            "" if fp32 is None else f"{fp32:.4f}", "" if int8 is None else f"{int8:.4f}", "yes" if v.present else "no",
+        )  # fmt: skip
+    _out().print(table)
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="Package version.")],
+            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None,
+            config: ConfigOpt = None) -> None:  # fmt: skip
+    """Make VERSION production; the current production version becomes archived.
+
+    Refused if the package fails verification or its FP32 or INT8 test metric is worse than
+    production's by more than registry.max_regression."""
+    from stages.registry import promote as do_promote
+
+    policy, _ = _config_sections(config)
+    events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy)
+    for e in events:
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
+
+
+def _event_line(e: Any) -> str:
+    return f"{e.model_name} {e.version}: {e.from_stage} → {e.to_stage} ({e.action} by {e.who} at {e.at})"
+
+
+@app.command()
+def rollback(artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:
+    """Make the previous production version production again; the current one becomes archived."""
+    from stages.registry import rollback as do_rollback
+
+    for e in do_rollback(artifact_root=artifact_root, model_name=model):
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
+
+
+@app.command()
+def retention(
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    run_root: Annotated[Path, typer.Option("--run-root", help="Folder holding the runs' trial checkpoints.")] = Path(
+        "runs"
+    ),
+    config: ConfigOpt = None,
+    environment: Annotated[
+        str | None, typer.Option("--environment", help="dev, staging or prod; default retention.environment.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete old staging versions and trial checkpoints (never production or archived).
+
+    The rule is retention.rules[environment] of --config (or the defaults)."""
+    from stages.retention import apply_retention
+
+    _, ret = _config_sections(config)
+    env = environment or ret.environment
+    if env not in ret.rules:
+        raise CliFailure(f"--environment {env!r} has no rule; rules exist for {sorted(ret.rules)}")
+    rule = ret.rules[env]  # type: ignore[index]
+    plan = apply_retention(artifact_root=artifact_root, run_root=run_root, rule=rule, dry_run=dry_run)
+    out = _out()
+    verb = "would delete" if dry_run else "deleted"
+    out.print(
+        f"retention ({env}: keep_last_versions={rule.keep_last_versions},"
+        f" keep_checkpoints_days={rule.keep_checkpoints_days}): {verb} {len(plan)} item(s),"
+        f" {sum(d.bytes for d in plan) / 1e6:.1f} MB" + (" (dry run: nothing deleted)" if dry_run else ""),
+        markup=False,
+    )
+    if plan:
+        out.print(
+            _table(
+                None,
+                ["kind", "path", "MB", "reason"],
+                [(d.kind, d.path, f"{d.bytes / 1e6:.1f}", d.reason) for d in plan],
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trainflow", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_verify = sub.add_parser("verify", help="check a package against its SHA256SUMS")
-    p_verify.add_argument("package", type=Path)
-    for name in ("leaderboard", "trials"):
-        p = sub.add_parser(name)
-        p.add_argument("--artifact-root", type=Path, default=Path("artifacts"))
-        p.add_argument("--limit", type=int, default=20)
-        if name == "trials":
-            p.add_argument("--run", default=None, help="run key (Metaflow run id); default: all")
-    args = parser.parse_args(argv)
-
-    if args.command == "verify":
-        try:
-            files = verify_package(args.package)
-        except PackageVerificationError as err:
-            print(f"FAILED: {err}", file=sys.stderr)
-            return 1
-        print(f"OK: {args.package} ({len(files)} files match SHA256SUMS)")
-        return 0
-    if args.command == "leaderboard":
-        print(format_table(*leaderboard(args.artifact_root, args.limit)))
-        return 0
-    where = "WHERE run_key = ?" if args.run else ""
-    sql = (
-        "SELECT run_key, number, state, worker, round(value, 4) AS value, params, round(duration_s, 1) AS seconds "
-        f"FROM trials {where} ORDER BY run_key, number LIMIT ?"
-    )
-    print(format_table(*query(args.artifact_root, sql, ([args.run] if args.run else []) + [args.limit])))
-    return 0
+    """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit code."""
+    err = Console(stderr=True, width=_width(sys.stderr), highlight=False)
+    command = typer.main.get_command(app)
+    try:
+        result: Any = command.main(
+            args=list(sys.argv[1:] if argv is None else argv), prog_name="trainflow", standalone_mode=False
+        )
+    except typer.TyperException as e:  # usage errors (exit 2): usage line and the problem
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"error: {e}", markup=False)
+        return e.exit_code
+    except typer.Abort:
+        err.print("error: aborted")
+        return 1
+    except (CliFailure, TrainflowError) as e:
+        err.print(f"error: {_one_line(e)}", soft_wrap=True, markup=False)
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -228,6 +228,92 @@ class TrackingConfig(_Strict):
     wandb_mode: Literal["auto", "offline", "online", "disabled"] = "auto"
 
 
+class CostConfig(_Strict):
+    """Hourly rates used to price a run: each task costs its measured wall time times the
+    resources its step declared (stages/cost.py). The defaults are placeholders of the order of
+    public cloud list prices, not a quote: set your own."""
+
+    currency: str = "USD"
+    cpu_core_hour: float = Field(0.04, ge=0, description="Per declared CPU core and hour.")
+    memory_gb_hour: float = Field(0.005, ge=0, description="Per declared GiB of memory and hour.")
+    gpu_hour: dict[str, float] = Field(
+        default_factory=lambda: {"default": 2.5, "a100": 3.0, "h100": 4.0},
+        description="Per GPU and hour, by GPU type; 'default' prices a type not listed.",
+    )
+    gpu_type: str = Field("default", description="Which gpu_hour rate the declared GPUs (compute.gpus) cost.")
+
+    @model_validator(mode="after")
+    def _rates(self) -> CostConfig:
+        problems = [f"cost.gpu_hour.{k}: {v} is negative; rates are >= 0" for k, v in self.gpu_hour.items() if v < 0]
+        if self.gpu_type not in self.gpu_hour and "default" not in self.gpu_hour:
+            problems.append(
+                f"cost.gpu_type: {self.gpu_type!r} has no rate in cost.gpu_hour {sorted(self.gpu_hour)} and there is"
+                " no 'default' rate; add one of them"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def gpu_rate(self) -> float:
+        return self.gpu_hour.get(self.gpu_type, self.gpu_hour.get("default", 0.0))
+
+
+class RegistryConfig(_Strict):
+    """Gates of `trainflow promote` (stages/registry.py)."""
+
+    metric: str = Field("accuracy", description="Test metric compared with the production version.")
+    max_regression: float = Field(
+        0.01, ge=0, description="Refuse a version whose FP32 or INT8 test metric is worse than production's by more."
+    )
+
+    @model_validator(mode="after")
+    def _metric(self) -> RegistryConfig:
+        if self.metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"registry.metric: {self.metric!r} is not one of {sorted(METRIC_DIRECTIONS)}")
+        return self
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return METRIC_DIRECTIONS[self.metric]
+
+
+class RetentionRule(_Strict):
+    keep_last_versions: int = Field(ge=0, description="Newest staging versions kept per model.")
+    keep_checkpoints_days: float = Field(gt=0, description="Trial checkpoints older than this are deleted.")
+
+
+Environment = Literal["dev", "staging", "prod"]
+
+
+def default_retention_rules() -> dict[Environment, RetentionRule]:
+    return {
+        "dev": RetentionRule(keep_last_versions=3, keep_checkpoints_days=7),
+        "staging": RetentionRule(keep_last_versions=5, keep_checkpoints_days=30),
+        "prod": RetentionRule(keep_last_versions=10, keep_checkpoints_days=90),
+    }
+
+
+class RetentionConfig(_Strict):
+    """What `trainflow retention` deletes (stages/retention.py). Production and archived
+    versions are never deleted, whatever the rule says."""
+
+    environment: Environment = "dev"
+    rules: dict[Environment, RetentionRule] = Field(default_factory=default_retention_rules)
+
+    @model_validator(mode="after")
+    def _rule_for_environment(self) -> RetentionConfig:
+        if self.environment not in self.rules:
+            raise ValueError(
+                f"retention.environment: {self.environment!r} has no rule in retention.rules"
+                f" {sorted(self.rules)}; add retention.rules.{self.environment}"
+            )
+        return self
+
+    @property
+    def rule(self) -> RetentionRule:
+        return self.rules[self.environment]
+
+
 class RunConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 0
@@ -241,6 +327,9 @@ class RunConfig(_Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     publish: PublishConfig = PublishConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cost: CostConfig = CostConfig()
+    registry: RegistryConfig = RegistryConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:

@@ -56,3 +56,24 @@ class PackageVerificationError(TrainflowError):
 
 class PublishError(TrainflowError):
     """A deployment package cannot be written (e.g. the version already exists)."""
+
+
+class CostError(TrainflowError):
+    """Task timings cannot be priced (a time without a zone, a task ending before it starts)."""
+
+
+class RunMetadataError(TrainflowError):
+    """Metaflow's client cannot give the timings of a run (unknown run, task without times)."""
+
+
+class LineageError(TrainflowError):
+    """A package's lineage cannot be read, or a recorded file's SHA-256 no longer matches."""
+
+
+class RegistryError(TrainflowError):
+    """A registry change is refused: unknown version, failed verification, metric regression,
+    nothing to roll back to, or the registry lock could not be taken."""
+
+
+class RetentionError(TrainflowError):
+    """Retention cannot run (e.g. the registry lock could not be taken)."""

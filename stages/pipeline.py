@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stages import lineage, registry
 from stages.config import RunConfig
+from stages.cost import RunCost, TaskTiming, declared_resources, price_tasks
 from stages.data import Snapshot, load_split, snapshot_dataset
 from stages.export import export_onnx
 from stages.hpo import TrialRecord, best_trial, open_study, trial_records
@@ -193,6 +195,17 @@ def build_metadata(
             "study": ctx.study_name,
             "trial": best.number,
             "trial_model_dir": best.model_dir,
+            # dataset -> trial checkpoints/models -> best model -> FP32 ONNX -> INT8 ONNX, each
+            # with its file's SHA-256 and its parents' ids and SHA-256s (stages/lineage.py).
+            "nodes": lineage.to_metadata(
+                lineage.build_lineage(
+                    snapshot=snap,
+                    records=records,
+                    best=best,
+                    fp32_onnx=Path(exported.onnx_path),
+                    int8_onnx=Path(quant.int8_path),
+                )
+            ),
         },
         "git_commit": git_commit(ROOT),
         "metaflow": {"pathspec": pathspec, "run_key": ctx.run_key},
@@ -211,11 +224,20 @@ def publish(
     quant: QuantizeResult,
     pathspec: str,
     version: str | None = None,
+    timings: list[TaskTiming] | None = None,
 ) -> PackageResult:
-    """Write the package atomically and the run/trial/package Parquet records."""
+    """Write the package atomically, register it as `staging`, and write the run, trial,
+    package, lineage and cost Parquet records.
+
+    `timings` are the run's tasks so far (the flow reads them with
+    `stages.run_metadata.task_timings`); they are priced with `cfg.cost` into metadata.json
+    `cost` and the `runs`/`costs` records. Without them the cost is recorded as not measured.
+    """
     meta = build_metadata(
         cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
     )
+    run_cost = price_run(cfg=cfg, timings=timings) if timings is not None else None
+    meta["cost"] = run_cost.summary() if run_cost else {"measured": False, "note": "no task timings were given"}
     version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
     root = Path(cfg.publish.artifact_root).resolve()
     package = publish_package(
@@ -225,7 +247,19 @@ def publish(
         sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
         metadata=meta,
     )
+    registry.register(artifact_root=root, model_name=cfg.name, version=version)
     key = f"{cfg.name}-{ctx.run_key}"
+    write_records(
+        root, "lineage", f"{cfg.name}-{version}",
+        lineage.to_rows(model_name=cfg.name, version=version,
+                        nodes=[lineage.Node(**n) for n in meta["lineage"]["nodes"]]),
+    )  # fmt: skip
+    if run_cost is not None:
+        write_records(
+            root, "costs", key,
+            [{"run_key": ctx.run_key, "model_name": cfg.name, "currency": run_cost.currency, **r}
+             for r in run_cost.rows()],
+        )  # fmt: skip
     write_records(
         root,
         "trials",
@@ -247,6 +281,8 @@ def publish(
                 "metric": cfg.hpo.metric,
                 "val_metric": best.value,
                 "test_accuracy": m["test_fp32_onnx"]["accuracy"],
+                "test_metric": m["test_fp32_onnx"].get(cfg.hpo.metric),
+                "int8_metric": m["test_int8_onnx"].get(cfg.hpo.metric),
                 "int8_accuracy": m["test_int8_onnx"]["accuracy"],
                 "int8_accuracy_drop": quant.accuracy_drop,
                 "majority_baseline_accuracy": m["test_majority_baseline"]["accuracy"],
@@ -269,7 +305,10 @@ def publish(
                 "pathspec": pathspec,
                 "status": "published",
                 "started_at": datetime.fromtimestamp(ctx.started_at, UTC).isoformat(timespec="seconds"),
+                # Until publish: the end step (a print) follows.
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "duration_s": time.time() - ctx.started_at,
+                **_cost_columns(meta["cost"]),
                 "dataset_version": ctx.snapshot.version,
                 "package_version": version,
                 "best_trial": best.number,
@@ -278,6 +317,21 @@ def publish(
         ],
     )
     return package
+
+
+def _cost_columns(cost: dict[str, Any]) -> dict[str, Any]:
+    """The run's cost totals as `runs` record columns (None when not measured)."""
+    keys = {"cost": "total", "cost_currency": "currency", "cost_cpu": "cpu", "cost_gpu": "gpu",
+            "cost_memory": "memory", "task_seconds": "task_seconds"}  # fmt: skip
+    return {column: cost.get(key) for column, key in keys.items()}
+
+
+def price_run(*, cfg: RunConfig, timings: list[TaskTiming], now: datetime | None = None) -> RunCost:
+    """Price the run's tasks with `cfg.cost` and the resources each step declared."""
+    per_step, default = declared_resources(compute=cfg.compute, cost=cfg.cost)
+    return price_tasks(
+        timings=timings, resources=per_step, default=default, rates=cfg.cost, now=now or datetime.now(UTC)
+    )
 
 
 def summarize(package_path: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Parquet records of runs, trials and packages under `<artifact_root>/_records/`, and DuckDB
 queries over them.
 
-One file per run (trials, runs) or per package, written atomically, so concurrent runs never
-append to the same file: `_records/{runs,trials,packages}/<key>.parquet`.
+One file per run (trials, runs, costs), per package (packages, lineage) or per registry event
+(registry), written atomically, so concurrent writers never append to the same file:
+`_records/<kind>/<key>.parquet`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 RECORDS = "_records"
-KINDS = ("runs", "trials", "packages")
+KINDS = ("runs", "trials", "packages", "lineage", "costs", "registry")
 
 
 def _cell(v: Any) -> Any:
@@ -38,7 +39,8 @@ def write_records(artifact_root: Path, kind: str, key: str, rows: list[dict[str,
 
 
 def query(artifact_root: Path, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Run DuckDB SQL in which `runs`, `trials`, `packages` are views over the Parquet store."""
+    """Run DuckDB SQL in which each kind with records (`runs`, `trials`, `packages`, `lineage`,
+    `costs`, `registry`) is a view over the Parquet store."""
     import duckdb
 
     con = duckdb.connect()
@@ -74,3 +76,7 @@ def format_table(cols: list[str], rows: list[tuple]) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def has_records(artifact_root: Path, kind: str) -> bool:
+    return any((artifact_root / RECORDS / kind).glob("*.parquet"))

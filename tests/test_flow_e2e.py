@@ -49,3 +49,15 @@ def test_flow_publishes_a_verified_package_and_records(tmp_path: Path, tiny_mode
     offline_runs = sorted((Path(data.ctx.run_dir) / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2, "one W&B run per trial"
     assert all(any(r.glob("*.wandb")) for r in offline_runs)
+
+    # Cost from the run's own task timings (read through the Metaflow client in publish),
+    # lineage, and the registry entry.
+    steps = [s["step"] for s in meta["cost"]["by_step"]]
+    assert steps == ["start", "train", "join", "export", "quantize", "publish"], steps
+    assert next(s for s in meta["cost"]["by_step"] if s["step"] == "train")["tasks"] == 2
+    assert query(art, "SELECT cost FROM runs")[1][0][0] == meta["cost"]["total"] > 0
+    kinds = [n["kind"] for n in meta["lineage"]["nodes"]]
+    assert kinds.count("trial_model") == 2 and kinds[-3:] == ["best_model", "onnx_fp32", "onnx_int8"]
+    from stages.registry import list_versions
+
+    assert [(v.version, v.stage) for v in list_versions(artifact_root=art)] == [(data.package.version, "staging")]

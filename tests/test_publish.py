@@ -101,6 +101,6 @@ def test_records_and_leaderboard_through_duckdb(tmp_path: Path, capsys) -> None:
     assert "0.9" in format_table(cols, rows)
     assert query(root, "SELECT count(*) FROM trials WHERE json_extract(params, '$.lr') = 2")[1] == [(1,)]
     assert cli(["leaderboard", "--artifact-root", str(root)]) == 0
-    assert cli(["trials", "--artifact-root", str(root), "--run", "r1"]) == 0
+    assert cli(["trials", "r1", "--artifact-root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.index(" b ") < out.index(" a ") and "COMPLETE" in out

@@ -1,0 +1,339 @@
+"""Model registry over the artifact root: which published version of each model is in
+production.
+
+Stages: every published version starts in `staging`. `promote` makes a version `production`
+and moves the previous production version to `archived`. `rollback` makes the previous
+production version `production` again and moves the current one to `archived` (kept, never
+deleted by retention, and promotable again). Retention moves old staging versions to `deleted`.
+
+State lives in `<artifact_root>/_registry/registry.json`, changed only under the file lock
+`_registry/registry.lock` and written atomically (temporary file, fsync, os.replace). Every
+change is also an event (model, version, action, from, to, who, when, sequence number) in the
+Parquet store, one file per event: `_records/registry/<time>-<id>.parquet`. Events are written
+right after the state, still under the lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+
+from stages.config import RegistryConfig
+from stages.errors import PackageVerificationError, RegistryError
+from stages.publish import MANIFEST, METADATA, verify_package
+from stages.records import write_records
+
+REGISTRY_DIR = "_registry"
+STATE_FILE = "registry.json"
+LOCK_FILE = "registry.lock"
+LOCK_TIMEOUT_S = 120.0
+Stage = Literal["staging", "production", "archived", "deleted"]
+PROTECTED: tuple[Stage, ...] = ("production", "archived")
+
+
+def actor() -> str:
+    """Who makes a change: $METAFLOW_USER if set, else the login name."""
+    return os.environ.get("METAFLOW_USER") or getpass.getuser()
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    model_name: str
+    version: str
+    action: str
+    from_stage: str | None
+    to_stage: str
+    who: str
+    at: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model_name: str
+    version: str
+    stage: Stage
+    path: str
+    present: bool
+    created_at: str | None
+    metrics: dict[str, Any]
+
+
+def packages_on_disk(artifact_root: Path) -> dict[str, list[str]]:
+    """{model_name: [version, ...]} of every folder `<root>/<model>/<version>` with a manifest."""
+    out: dict[str, list[str]] = {}
+    if not artifact_root.is_dir():
+        return out
+    for model in sorted(artifact_root.iterdir()):
+        if not model.is_dir() or model.name.startswith(("_", ".")):
+            continue
+        versions = sorted(v.name for v in model.iterdir() if not v.name.startswith(".") and (v / MANIFEST).is_file())
+        if versions:
+            out[model.name] = versions
+    return out
+
+
+def read_metadata(package: Path) -> dict[str, Any]:
+    try:
+        return json.loads((package / METADATA).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+class RegistryState:
+    """The registry while its lock is held. Changes collect events; `locked` saves both."""
+
+    def __init__(self, artifact_root: Path, raw: dict[str, Any]) -> None:
+        self.root = artifact_root
+        self.raw = raw
+        self.events: list[Event] = []
+
+    def _model(self, model_name: str) -> dict[str, Any]:
+        return self.raw["models"].setdefault(model_name, {"versions": {}, "production_history": []})
+
+    def stage(self, model_name: str, version: str) -> Stage | None:
+        """The version's stage; `staging` for a package on disk the registry has not seen yet;
+        None if neither knows it."""
+        recorded = self.recorded_stage(model_name, version)
+        if recorded:
+            return recorded
+        return "staging" if (self.root / model_name / version / MANIFEST).is_file() else None
+
+    def production(self, model_name: str) -> str | None:
+        history = self.raw["models"].get(model_name, {}).get("production_history", [])
+        return history[-1] if history else None
+
+    def history(self, model_name: str) -> list[str]:
+        return self._model(model_name)["production_history"]
+
+    def recorded_stage(self, model_name: str, version: str) -> Stage | None:
+        entry = self.raw["models"].get(model_name, {}).get("versions", {}).get(version)
+        return entry["stage"] if entry else None
+
+    def set_stage(
+        self, model_name: str, version: str, to: Stage, *, action: str, detail: str = "", new: bool = False
+    ) -> Event:
+        """Move a version to `to` and collect the event; `new` records it as coming from no stage."""
+        before = None if new else self.stage(model_name, version)
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        who = actor()
+        self._model(model_name)["versions"][version] = {"stage": to, "changed_at": now, "changed_by": who}
+        self.raw["seq"] = int(self.raw.get("seq", 0)) + 1
+        event = Event(self.raw["seq"], model_name, version, action, before, to, who, now, detail)
+        self.events.append(event)
+        return event
+
+
+def _state_path(artifact_root: Path) -> Path:
+    return artifact_root / REGISTRY_DIR / STATE_FILE
+
+
+def _load(artifact_root: Path) -> dict[str, Any]:
+    path = _state_path(artifact_root)
+    if not path.is_file():
+        return {"schema": 1, "seq": 0, "models": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{path} is not valid JSON ({err}); restore it from the registry events") from None
+
+
+def _save(artifact_root: Path, raw: dict[str, Any]) -> None:
+    path = _state_path(artifact_root)
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(raw, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[RegistryState]:
+    """Hold the registry lock; on a clean exit save the state, then write its events.
+
+    Raises:
+        RegistryError: the lock was not free within `timeout_s`, or the state file is corrupt.
+    """
+    folder = artifact_root / REGISTRY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegistryError(f"registry lock {folder / LOCK_FILE} still held after {timeout_s:.0f} s; retry") from None
+    try:
+        state = RegistryState(artifact_root, _load(artifact_root))
+        yield state
+        if state.events:
+            _save(artifact_root, state.raw)
+            for e in state.events:
+                stamp = e.at.replace(":", "").replace("-", "").replace("+0000", "").replace(".", "")
+                write_records(artifact_root, "registry", f"{stamp}-{e.seq:08d}-{uuid.uuid4().hex[:8]}", [asdict(e)])
+    finally:
+        lock.release()
+
+
+def resolve_model(*, artifact_root: Path, version: str, model_name: str | None = None) -> str:
+    """The model a version belongs to. Raises RegistryError if no or several models have it."""
+    if model_name is not None:
+        return model_name
+    owners = [m for m, versions in packages_on_disk(artifact_root).items() if version in versions]
+    if not owners:
+        raise RegistryError(f"no package version {version!r} under {artifact_root}")
+    if len(owners) > 1:
+        raise RegistryError(f"version {version!r} exists for models {owners}; name one with --model")
+    return owners[0]
+
+
+def _single_model(artifact_root: Path, state: RegistryState, model_name: str | None) -> str:
+    if model_name is not None:
+        return model_name
+    models = sorted(set(packages_on_disk(artifact_root)) | set(state.raw["models"]))
+    if len(models) != 1:
+        raise RegistryError(f"the registry at {artifact_root} holds models {models}; name one with --model")
+    return models[0]
+
+
+def _verified(artifact_root: Path, model_name: str, version: str, doing: str) -> Path:
+    package = artifact_root / model_name / version
+    try:
+        verify_package(package)
+    except PackageVerificationError as err:
+        problems = "; ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or str(err)
+        raise RegistryError(
+            f"refusing to {doing} {model_name} {version}: package fails verification: {problems}"
+        ) from None
+    return package
+
+
+def _test_metric(meta: dict[str, Any], split: str, metric: str, who: str) -> float:
+    try:
+        return float(meta["metrics"][split][metric])
+    except (KeyError, TypeError, ValueError):
+        raise RegistryError(f"{who}: metadata.json has no metrics.{split}.{metric} to compare") from None
+
+
+def check_regression(*, candidate: dict[str, Any], production: dict[str, Any], policy: RegistryConfig) -> list[str]:
+    """Problems (empty if none) where the candidate's FP32 or INT8 test metric is worse than
+    production's by more than `policy.max_regression`."""
+    problems = []
+    for split in ("test_fp32_onnx", "test_int8_onnx"):
+        new = _test_metric(candidate, split, policy.metric, f"version {candidate.get('version')}")
+        old = _test_metric(production, split, policy.metric, f"production {production.get('version')}")
+        worse = old - new if policy.direction == "maximize" else new - old
+        if worse > policy.max_regression + 1e-12:
+            problems.append(
+                f"{split}.{policy.metric} {new:.4f} is worse than production {production.get('version')}'s"
+                f" {old:.4f} by {worse:.4f} > registry.max_regression {policy.max_regression}"
+            )
+    return problems
+
+
+def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
+    """Record a newly published package as `staging`."""
+    with locked(artifact_root) as state:
+        if not (artifact_root / model_name / version / MANIFEST).is_file():
+            raise RegistryError(f"cannot register {model_name} {version}: no package at {artifact_root / model_name}")
+        recorded = state.recorded_stage(model_name, version)
+        if recorded not in (None, "deleted"):
+            raise RegistryError(f"{model_name} {version} is registered already (stage {recorded})")
+        return state.set_stage(model_name, version, "staging", action="publish", new=recorded is None)
+
+
+def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_name: str | None = None) -> list[Event]:
+    """Make `version` production; the previous production version becomes archived.
+
+    Raises:
+        RegistryError: unknown or deleted version, already production, the package fails
+            verification, or its test metric regresses against production beyond the margin.
+    """
+    model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model_name)
+    with locked(artifact_root) as state:
+        stage = state.stage(model_name, version)
+        if stage is None or stage == "deleted":
+            raise RegistryError(f"cannot promote {model_name} {version}: no such package (stage {stage})")
+        if stage == "production":
+            raise RegistryError(f"{model_name} {version} is production already")
+        package = _verified(artifact_root, model_name, version, "promote")
+        current = state.production(model_name)
+        detail = f"previous production: {current}" if current else "first production version"
+        if current is not None:
+            problems = check_regression(
+                candidate=read_metadata(package),
+                production=read_metadata(artifact_root / model_name / current),
+                policy=policy,
+            )
+            if problems:
+                raise RegistryError(f"refusing to promote {model_name} {version}: " + "; ".join(problems))
+            state.set_stage(model_name, current, "archived", action="promote", detail=f"replaced by {version}")
+        state.set_stage(model_name, version, "production", action="promote", detail=detail)
+        state.history(model_name).append(version)
+        return list(state.events)
+
+
+def rollback(*, artifact_root: Path, model_name: str | None = None) -> list[Event]:
+    """Make the previous production version production again; the current one becomes archived.
+
+    Raises:
+        RegistryError: no earlier production version, or its package fails verification.
+    """
+    with locked(artifact_root) as state:
+        model_name = _single_model(artifact_root, state, model_name)
+        history = state.history(model_name)
+        if len(history) < 2:
+            raise RegistryError(
+                f"{model_name} has no previous production version to roll back to (history: {history or 'empty'})"
+            )
+        current, previous = history[-1], history[-2]
+        _verified(artifact_root, model_name, previous, "roll back to")
+        state.set_stage(model_name, current, "archived", action="rollback", detail=f"rolled back to {previous}")
+        state.set_stage(model_name, previous, "production", action="rollback", detail=f"replaces {current}")
+        history.pop()
+        return list(state.events)
+
+
+def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
+    """Every version on disk or in the registry (deleted ones included), by model then age."""
+    raw = _load(artifact_root)
+    state = RegistryState(artifact_root, raw)
+    on_disk = packages_on_disk(artifact_root)
+    out = []
+    for model in sorted(set(on_disk) | set(raw["models"])):
+        versions = set(on_disk.get(model, [])) | set(raw["models"].get(model, {}).get("versions", {}))
+        for version in versions:
+            package = artifact_root / model / version
+            meta = read_metadata(package)
+            out.append(
+                VersionInfo(
+                    model_name=model,
+                    version=version,
+                    stage=state.stage(model, version) or "deleted",
+                    path=str(package),
+                    present=(package / MANIFEST).is_file(),
+                    created_at=meta.get("created_at"),
+                    metrics=meta.get("metrics", {}),
+                )
+            )
+    return sorted(out, key=lambda v: (v.model_name, v.created_at or "", v.version))
+
+
+def registry_events(*, artifact_root: Path) -> list[dict[str, Any]]:
+    """Every recorded event, in sequence order."""
+    from stages.records import has_records, query
+
+    if not has_records(artifact_root, "registry"):
+        return []
+    cols, rows = query(artifact_root, "SELECT * FROM registry ORDER BY seq")
+    return [dict(zip(cols, r)) for r in rows]

@@ -1,0 +1,128 @@
+"""Retention: delete what the environment's rule says is no longer needed.
+
+- Staging versions: per model, the newest `keep_last_versions` staging versions stay (by
+  metadata `created_at`, then version name); older staging versions are deleted and marked
+  `deleted` in the registry (an event each).
+- Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (the resumable
+  state: weights, optimizer, RNG), and leftover `checkpoint.tmp` folders, whose newest file is
+  older than `keep_checkpoints_days`. The trials' `best/` model folders are kept.
+- Production and archived versions are never deleted: only versions whose registry stage is
+  `staging` are candidates, decided under the registry lock so a concurrent promote cannot
+  race it.
+
+A folder is first renamed to a hidden `.deleting-*` name, then removed, so a half-deleted
+package never looks complete. With `dry_run` the plan is returned and nothing is touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from stages.config import RetentionRule
+from stages.errors import RetentionError
+from stages.registry import PROTECTED, RegistryState, locked, packages_on_disk, read_metadata
+
+
+@dataclass(frozen=True)
+class Deletion:
+    kind: Literal["version", "checkpoint"]
+    path: str
+    bytes: int
+    reason: str
+    model_name: str | None = None
+    version: str | None = None
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _newest_mtime(path: Path) -> float:
+    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
+
+
+def _plan(
+    *, artifact_root: Path, run_root: Path, rule: RetentionRule, now: datetime, state: RegistryState
+) -> list[Deletion]:
+    plan = []
+    for model, versions in packages_on_disk(artifact_root).items():
+        staging = [v for v in versions if state.stage(model, v) == "staging"]
+        ages = {v: (read_metadata(artifact_root / model / v).get("created_at") or "", v) for v in staging}
+        newest_first = sorted(staging, key=lambda v: ages[v], reverse=True)
+        for version in reversed(newest_first[rule.keep_last_versions :]):  # oldest first
+            path = artifact_root / model / version
+            plan.append(
+                Deletion(
+                    "version",
+                    str(path),
+                    _size(path),
+                    f"staging, older than the newest {rule.keep_last_versions} staging versions of {model}",
+                    model,
+                    version,
+                )  # fmt: skip
+            )
+    cutoff = now.timestamp() - rule.keep_checkpoints_days * 86400
+    if run_root.is_dir():
+        folders = sorted(run_root.glob("*/*/trials/trial-*/checkpoint")) + sorted(
+            run_root.glob("*/*/trials/trial-*/checkpoint.tmp")
+        )
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            newest = _newest_mtime(folder)
+            if newest < cutoff:
+                age_days = (now.timestamp() - newest) / 86400
+                plan.append(
+                    Deletion("checkpoint", str(folder), _size(folder),
+                             f"newest file {age_days:.1f} days old > keep_checkpoints_days {rule.keep_checkpoints_days}")
+                )  # fmt: skip
+    return plan
+
+
+def _remove(path: Path) -> None:
+    doomed = path.with_name(f".deleting-{path.name}-{uuid.uuid4().hex[:8]}")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def apply_retention(
+    *, artifact_root: Path, run_root: Path, rule: RetentionRule, dry_run: bool, now: datetime | None = None
+) -> list[Deletion]:
+    """Delete (or with `dry_run` only list) what `rule` does not keep; return the list.
+
+    Raises:
+        RetentionError: a planned version turned out not to be staging (a guard) or a folder
+            could not be removed; what was deleted before that is recorded.
+        RegistryError: the registry lock could not be taken.
+    """
+    now = now or datetime.now(UTC)
+    failure = None
+    with locked(artifact_root) as state:
+        plan = _plan(artifact_root=artifact_root, run_root=run_root, rule=rule, now=now, state=state)
+        if dry_run:
+            return plan
+        # Stop at the first failure but leave the block normally, so the registry records the
+        # deletions already done.
+        for item in plan:
+            try:
+                if item.kind == "version":
+                    stage = state.stage(item.model_name or "", item.version or "")
+                    if stage in PROTECTED or stage != "staging":
+                        failure = f"refusing to delete {item.path}: its stage is {stage}, not staging"
+                        break
+                    _remove(Path(item.path))
+                    state.set_stage(item.model_name or "", item.version or "", "deleted", action="retention",
+                                    detail=item.reason)  # fmt: skip
+                else:
+                    _remove(Path(item.path))
+            except OSError as err:
+                failure = f"could not delete {item.path}: {err}"
+                break
+    if failure:
+        raise RetentionError(failure + "; the deletions before it were done and recorded")
+    return plan
