@@ -78,9 +78,10 @@ class TrainFlow(FlowSpec):
             resume_dir=loaded,
             on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"worker": self.input}),
         )
-        storage, study = self.ctx.storage, self.ctx.study_name
         cards.show(
-            reports.training_report(storage=storage, study_name=study, trials=self.trials, metric=self.cfg.hpo.metric)
+            lambda: reports.training_report(
+                storage=self.ctx.storage, study_name=self.ctx.study_name, trials=self.trials, metric=self.cfg.hpo.metric
+            )
         )
         self.next(self.join)
 
@@ -90,9 +91,14 @@ class TrainFlow(FlowSpec):
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = pipeline.select_best(cfg=self.cfg, ctx=self.ctx)
         cards.show(
-            reports.hpo_report(storage=self.ctx.storage, study_name=self.ctx.study_name, records=self.trial_records,
-                               best=self.best, hpo=self.cfg.hpo)
-        )  # fmt: skip
+            lambda: reports.hpo_report(
+                storage=self.ctx.storage,
+                study_name=self.ctx.study_name,
+                records=self.trial_records,
+                best=self.best,
+                hpo=self.cfg.hpo,
+            )
+        )
         self.next(self.export)
 
     @step
@@ -104,7 +110,7 @@ class TrainFlow(FlowSpec):
     @step
     def quantize(self):
         self.quant = pipeline.quantize(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
-        cards.show(reports.quantize_report(parity=self.exported.parity, quant=self.quant))
+        cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
 
     @step
@@ -126,7 +132,7 @@ class TrainFlow(FlowSpec):
         summary = pipeline.summarize(self.package.path)
         print("Published package:", self.package.path)
         print(json.dumps(summary, indent=2))
-        cards.show(reports.package_report(package=self.package, summary=summary))
+        cards.show(lambda: reports.package_report(package=self.package, summary=summary))
 
     def _split(self, name: str):
         from stages.data import load_split

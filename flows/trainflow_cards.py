@@ -6,7 +6,9 @@ tested) in stages/reports.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import traceback
+from collections.abc import Callable, Iterable
 
 from metaflow import current
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
@@ -26,7 +28,15 @@ def component(block: reports.Block):
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def show(blocks: Iterable[reports.Block]) -> None:
-    """Append `blocks` to the step's card (the step must be decorated with @card)."""
+def show(build: Callable[[], Iterable[reports.Block]]) -> None:
+    """Append the blocks `build()` returns to the step's card (the step must have @card).
+
+    A card is a view, not a gate: if building it fails, the card says so (with the traceback)
+    and the step goes on, so a reporting bug never costs a finished training run."""
+    try:
+        blocks = list(build())
+    except Exception as err:  # noqa: BLE001 - any failure of the view is reported on the card
+        logging.getLogger(__name__).warning("card for %s not built: %s", current.pathspec, err)
+        blocks = [reports.Markdown(f"**This card could not be built:**\n\n```\n{traceback.format_exc()}\n```")]
     for block in blocks:
         current.card.append(component(block))

@@ -23,7 +23,6 @@ from stages.quantize import QuantizeResult
 from stages.verify import ParityResult
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
-INTEGER_AXIS = {"tickMinStep": 1, "format": "d"}
 VALUE_AXIS = {"format": ".4~g"}  # a flat series gets one tick: show it as 0.6415, not 1
 # Importances from fewer complete trials say more about the sampler than about the parameters.
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -55,6 +54,14 @@ class Progress:
 Block = Markdown | Chart | Table | Progress
 
 
+def integer_axis(values: Sequence[int]) -> dict[str, Any]:
+    """Axis for trial numbers or steps: whole numbers only (Vega would tick 0, 0.5, 1 for two trials)."""
+    lo, hi = (min(values), max(values)) if values else (0, 0)
+    if hi - lo <= 20:
+        return {"values": list(range(lo, hi + 1)), "format": "d"}
+    return {"tickMinStep": 1, "format": "d"}
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -77,7 +84,12 @@ def history_spec(records: Sequence[TrialRecord], metric: str, direction: str) ->
             continue
         best = r.value if best is None else better(best, r.value)
         rows.append({"trial": r.number, "value": r.value, "best so far": best, "worker": str(r.worker)})
-    x = {"field": "trial", "type": "quantitative", "title": "trial number", "axis": INTEGER_AXIS}
+    x = {
+        "field": "trial",
+        "type": "quantitative",
+        "title": "trial number",
+        "axis": integer_axis([r["trial"] for r in rows]),
+    }
     return {
         "$schema": VEGA_LITE,
         "title": f"Optuna history: validation {metric} ({direction})",
@@ -224,7 +236,8 @@ def curves_specs(trial: int, points: Sequence[dict[str, float]], metric: str) ->
     loss = [{"step": p["step"], "loss": p["train/loss"], "series": "train"} for p in points if "train/loss" in p]
     loss += [{"step": p["step"], "loss": p["val/loss"], "series": "validation"} for p in points if "val/loss" in p]
     val = [{"step": p["step"], metric: p[f"val/{metric}"]} for p in points if f"val/{metric}" in p]
-    step = {"field": "step", "type": "quantitative", "title": "step", "axis": INTEGER_AXIS}
+    steps = [int(p["step"]) for p in points]
+    step = {"field": "step", "type": "quantitative", "title": "step", "axis": integer_axis(steps)}
     return [
         {
             "$schema": VEGA_LITE,
@@ -288,13 +301,13 @@ def recipe_table(search: Sequence[dict[str, Any]], chosen: str) -> Table:
                 f"{o['name']}{' (chosen)' if o['name'] == chosen else ''}",
                 "error" if o.get("error") else ("PASS" if o.get("passed") else "FAIL"),
                 _fmt(o.get("accuracy")),
-                "-" if drop is None else f"{drop * 100:+.2f} pts",
+                "-" if drop is None else f"{drop * 100:+.2f}",
                 "-" if o.get("p50_ms") is None else f"{o['p50_ms']:.2f}",
                 "-" if o.get("p95_ms") is None else f"{o['p95_ms']:.2f}",
                 "-" if size is None else f"{size / 1e6:.2f}",
             ]
         )
-    return Table(["recipe", "passed", "accuracy", "drop", "p50 ms", "p95 ms", "size MB"], rows)
+    return Table(["recipe", "passed", "accuracy", "drop (points)", "p50 ms", "p95 ms", "size MB"], rows)
 
 
 def parity_histogram_spec(histogram: Sequence[tuple[int, int]], atol: float, n_samples: int) -> dict[str, Any]:

@@ -51,6 +51,7 @@ def test_history_has_every_complete_trial_and_a_monotone_best_so_far(tmp_path, c
     assert [r["trial"] for r in rows] == [0, 1, 3, 4]  # the pruned trial has no value
     assert [r["best so far"] for r in rows] == [0.6, 0.6, 0.7, 0.7]
     assert {layer["mark"]["type"] for layer in spec["layer"]} == {"line", "point"}
+    assert spec["layer"][0]["encoding"]["x"]["axis"]["values"] == [0, 1, 2, 3, 4]  # whole trial numbers
     low = reports.history_spec(records, "accuracy", "minimize")["data"]["values"]
     assert [r["best so far"] for r in low] == [0.6, 0.55, 0.55, 0.55]
 
@@ -136,8 +137,8 @@ def test_quantize_report_table_and_parity_histogram() -> None:
     parity = ParityResult(32, 2e-6, 3e-7, 1.0, 1e-4, error_histogram=[(-8, 10), (-7, 40), (-6, 14)])
     blocks = reports.quantize_report(parity=parity, quant=_quant(search))
     table = next(b for b in blocks if isinstance(b, reports.Table))
-    assert table.headers == ["recipe", "passed", "accuracy", "drop", "p50 ms", "p95 ms", "size MB"]
-    assert table.rows[0] == ["minmax (chosen)", "PASS", "0.79", "+1.00 pts", "2.00", "2.50", "23.00"]
+    assert table.headers == ["recipe", "passed", "accuracy", "drop (points)", "p50 ms", "p95 ms", "size MB"]
+    assert table.rows[0] == ["minmax (chosen)", "PASS", "0.79", "+1.00", "2.00", "2.50", "23.00"]
     assert table.rows[1][1] == "FAIL" and table.rows[2][1:3] == ["error", "-"]
     spec = next(b for b in blocks if isinstance(b, reports.Chart)).spec
     bars, rule = spec["layer"]
