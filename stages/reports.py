@@ -78,7 +78,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def history_spec(records: Sequence[TrialRecord], metric: str, direction: str) -> dict[str, Any]:
     """Vega-Lite: each complete trial's value by trial number, and the best-so-far line."""
     better = max if direction == "maximize" else min
-    rows, best = [], None
+    rows: list[dict[str, Any]] = []
+    best: float | None = None
     for r in sorted(records, key=lambda r: r.number):
         if r.state != "COMPLETE" or r.value is None:
             continue
