@@ -12,6 +12,10 @@ Steps:
             the run's cost from its task timings, Parquet records
   end       print where the package is and the best trial's metrics
 
+Cards (`python flows/train_flow.py card view RUN/STEP/TASK`, or `card server`): train shows each
+trial's loss and validation curves, join the Optuna history, parameter importances and trials,
+quantize the INT8 recipe table and the parity error histogram, end the package summary.
+
 Run:  python flows/train_flow.py run                      (config/default.yaml)
       python flows/train_flow.py --config config FILE run
 """
@@ -22,10 +26,11 @@ import json
 import logging
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, checkpoint, config_expr, current, resources, retry, step
+import trainflow_cards as cards
+from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
 
-from stages import pipeline
+from stages import pipeline, reports
 from stages.config import RunConfig, metaflow_config_parser
 from stages.hpo import run_worker
 from stages.run_metadata import task_timings
@@ -49,6 +54,7 @@ class TrainFlow(FlowSpec):
         self.workers = list(range(self.cfg.hpo.n_workers))
         self.next(self.train, foreach="workers")
 
+    @card
     @checkpoint(show_card=False)
     @retry(
         times=config_expr("config.compute.retries"),
@@ -74,12 +80,27 @@ class TrainFlow(FlowSpec):
             resume_dir=loaded,
             on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"worker": self.input}),
         )
+        cards.show(
+            lambda: reports.training_report(
+                storage=self.ctx.storage, study_name=self.ctx.study_name, trials=self.trials, metric=self.cfg.hpo.metric
+            )
+        )
         self.next(self.join)
 
+    @card
     @step
     def join(self, inputs):
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = pipeline.select_best(cfg=self.cfg, ctx=self.ctx)
+        cards.show(
+            lambda: reports.hpo_report(
+                storage=self.ctx.storage,
+                study_name=self.ctx.study_name,
+                records=self.trial_records,
+                best=self.best,
+                hpo=self.cfg.hpo,
+            )
+        )
         self.next(self.export)
 
     @step
@@ -87,9 +108,11 @@ class TrainFlow(FlowSpec):
         self.exported = pipeline.export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
         self.next(self.quantize)
 
+    @card
     @step
     def quantize(self):
         self.quant = pipeline.quantize(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
+        cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
 
     @step
@@ -106,10 +129,13 @@ class TrainFlow(FlowSpec):
         )
         self.next(self.end)
 
+    @card
     @step
     def end(self):
+        summary = pipeline.summarize(self.package.path)
         print("Published package:", self.package.path)
-        print(json.dumps(pipeline.summarize(self.package.path), indent=2))
+        print(json.dumps(summary, indent=2))
+        cards.show(lambda: reports.package_report(package=self.package, summary=summary))
 
     def _split(self, name: str):
         from stages.data import load_split

@@ -23,12 +23,14 @@ import torch
 
 from stages.config import RunConfig
 from stages.data import SplitData
-from stages.tracking import trial_run
+from stages.tracking import lineage_artifact, lineage_ref, trial_run
 from stages.train import Hyperparams, cpu_threads, read_checkpoint_meta, train_model
 
 log = logging.getLogger(__name__)
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# Trial user attr: the trial's logged values per step ({"step", "train/loss", "val/<metric>", ...}).
+CURVES_ATTR = "curves"
 
 
 @dataclass
@@ -208,7 +210,15 @@ def _run_trial(
         name=f"trial-{trial.number}",
         config={"trial": trial.number, "hparams": asdict(hparams), "run_config": cfg.model_dump(mode="json")},
         directory=work_dir,
+        points=trial.user_attrs.get(CURVES_ATTR),  # what an earlier attempt recorded
     ) as tlog:
+
+        def checkpointed(folder: Path) -> None:
+            # The curve so far is stored with each checkpoint, so a resumed attempt keeps it.
+            trial.set_user_attr(CURVES_ATTR, tlog.points)
+            if on_checkpoint is not None:
+                on_checkpoint(folder)
+
         try:
             result = train_model(
                 cfg=cfg,
@@ -218,7 +228,7 @@ def _run_trial(
                 out_dir=out_dir,
                 seed=cfg.seed + trial.number,
                 resume_dir=resume_dir,
-                on_checkpoint=on_checkpoint,
+                on_checkpoint=checkpointed,
                 on_eval=on_eval,
                 log_values=tlog.log,
                 checkpoint_tags={"trial": trial.number},
@@ -226,6 +236,7 @@ def _run_trial(
             )
         except optuna.TrialPruned as pruned:
             log.info("%s", pruned)
+            trial.set_user_attr(CURVES_ATTR, tlog.points)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             tlog.summary({"state": "PRUNED"})
             return
@@ -233,7 +244,19 @@ def _run_trial(
         trial.set_user_attr("model_dir", result.model_dir)
         trial.set_user_attr("steps", result.steps_run + result.resumed_from_step)
         trial.set_user_attr("resumed_from_step", result.resumed_from_step)
+        trial.set_user_attr(CURVES_ATTR, tlog.points)
         study.tell(trial, result.metrics[metric])
+        tlog.log_artifact(
+            lineage_artifact(
+                model_name=cfg.name,
+                kind="trial-model",
+                run_key=group,
+                trial=trial.number,
+                path=result.model_dir,
+                parents=(lineage_ref(cfg.name, "dataset", group),),
+                metadata={"trial": trial.number, "params": trial.params, "metrics": result.metrics},
+            )
+        )
         tlog.summary({"state": "COMPLETE", **{f"best/{k}": v for k, v in result.metrics.items()}})
 
 

@@ -21,6 +21,7 @@ from stages.modeling import checksum_model_dir, load_model, majority_baseline, r
 from stages.publish import PackageResult, git_commit, package_versions, publish_package
 from stages.quantize import QuantizeResult, quantize_and_gate
 from stages.records import write_records
+from stages.tracking import lineage_artifact, lineage_ref, log_lineage
 from stages.verify import ParityResult, check_parity
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,21 @@ def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
     study_name = f"{cfg.name}-{run_key}"
     open_study(cfg, storage, study_name)
     log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
-    return RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
+    ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
+    _lineage(cfg, ctx, "dataset", "dataset", snapshot.directory, (), version=snapshot.version, sha256=snapshot.sha256)
+    return ctx
+
+
+def _lineage(
+    cfg: RunConfig, ctx: RunContext, job_type: str, kind: str, path: str | Path, parents: tuple[str, ...], **meta: Any
+) -> str | None:
+    """Log one link of the W&B artifact chain (see stages.tracking) from a short run `job_type`."""
+    artifact = lineage_artifact(
+        model_name=cfg.name, kind=kind, run_key=ctx.run_key, path=path, parents=parents, metadata=meta
+    )
+    return log_lineage(
+        tracking=cfg.tracking, artifact=artifact, group=ctx.run_key, job_type=job_type, directory=ctx.path
+    )
 
 
 def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[TrialRecord]]:
@@ -64,6 +79,8 @@ def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[T
     except ValueError:
         states = {r.number: r.state for r in records}
         raise ValueError(f"no trial of study {ctx.study_name} completed (states: {states})") from None
+    trial_ref = lineage_ref(cfg.name, "trial-model", ctx.run_key, best.number)
+    _lineage(cfg, ctx, "select", "best-model", best.model_dir or "", (trial_ref,), trial=best.number, value=best.value)
     return best, records
 
 
@@ -88,6 +105,8 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
         max_length=cfg.model.max_length,
         atol=cfg.export.parity_atol,
     )
+    best_ref = lineage_ref(cfg.name, "best-model", ctx.run_key)
+    _lineage(cfg, ctx, "export", "onnx-fp32", result.onnx_path, (best_ref,), opset=result.opset, parity=asdict(parity))
     return ExportOutcome(str(onnx_dir), result.onnx_path, result.opset, result.inputs, parity)
 
 
@@ -248,6 +267,9 @@ def publish(
         metadata=meta,
     )
     registry.register(artifact_root=root, model_name=cfg.name, version=version)
+    onnx_ref = lineage_ref(cfg.name, "onnx-fp32", ctx.run_key)
+    _lineage(cfg, ctx, "publish", "int8-package", package.path, (onnx_ref,), version=version, recipe=quant.chosen,
+             int8_accuracy=quant.int8_metrics.get("accuracy"), accuracy_drop=quant.accuracy_drop)  # fmt: skip
     key = f"{cfg.name}-{ctx.run_key}"
     write_records(
         root, "lineage", f"{cfg.name}-{version}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,25 @@ class ParityResult:
     mean_abs_diff: float
     prediction_agreement: float
     atol: float
+    # |PyTorch - ONNX| of every output element, binned by decade: (log10 lower edge, count) for
+    # the non-empty decades. Values below 10^ZERO_DECADE, exact zeros included, count in that bin.
+    error_histogram: list[tuple[int, int]] = field(default_factory=list)
+
+
+ZERO_DECADE = -12
+
+
+def decade_histogram(abs_diffs: np.ndarray, lowest: int = ZERO_DECADE) -> list[tuple[int, int]]:
+    """Counts of `abs_diffs` per decade [10^k, 10^(k+1)), for the decades that hold any; values
+    below 10^lowest (zeros included) count in the `lowest` bin."""
+    if abs_diffs.size == 0:
+        return []
+    with np.errstate(divide="ignore"):
+        decades = np.floor(np.log10(abs_diffs.astype(np.float64)))
+    decades = np.where(np.isfinite(decades), decades, lowest).clip(min=lowest).astype(int)
+    lo, hi = int(decades.min()), int(decades.max())
+    counts = np.bincount(decades - lo, minlength=hi - lo + 1)
+    return [(lo + i, int(c)) for i, c in enumerate(counts) if c]
 
 
 def check_parity(
@@ -52,6 +71,7 @@ def check_parity(
         mean_abs_diff=float(d.mean()),
         prediction_agreement=agree / n,
         atol=atol,
+        error_histogram=decade_histogram(d[np.isfinite(d)]),
     )
     if not result.max_abs_diff <= atol:  # also catches NaN
         raise ParityError(

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +49,30 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Path) -> P
     out = tmp_path_factory.mktemp("onnx") / "onnx"
     export_onnx(model_dir=tiny_trained, out_dir=out, export=ExportConfig())
     return out
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    """One finished run of flows/train_flow.py on tiny data (shared by the flow-level tests)."""
+
+    run: Any  # metaflow.Run
+    root: Path  # its datastore root and cwd
+    env: dict[str, str]  # the environment it ran with (for CLI calls such as `card get`)
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> FlowRun:
+    """Run TrainFlow once (W&B offline) through metaflow.Runner: a flow run takes minutes here."""
+    from metaflow import Runner
+
+    from tests.tiny import ROOT, write_config
+
+    root = tmp_path_factory.mktemp("flow")
+    cfg = tiny_config(root, tiny_model_dir, tracking__wandb_mode="offline")
+    config_path = write_config(root / "cfg.yaml", cfg)
+    env = {**os.environ, "METAFLOW_USER": "e2e", "WANDB_MODE": "offline", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root)}
+    with Runner(str(ROOT / "flows" / "train_flow.py"), show_output=False, cwd=str(root), env=env,
+                config=[("config", str(config_path))]).run() as running:  # fmt: skip
+        run = running.run
+        assert run.successful, running.stderr
+    return FlowRun(run, root, env)
