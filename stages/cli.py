@@ -54,8 +54,9 @@ class CliFailure(Exception):
 
 
 def _width(stream: Any) -> int | None:
-    # Not a terminal and no $COLUMNS (logs, tests): wide, so checksums and paths are not folded.
-    return None if stream.isatty() or "COLUMNS" in os.environ else 220
+    # Not a terminal and no usable $COLUMNS (logs, tests; some shells export it empty): wide, so
+    # checksums and paths are not folded.
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").strip().isdigit() else 220
 
 
 def _out() -> Console:

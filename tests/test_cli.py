@@ -23,6 +23,12 @@ from tests.registry_helpers import tamper
 from tests.tiny import tiny_config
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables are parsed by column: a $COLUMNS from the calling shell would fold them."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @dataclass(frozen=True)
 class Published:
     root: Path
