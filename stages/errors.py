@@ -56,3 +56,11 @@ class PackageVerificationError(TrainflowError):
 
 class PublishError(TrainflowError):
     """A deployment package cannot be written (e.g. the version already exists)."""
+
+
+class DiskSpaceError(TrainflowError):
+    """Too little free disk for a checkpoint or a package; raised before anything is written."""
+
+
+class TrainingResourceError(TrainflowError):
+    """Training cannot fit on the device: out of memory even at micro-batch size 1."""

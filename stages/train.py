@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from stages import accel
 from stages.config import RunConfig
 from stages.data import SplitData
+from stages.diskspace import ensure_free_space
 from stages.errors import TrainingInterrupted
 from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
 
@@ -175,6 +176,22 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def checkpoint_size_estimate(model: TextModel, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a checkpoint will take: the weights plus every tensor in the optimizer state (AdamW:
+    two moments per trainable parameter), plus 1 MiB for RNG states, pickling and meta.json."""
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    state = sum(
+        v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    )
+    return weights + state + (1 << 20)
+
+
+def ensure_checkpoint_space(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer) -> None:
+    """DiskSpaceError before a checkpoint is written if it cannot fit. The previous checkpoint
+    stays on disk until the new one is renamed into place, so the whole new size must be free."""
+    ensure_free_space(folder, checkpoint_size_estimate(model, optimizer), "a training checkpoint")
+
+
 def save_checkpoint(
     folder: Path,
     *,
@@ -184,7 +201,12 @@ def save_checkpoint(
     step: int,
     extra: dict,
 ) -> None:
-    """Write a complete checkpoint to `folder` atomically (temp folder, then rename)."""
+    """Write a complete checkpoint to `folder` atomically (temp folder, then rename).
+
+    Raises:
+        DiskSpaceError: too little free disk (checked before anything is written).
+    """
+    ensure_checkpoint_space(folder, model, optimizer)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -359,6 +381,7 @@ def train_model(
                 tmp = best_dir.with_name("best.tmp")
                 if tmp.exists():
                     shutil.rmtree(tmp)
+                ensure_free_space(best_dir, checkpoint_size_estimate(model, optimizer), "the best model")
                 save_model(model, tokenizer, tmp)
                 _atomic_replace_dir(tmp, best_dir)
             if on_eval is not None:
