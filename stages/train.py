@@ -34,7 +34,7 @@ from stages import accel
 from stages.config import RunConfig
 from stages.data import SplitData
 from stages.diskspace import ensure_free_space
-from stages.errors import TrainingInterrupted
+from stages.errors import TrainingInterrupted, TrainingResourceError
 from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class TrainResult:
     resumed_from_step: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    micro_batch_size: int = 0  # < the batch size after an out-of-memory back-off
 
 
 def seed_everything(seed: int) -> None:
@@ -149,6 +150,93 @@ def param_groups(model: TextModel, hparams: Hyperparams, head_multiplier: float)
         }
         for (is_head, decays), params in sorted(groups.items())
     ]
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA, also raised by the caching allocator) or a RuntimeError that
+    says so (older torch, cuDNN/cuBLAS workspace failures, other backends)."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def accumulate_gradients(
+    model: TextModel,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    micro_batch: int,
+    fast: accel.FastPath,
+    scaler: torch.amp.GradScaler,
+) -> torch.Tensor:
+    """Forward and backward over `batch` in slices of `micro_batch` samples, adding into `.grad`.
+
+    Each slice's mean loss is weighted by its share of the batch, so the summed gradients are
+    those of the whole batch's mean loss (the effective batch stays `len(labels)`); the slices
+    keep the batch's padding width, so each sample sees the same computation. Returns the
+    whole batch's mean loss, detached.
+    """
+    n = int(labels.shape[0])
+    if micro_batch >= n:  # the usual case: exactly the operations of a plain training step
+        with accel.autocast(fast):
+            logits = model.logits(batch)
+        loss = model.loss(logits.float(), labels)
+        scaler.scale(loss).backward()
+        return loss.detach()
+    total = torch.zeros((), device=labels.device)
+    for start in range(0, n, micro_batch):
+        part = slice(start, start + micro_batch)
+        with accel.autocast(fast):
+            logits = model.logits({k: v[part] for k, v in batch.items()})
+        loss = model.loss(logits.float(), labels[part]) * (len(labels[part]) / n)
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
+
+
+def backward_with_oom_backoff(
+    model: TextModel,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    micro_batch: int,
+    fast: accel.FastPath,
+    scaler: torch.amp.GradScaler,
+) -> tuple[torch.Tensor, int]:
+    """Zero the gradients and run `accumulate_gradients`; on out-of-memory halve the micro-batch
+    (accumulating more slices, so the effective batch is unchanged) and redo the whole step.
+
+    Returns (the batch's mean loss, the micro-batch size that fitted; keep using it).
+    Raises:
+        TrainingResourceError: out of memory even with one sample per micro-batch.
+    """
+    n = int(labels.shape[0])
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = accumulate_gradients(model, batch, labels, micro_batch=micro_batch, fast=fast, scaler=scaler)
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(err):
+                raise
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        else:
+            return loss, micro_batch
+        # Outside the except block: the traceback (and the activations it holds) is released.
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if micro_batch <= 1:
+            raise TrainingResourceError(
+                f"out of memory at micro-batch 1 (batch {n}, max_length {batch['input_ids'].shape[1]}): "
+                f"{message}. Use a smaller model.max_length or base model, or a device with more memory."
+            )
+        smaller = max(1, min(micro_batch, n) // 2)
+        log.warning(
+            "OOM at batch %d: retrying with batch %d x %d accumulation steps", min(micro_batch, n), smaller,
+            -(-n // smaller),
+        )  # fmt: skip
+        micro_batch = smaller
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -353,14 +441,13 @@ def train_model(
         labels=train.labels,
         collate=partial(collate, pad_id=pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length),
     )
+    micro_batch = hparams.batch_size  # halved on out-of-memory, then kept for the rest of the run
     while step < hparams.max_steps:
         model.train(True)
         batch, labels = next(batches)
-        with accel.autocast(fast):
-            logits = model.logits(batch)
-        loss = model.loss(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss, micro_batch = backward_with_oom_backoff(
+            model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler
+        )
         scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         scaler.step(optimizer)
@@ -420,6 +507,7 @@ def train_model(
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - t0,
         history=history,
+        micro_batch_size=micro_batch,
     )
 
 
