@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -14,9 +15,10 @@ from typing import Any
 from stages.config import RunConfig
 from stages.data import Snapshot, load_split, snapshot_dataset
 from stages.export import export_onnx
+from stages.faults import fault_window
 from stages.hpo import TrialRecord, best_trial, open_study, trial_records
 from stages.modeling import checksum_model_dir, load_model, majority_baseline, read_head, resolve_base_model
-from stages.publish import PackageResult, git_commit, package_versions, publish_package
+from stages.publish import METADATA, PackageResult, git_commit, package_versions, publish_package, verify_package
 from stages.quantize import QuantizeResult, quantize_and_gate
 from stages.records import write_records
 from stages.verify import ParityResult, check_parity
@@ -50,6 +52,7 @@ def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
     study_name = f"{cfg.name}-{run_key}"
     open_study(cfg, storage, study_name)
     log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
+    fault_window("start")
     return RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
 
 
@@ -62,6 +65,7 @@ def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[T
     except ValueError:
         states = {r.number: r.state for r in records}
         raise ValueError(f"no trial of study {ctx.study_name} completed (states: {states})") from None
+    fault_window("join")
     return best, records
 
 
@@ -86,6 +90,7 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
         max_length=cfg.model.max_length,
         atol=cfg.export.parity_atol,
     )
+    fault_window("export")
     return ExportOutcome(str(onnx_dir), result.onnx_path, result.opset, result.inputs, parity)
 
 
@@ -95,7 +100,7 @@ def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> Qua
 
     tokenizer = AutoTokenizer.from_pretrained(exported.onnx_dir)
     head = read_head(Path(exported.onnx_dir))
-    return quantize_and_gate(
+    result = quantize_and_gate(
         fp32_path=Path(exported.onnx_path),
         tokenizer=tokenizer,
         task=cfg.task.type,
@@ -106,6 +111,8 @@ def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> Qua
         max_length=cfg.model.max_length,
         q=cfg.quantize,
     )
+    fault_window("quantize")
+    return result
 
 
 def build_metadata(
@@ -212,19 +219,31 @@ def publish(
     pathspec: str,
     version: str | None = None,
 ) -> PackageResult:
-    """Write the package atomically and the run/trial/package Parquet records."""
-    meta = build_metadata(
-        cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
-    )
-    version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
+    """Write the package atomically and the run/trial/package Parquet records.
+
+    Safe to repeat (a `resume` after the step was killed): the hidden temporary folder a killed
+    attempt of this run left is removed, and a package this run already published (renamed into
+    place, records perhaps not yet written) is verified and reused, so a run publishes once."""
     root = Path(cfg.publish.artifact_root).resolve()
-    package = publish_package(
-        artifact_root=root,
-        model_name=cfg.name,
-        version=version,
-        sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
-        metadata=meta,
-    )
+    earlier = _clean_earlier_attempts(root / cfg.name, ctx.run_key)
+    if earlier is not None:
+        meta = json.loads((earlier / METADATA).read_text())
+        version = meta["version"]
+        package = PackageResult(path=str(earlier), version=version, files=verify_package(earlier))
+        log.warning("package %s was published by an earlier attempt of this run; reusing it", earlier)
+    else:
+        meta = build_metadata(
+            cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
+        )
+        version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
+        package = publish_package(
+            artifact_root=root,
+            model_name=cfg.name,
+            version=version,
+            sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
+            metadata=meta,
+        )
+    fault_window("publish-renamed")
     key = f"{cfg.name}-{ctx.run_key}"
     write_records(
         root,
@@ -278,6 +297,19 @@ def publish(
         ],
     )
     return package
+
+
+def _clean_earlier_attempts(model_root: Path, run_key: str) -> Path | None:
+    """Remove temporary package folders left by killed attempts of this run; return the package
+    this run published already, if one is in place. Versions end in `-<run key>`, and a run
+    publishes from one task at a time, so no live attempt's folder is touched."""
+    if not model_root.is_dir():
+        return None
+    for tmp in model_root.glob(f".tmp-*-{run_key}-*"):
+        log.warning("removing %s, a partial package left by an interrupted publish of this run", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = sorted(p for p in model_root.glob(f"*-{run_key}") if p.is_dir() and not p.name.startswith("."))
+    return done[-1] if done else None
 
 
 def summarize(package_path: str) -> dict[str, Any]:

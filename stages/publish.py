@@ -21,6 +21,7 @@ from typing import Any
 
 from stages.diskspace import ensure_free_space
 from stages.errors import PackageVerificationError, PublishError
+from stages.faults import fault_window
 
 MANIFEST = "SHA256SUMS"
 METADATA = "metadata.json"
@@ -111,6 +112,7 @@ def publish_package(
     try:
         for name, src in chosen.items():
             shutil.copy2(src, tmp / name)
+        fault_window("publish")
         (tmp / METADATA).write_text(json.dumps({**metadata, "version": version}, indent=2, sort_keys=True))
         digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
