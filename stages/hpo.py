@@ -121,25 +121,26 @@ def open_storage(spec: str | optuna.storages.BaseStorage, hpo: HpoConfig | None 
     """A journal file path, or an RDB URL (contains '://'); with heartbeats when `hpo` enables them."""
     if isinstance(spec, optuna.storages.BaseStorage):
         return spec
-    beat = hpo is not None and hpo.heartbeat_interval > 0
+    if "://" not in spec:
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    if hpo is None or hpo.heartbeat_interval == 0:
+        return (
+            optuna.storages.RDBStorage(spec)
+            if "://" in spec
+            else optuna.storages.JournalStorage(JournalFileBackend(spec))
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=hpo.stale_trial_retries) if beat else None
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=hpo.stale_trial_retries)
         if "://" in spec:
-            if not beat:
-                return optuna.storages.RDBStorage(spec)
             return optuna.storages.RDBStorage(
                 spec,
                 heartbeat_interval=hpo.heartbeat_interval,
                 grace_period=hpo.heartbeat_grace_period,
                 heartbeat_stale_trial_callback=retry,
             )
-    path = Path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not beat:
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     return HeartbeatJournalStorage(
-        path,
+        Path(spec),
         heartbeat_interval=hpo.heartbeat_interval,
         grace_period=hpo.heartbeat_grace_period,
         stale_trial_callback=retry,

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from stages.config import parse_config_dict
 from stages.data import SplitData
-from stages.hpo import open_study, run_worker, trial_dir
+from stages.hpo import open_storage, open_study, run_worker, trial_dir
 from stages.train import META_FILE
 from tests.tiny import ROOT, rt_texts, tiny_config
 
@@ -41,14 +41,15 @@ def _splits() -> tuple[SplitData, SplitData]:
 
 
 def _cfg(tmp: Path, model_dir: Path, **over) -> Path:
-    cfg = tiny_config(tmp, model_dir, train__max_steps=160, train__checkpoint_every=20, train__eval_every=40,
-                      train__num_threads=1, train__device="cpu", hpo__pruner="none", **over)  # fmt: skip
+    base = dict(train__max_steps=160, train__checkpoint_every=20, train__eval_every=40, train__num_threads=1,
+                train__device="cpu", hpo__pruner="none")  # fmt: skip
+    cfg = tiny_config(tmp, model_dir, **{**base, **over})
     path = tmp / "cfg.json"
     path.write_text(json.dumps(cfg))
     return path
 
 
-def _run(cfg_path: Path, storage: Path, worker: int, work: Path):
+def _run(cfg_path: Path, storage: Path | str, worker: int, work: Path):
     """One worker attempt in this process (the attempt that comes back)."""
     train, val = _splits()
     cfg = parse_config_dict(json.loads(cfg_path.read_text()))
@@ -147,6 +148,25 @@ def test_dead_workers_trial_is_failed_by_heartbeat_and_rerun_once(tmp_path: Path
     assert fresh.number == 4 and fresh.resumed_from_step == 0
     finished = [t for t in _study(cfg, storage).trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 2, "exactly hpo.n_trials finished trials"
+
+
+def test_rdb_storage_gets_optunas_own_heartbeat(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """An RDB URL uses RDBStorage's heartbeat the same way (here a trial asked by a 'worker' that
+    never beat, i.e. died at once; the journal case above uses real kills)."""
+    cfg_path = _cfg(tmp_path, tiny_model_dir, hpo__n_trials=1, hpo__n_workers=1, hpo__heartbeat_interval=1,
+                    hpo__heartbeat_grace_period=2, train__max_steps=6)  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, parse_config_dict(json.loads(cfg_path.read_text())).hpo)
+    assert isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() == 1
+    study = optuna.create_study(study_name="s", storage=storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)
+    dead.set_user_attr("worker", 7)
+    time.sleep(3.5)
+    [rerun] = _run(cfg_path, url, 0, tmp_path)
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert states == ["FAIL", "COMPLETE"] and rerun.number == 1
 
 
 if __name__ == "__main__":
