@@ -12,7 +12,7 @@ offline runs) contains the fake WANDB_API_KEY / AWS_SECRET_ACCESS_KEY planted in
 (W&B offline, so nothing leaves the machine). The planted-secret scan rides on these runs instead
 of costing a run of its own.
 
-Which steps run in CI: each case costs a whole tiny run (~80-90 s on 2 busy cores). `start`,
+Which steps run in CI: each case costs about a whole tiny run (measured 70-180 s per case on 2 busy cores). `start`,
 `join` and `publish` differ in what resume must do: `start` leaves nothing to clone (the resumed
 run starts over, with a new run folder and study); `join` is the first step after the foreach,
 so resume must clone the split `start` -> `train` x2 and rerun the join; `publish` is killed with
