@@ -91,6 +91,13 @@ class HpoConfig(_Strict):
     storage: str | None = Field(None, description="Optuna storage URL or journal path; None = run root.")
     pruner: Literal["median", "none"] = "median"
     search_space: SearchSpace = SearchSpace()
+    heartbeat_interval: int = Field(
+        30, ge=0, description="Seconds between a running trial's heartbeats in the study; 0 = no heartbeats."
+    )
+    heartbeat_grace_period: int = Field(
+        300, ge=1, description="A RUNNING trial silent this long is failed (its worker died) and re-queued."
+    )
+    stale_trial_retries: int = Field(1, ge=0, description="How often a trial failed by the heartbeat is re-run.")
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
@@ -358,6 +365,11 @@ class RunConfig(_Strict):
                 problems.append(f"hpo.search_space.{key}: [{low}, {high}] must satisfy 0 <= low <= high")
         if self.hpo.search_space.learning_rate[0] <= 0:
             problems.append("hpo.search_space.learning_rate: the lower bound must be > 0 (log scale)")
+        if self.hpo.heartbeat_interval and self.hpo.heartbeat_grace_period < 2 * self.hpo.heartbeat_interval:
+            problems.append(
+                f"hpo.heartbeat_grace_period: {self.hpo.heartbeat_grace_period} s is under twice"
+                f" hpo.heartbeat_interval ({self.hpo.heartbeat_interval} s); one late beat would fail a live trial"
+            )
         if self.compute.gpus > 0 and self.train.device == "cpu":
             problems.append("train.device: 'cpu' conflicts with compute.gpus > 0; use 'auto' or 'cuda'")
         if self.compute.gpus == 0 and self.compute.backend == "local" and self.train.device == "cuda":

@@ -77,3 +77,11 @@ class RegistryError(TrainflowError):
 
 class RetentionError(TrainflowError):
     """Retention cannot run (e.g. the registry lock could not be taken)."""
+
+
+class DiskSpaceError(TrainflowError):
+    """Too little free disk for a checkpoint or a package; raised before anything is written."""
+
+
+class TrainingResourceError(TrainflowError):
+    """Training cannot fit on the device: out of memory even at micro-batch size 1."""

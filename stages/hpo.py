@@ -2,26 +2,50 @@
 
 Each worker asks its own trials from the shared study (so TPE sees every finished trial),
 trains, reports each validation pass for the pruner, and tells its result. Trials are owned by
-a worker (user attr `worker`) and each worker runs a fixed quota, so the total is exactly
-`hpo.n_trials` with no race between workers. A trial left RUNNING by a crashed attempt of the
-same worker is continued (from its checkpoint when one was loaded), never asked twice.
+a worker (user attr `worker`) and each worker runs a fixed quota of finished (COMPLETE or
+PRUNED) trials, so the total is exactly `hpo.n_trials` with no race between workers.
+
+When a worker dies (kill -9, lost node), two mechanisms recover its trial, and neither counts
+it twice:
+  1. The same worker comes back (@retry, `resume`): it continues its trial left RUNNING, from
+     the trial's latest intact checkpoint (the one metaflow-checkpoint loaded, or the local one
+     under `<run dir>/trials/trial-NNNN/checkpoint`, whichever is further).
+  2. Heartbeats (`hpo.heartbeat_interval`): a running trial beats every interval; any worker
+     that is about to ask a trial first fails the RUNNING trials silent for longer than
+     `hpo.heartbeat_grace_period` (FAIL is not a finished state, so no quota counts it) and
+     Optuna's RetryHeartbeatStaleTrialCallback re-queues each one once (`stale_trial_retries`)
+     as a WAITING trial with the same parameters, which the next `ask` takes. The re-run
+     continues from the failed trial's checkpoint with the failed trial's seed.
+A worker that comes back refreshes its own trial's heartbeat before failing anybody's, so a
+trial whose owner is back is continued (1), not failed (2).
+
+Optuna 5's JournalStorage has no heartbeat (only RDBStorage implements optuna's BaseHeartbeat),
+so `HeartbeatJournalStorage` adds one: a file per running trial beside the journal whose mtime is
+the last beat. RDB URLs get RDBStorage's own heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
-from stages.config import RunConfig
+from stages.config import HpoConfig, RunConfig
 from stages.data import SplitData
 from stages.tracking import lineage_artifact, lineage_ref, trial_run
 from stages.train import Hyperparams, cpu_threads, read_checkpoint_meta, train_model
@@ -50,15 +74,79 @@ class TrialRecord:
         return asdict(self)
 
 
-def open_storage(spec: str) -> optuna.storages.BaseStorage | str:
-    """An RDB URL (contains '://') is passed through; anything else is a journal file path."""
-    if "://" in spec:
-        return spec
-    path = Path(spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend
+class HeartbeatJournalStorage(optuna.storages.JournalStorage, optuna.storages._heartbeat.BaseHeartbeat):
+    """A journal-file study with heartbeats: `<journal>.heartbeats/<trial id>` is touched on each
+    beat. A RUNNING trial is stale when its file (or, before the first beat, its start time) is
+    older than `grace_period` seconds. The file's mtime is set by the filesystem that holds it
+    (the NFS server on a cluster), so keep the grace period far above any clock skew."""
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    def __init__(
+        self,
+        path: Path,
+        *,
+        heartbeat_interval: int,
+        grace_period: int,
+        stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(JournalFileBackend(str(path)))
+        self._beats = path.with_name(path.name + ".heartbeats")
+        self._beats.mkdir(exist_ok=True)
+        self._interval = heartbeat_interval
+        self._grace = grace_period
+        self._callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        beat = self._beats / str(trial_id)
+        beat.touch()
+        os.utime(beat)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = self._beats / str(t._trial_id)
+            last = beat.stat().st_mtime if beat.exists() else (t.datetime_start or datetime.now()).timestamp()
+            if now - last > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
+        return self._callback
+
+
+def open_storage(spec: str | optuna.storages.BaseStorage, hpo: HpoConfig | None = None) -> optuna.storages.BaseStorage:
+    """A journal file path, or an RDB URL (contains '://'); with heartbeats when `hpo` enables them."""
+    if isinstance(spec, optuna.storages.BaseStorage):
+        return spec
+    if "://" not in spec:
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    if hpo is None or hpo.heartbeat_interval == 0:
+        return (
+            optuna.storages.RDBStorage(spec)
+            if "://" in spec
+            else optuna.storages.JournalStorage(JournalFileBackend(spec))
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=hpo.stale_trial_retries)
+        if "://" in spec:
+            return optuna.storages.RDBStorage(
+                spec,
+                heartbeat_interval=hpo.heartbeat_interval,
+                grace_period=hpo.heartbeat_grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
+    return HeartbeatJournalStorage(
+        Path(spec),
+        heartbeat_interval=hpo.heartbeat_interval,
+        grace_period=hpo.heartbeat_grace_period,
+        stale_trial_callback=retry,
+    )
 
 
 def make_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
@@ -68,11 +156,13 @@ def make_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=cfg.train.eval_every)
 
 
-def open_study(cfg: RunConfig, storage: str, study_name: str, sampler_seed: int = 0) -> optuna.Study:
+def open_study(
+    cfg: RunConfig, storage: str | optuna.storages.BaseStorage, study_name: str, sampler_seed: int = 0
+) -> optuna.Study:
     """Create the study, or load it if it exists (safe to call from every worker)."""
     return optuna.create_study(
         study_name=study_name,
-        storage=open_storage(storage),
+        storage=open_storage(storage, cfg.hpo),
         direction=cfg.hpo.direction,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed + sampler_seed, n_startup_trials=cfg.hpo.n_workers),
         pruner=make_pruner(cfg),
@@ -138,28 +228,139 @@ def run_worker(
 
     SIGTERM or SIGUSR1 (SLURM's warning before preemption or the time limit) makes the running
     trial save a checkpoint and raise TrainingInterrupted; the trial stays RUNNING and the
-    next attempt of this worker continues it."""
+    next attempt of this worker continues it. `resume_dir` is a checkpoint loaded by the caller
+    (metaflow-checkpoint); local checkpoints under `work_dir` are found without it."""
     torch.set_num_threads(cpu_threads(cfg.train.num_threads, cfg.hpo.n_workers))
     with stop_on_signals() as stop_requested:
-        study = open_study(cfg, storage, study_name, sampler_seed=worker)
+        study = open_study(cfg, open_storage(storage, cfg.hpo), study_name, sampler_seed=worker)
         quota = worker_quota(cfg.hpo.n_trials, cfg.hpo.n_workers, worker)
-        resume_meta = read_checkpoint_meta(resume_dir)
         ran: list[int] = []
         while True:
-            mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
-            running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
-            if running:
-                trial = optuna.Trial(study, running[0]._trial_id)
-                log.info("worker %d: continuing trial %d left running by an earlier attempt", worker, trial.number)
-            elif sum(t.state in FINISHED for t in mine) >= quota:
-                break
-            else:
-                trial = study.ask()
+            trial = _continue_own_trial(study, worker)
+            if trial is None:
+                _fail_stale_trials(study)
+                mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
+                if sum(t.state in FINISHED for t in mine) >= quota:
+                    break
+                trial = _ask(study)  # a re-queued (WAITING) trial first, else a new one
                 trial.set_user_attr("worker", worker)
-            resume = resume_dir if resume_meta is not None and resume_meta.get("trial") == trial.number else None
-            _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop_requested)
+                if (origin := _retried_from(trial)) is not None:
+                    log.info("worker %d: trial %d re-runs trial %d (failed by the heartbeat)", worker, trial.number,
+                             origin)  # fmt: skip
+            resume = _latest_checkpoint(cfg, trial, work_dir, resume_dir)
+            with _heartbeat(study, trial):
+                _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop_requested)
             ran.append(trial.number)
         return [r for r in trial_records(study) if r.number in ran]
+
+
+def _continue_own_trial(study: optuna.Study, worker: int) -> optuna.Trial | None:
+    """This worker's trial left RUNNING by an earlier attempt, claimed with a fresh heartbeat
+    before any worker fails stale trials (so a returning owner continues it), or None."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") != worker:
+            continue
+        _beat(study, t._trial_id)
+        if study._storage.get_trial(t._trial_id).state != TrialState.RUNNING:
+            continue  # failed as stale just before the claim: its re-queued copy is asked instead
+        log.info("worker %d: continuing trial %d left running by an earlier attempt", worker, t.number)
+        return optuna.Trial(study, t._trial_id)
+    return None
+
+
+def _beat(study: optuna.Study, trial_id: int) -> None:
+    storage = study._storage
+    if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number not in before:
+            log.warning("trial %d: no heartbeat for over the grace period (its worker died); failed and re-queued"
+                        " as allowed by hpo.stale_trial_retries", t.number)  # fmt: skip
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # ask/tell (not study.optimize) is how foreach workers share a study; we beat ourselves.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        trial = study.ask()
+    _beat(study, trial._trial_id)
+    return trial
+
+
+def _retry_history(trial: optuna.Trial) -> list[int]:
+    """The trials this one re-runs (set by RetryHeartbeatStaleTrialCallback); [] for a new trial."""
+    return list(trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history", []))
+
+
+def _retried_from(trial: optuna.Trial) -> int | None:
+    history = _retry_history(trial)
+    return history[0] if history else None
+
+
+def trial_seed(cfg: RunConfig, trial: optuna.Trial) -> int:
+    """A re-queued trial keeps the seed of the trial it re-runs, so it can continue its checkpoint."""
+    origin = _retried_from(trial)
+    return cfg.seed + (trial.number if origin is None else origin)
+
+
+def trial_dir(work_dir: Path, number: int) -> Path:
+    return work_dir / "trials" / f"trial-{number:04d}"
+
+
+def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, loaded: Path | None) -> Path | None:
+    """The furthest intact checkpoint of this trial, or of the trials it re-runs: the one the
+    caller loaded (metaflow-checkpoint, @retry) or a local one under `work_dir` (kept across
+    `resume`, which gives tasks new ids and so loads nothing). Only a checkpoint made with this
+    trial's hyperparameters and seed qualifies."""
+    lineage = {trial.number, *_retry_history(trial)}
+    candidates = [loaded, *(trial_dir(work_dir, n) / "checkpoint" for n in sorted(lineage))]
+    hparams, seed = asdict(suggest(trial, cfg)), trial_seed(cfg, trial)
+    best: tuple[int, Path] | None = None
+    for folder in candidates:
+        meta = read_checkpoint_meta(folder) if folder is not None and folder.is_dir() else None
+        if (
+            meta is None
+            or meta.get("trial") not in lineage
+            or meta.get("hparams") != hparams
+            or meta.get("seed") != seed
+        ):
+            continue
+        if best is None or meta["step"] > best[0]:
+            best = (meta["step"], folder)  # type: ignore[assignment]
+    if best is not None:
+        log.info("trial %d: continuing from checkpoint %s (step %d)", trial.number, best[1], best[0])
+    return None if best is None else best[1]
+
+
+@contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Beat every `heartbeat_interval` seconds in a thread while the trial runs (no-op without heartbeats)."""
+    storage = study._storage
+    if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):
+        yield
+        return
+    interval = storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+
+    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextmanager
@@ -202,7 +403,7 @@ def _run_trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} ({metric}={metrics[metric]:.4f})")
 
-    out_dir = work_dir / "trials" / f"trial-{trial.number:04d}"
+    out_dir = trial_dir(work_dir, trial.number)
     with trial_run(
         tracking=cfg.tracking,
         run_id=f"{group}-trial-{trial.number}",
@@ -226,7 +427,7 @@ def _run_trial(
                 train=train,
                 validation=validation,
                 out_dir=out_dir,
-                seed=cfg.seed + trial.number,
+                seed=trial_seed(cfg, trial),
                 resume_dir=resume_dir,
                 on_checkpoint=checkpointed,
                 on_eval=on_eval,

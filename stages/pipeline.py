@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -16,9 +17,10 @@ from stages.config import RunConfig
 from stages.cost import RunCost, TaskTiming, declared_resources, price_tasks
 from stages.data import Snapshot, load_split, snapshot_dataset
 from stages.export import export_onnx
+from stages.faults import fault_window
 from stages.hpo import TrialRecord, best_trial, open_study, trial_records
 from stages.modeling import checksum_model_dir, load_model, majority_baseline, read_head, resolve_base_model
-from stages.publish import PackageResult, git_commit, package_versions, publish_package
+from stages.publish import METADATA, PackageResult, git_commit, package_versions, publish_package, verify_package
 from stages.quantize import QuantizeResult, quantize_and_gate
 from stages.records import write_records
 from stages.tracking import lineage_artifact, lineage_ref, log_lineage
@@ -55,6 +57,7 @@ def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
     log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
     ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
     _lineage(cfg, ctx, "dataset", "dataset", snapshot.directory, (), version=snapshot.version, sha256=snapshot.sha256)
+    fault_window("start")
     return ctx
 
 
@@ -81,6 +84,7 @@ def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[T
         raise ValueError(f"no trial of study {ctx.study_name} completed (states: {states})") from None
     trial_ref = lineage_ref(cfg.name, "trial-model", ctx.run_key, best.number)
     _lineage(cfg, ctx, "select", "best-model", best.model_dir or "", (trial_ref,), trial=best.number, value=best.value)
+    fault_window("join")
     return best, records
 
 
@@ -107,6 +111,7 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
     )
     best_ref = lineage_ref(cfg.name, "best-model", ctx.run_key)
     _lineage(cfg, ctx, "export", "onnx-fp32", result.onnx_path, (best_ref,), opset=result.opset, parity=asdict(parity))
+    fault_window("export")
     return ExportOutcome(str(onnx_dir), result.onnx_path, result.opset, result.inputs, parity)
 
 
@@ -116,7 +121,7 @@ def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> Qua
 
     tokenizer = AutoTokenizer.from_pretrained(exported.onnx_dir)
     head = read_head(Path(exported.onnx_dir))
-    return quantize_and_gate(
+    result = quantize_and_gate(
         fp32_path=Path(exported.onnx_path),
         tokenizer=tokenizer,
         task=cfg.task.type,
@@ -127,6 +132,8 @@ def quantize(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> Qua
         max_length=cfg.model.max_length,
         q=cfg.quantize,
     )
+    fault_window("quantize")
+    return result
 
 
 def build_metadata(
@@ -251,22 +258,35 @@ def publish(
     `timings` are the run's tasks so far (the flow reads them with
     `stages.run_metadata.task_timings`); they are priced with `cfg.cost` into metadata.json
     `cost` and the `runs`/`costs` records. Without them the cost is recorded as not measured.
-    """
-    meta = build_metadata(
-        cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
-    )
-    run_cost = price_run(cfg=cfg, timings=timings) if timings is not None else None
-    meta["cost"] = run_cost.summary() if run_cost else {"measured": False, "note": "no task timings were given"}
-    version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
+
+    Safe to repeat (a `resume` after the step was killed): the hidden temporary folder a killed
+    attempt of this run left is removed, and a package this run already published (renamed into
+    place, records perhaps not yet written) is verified and reused, so a run publishes once."""
     root = Path(cfg.publish.artifact_root).resolve()
-    package = publish_package(
-        artifact_root=root,
-        model_name=cfg.name,
-        version=version,
-        sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
-        metadata=meta,
-    )
-    registry.register(artifact_root=root, model_name=cfg.name, version=version)
+    earlier = _clean_earlier_attempts(root / cfg.name, ctx.run_key)
+    if earlier is not None:
+        meta = json.loads((earlier / METADATA).read_text())
+        version = meta["version"]
+        package = PackageResult(path=str(earlier), version=version, files=verify_package(earlier))
+        log.warning("package %s was published by an earlier attempt of this run; reusing it", earlier)
+        cost = meta.get("cost") or {}
+        run_cost = price_run(cfg=cfg, timings=timings) if timings is not None and cost.get("measured") else None
+    else:
+        meta = build_metadata(
+            cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant, pathspec=pathspec
+        )
+        run_cost = price_run(cfg=cfg, timings=timings) if timings is not None else None
+        meta["cost"] = run_cost.summary() if run_cost else {"measured": False, "note": "no task timings were given"}
+        version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{ctx.run_key}"
+        package = publish_package(
+            artifact_root=root,
+            model_name=cfg.name,
+            version=version,
+            sources=[Path(exported.onnx_dir), Path(best.model_dir or "")],
+            metadata=meta,
+        )
+    fault_window("publish-renamed")
+    registry.ensure_registered(artifact_root=root, model_name=cfg.name, version=version)
     onnx_ref = lineage_ref(cfg.name, "onnx-fp32", ctx.run_key)
     _lineage(cfg, ctx, "publish", "int8-package", package.path, (onnx_ref,), version=version, recipe=quant.chosen,
              int8_accuracy=quant.int8_metrics.get("accuracy"), accuracy_drop=quant.accuracy_drop)  # fmt: skip
@@ -354,6 +374,19 @@ def price_run(*, cfg: RunConfig, timings: list[TaskTiming], now: datetime | None
     return price_tasks(
         timings=timings, resources=per_step, default=default, rates=cfg.cost, now=now or datetime.now(UTC)
     )
+
+
+def _clean_earlier_attempts(model_root: Path, run_key: str) -> Path | None:
+    """Remove temporary package folders left by killed attempts of this run; return the package
+    this run published already, if one is in place. Versions end in `-<run key>`, and a run
+    publishes from one task at a time, so no live attempt's folder is touched."""
+    if not model_root.is_dir():
+        return None
+    for tmp in model_root.glob(f".tmp-*-{run_key}-*"):
+        log.warning("removing %s, a partial package left by an interrupted publish of this run", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = sorted(p for p in model_root.glob(f"*-{run_key}") if p.is_dir() and not p.name.startswith("."))
+    return done[-1] if done else None
 
 
 def summarize(package_path: str) -> dict[str, Any]:

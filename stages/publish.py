@@ -19,7 +19,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from stages.diskspace import ensure_free_space
 from stages.errors import PackageVerificationError, PublishError
+from stages.faults import fault_window
 
 MANIFEST = "SHA256SUMS"
 METADATA = "metadata.json"
@@ -87,8 +89,8 @@ def publish_package(
     SHA256SUMS, and rename the folder into `<artifact_root>/<model_name>/<version>`.
 
     Raises:
-        PublishError: the version exists already, a required file is missing, or the disk lacks
-            room for the package (checked before anything is written).
+        PublishError: the version exists already or a required file is missing.
+        DiskSpaceError: the disk lacks room for the package (checked before anything is written).
     """
     target = artifact_root / model_name / version
     if target.exists():
@@ -104,14 +106,13 @@ def publish_package(
         raise PublishError(f"cannot publish {model_name} {version}: missing {missing} in {sources}")
     needed = sum(p.stat().st_size for p in chosen.values()) + (1 << 20)
     target.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(target.parent).free
-    if free < needed:
-        raise PublishError(f"not enough disk for {target}: need {needed} bytes, {free} free; nothing was written")
+    ensure_free_space(target.parent, needed, f"package {model_name} {version}")
     tmp = target.parent / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         for name, src in chosen.items():
             shutil.copy2(src, tmp / name)
+        fault_window("publish")
         (tmp / METADATA).write_text(json.dumps({**metadata, "version": version}, indent=2, sort_keys=True))
         digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))

@@ -252,6 +252,15 @@ def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
         return state.set_stage(model_name, version, "staging", action="publish", new=recorded is None)
 
 
+def ensure_registered(*, artifact_root: Path, model_name: str, version: str) -> Event | None:
+    """`register` unless the version is recorded already (a repeated publish of one run after
+    `resume`); returns the new event, or None."""
+    with locked(artifact_root) as state:
+        if state.recorded_stage(model_name, version) not in (None, "deleted"):
+            return None
+    return register(artifact_root=artifact_root, model_name=model_name, version=version)
+
+
 def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_name: str | None = None) -> list[Event]:
     """Make `version` production; the previous production version becomes archived.
 

@@ -42,7 +42,8 @@ from stages.checkpoints import (
 )
 from stages.config import RunConfig
 from stages.data import SplitData
-from stages.errors import TrainingInterrupted
+from stages.diskspace import ensure_free_space
+from stages.errors import TrainingInterrupted, TrainingResourceError
 from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class TrainResult:
     resumed_from_step: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    micro_batch_size: int = 0  # < the batch size after an out-of-memory back-off
 
 
 def seed_everything(seed: int) -> None:
@@ -157,6 +159,93 @@ def param_groups(model: TextModel, hparams: Hyperparams, head_multiplier: float)
     ]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA, also raised by the caching allocator) or a RuntimeError that
+    says so (older torch, cuDNN/cuBLAS workspace failures, other backends)."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def accumulate_gradients(
+    model: TextModel,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    micro_batch: int,
+    fast: accel.FastPath,
+    scaler: torch.amp.GradScaler,
+) -> torch.Tensor:
+    """Forward and backward over `batch` in slices of `micro_batch` samples, adding into `.grad`.
+
+    Each slice's mean loss is weighted by its share of the batch, so the summed gradients are
+    those of the whole batch's mean loss (the effective batch stays `len(labels)`); the slices
+    keep the batch's padding width, so each sample sees the same computation. Returns the
+    whole batch's mean loss, detached.
+    """
+    n = int(labels.shape[0])
+    if micro_batch >= n:  # the usual case: exactly the operations of a plain training step
+        with accel.autocast(fast):
+            logits = model.logits(batch)
+        loss = model.loss(logits.float(), labels)
+        scaler.scale(loss).backward()
+        return loss.detach()
+    total = torch.zeros((), device=labels.device)
+    for start in range(0, n, micro_batch):
+        part = slice(start, start + micro_batch)
+        with accel.autocast(fast):
+            logits = model.logits({k: v[part] for k, v in batch.items()})
+        loss = model.loss(logits.float(), labels[part]) * (len(labels[part]) / n)
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
+
+
+def backward_with_oom_backoff(
+    model: TextModel,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    micro_batch: int,
+    fast: accel.FastPath,
+    scaler: torch.amp.GradScaler,
+) -> tuple[torch.Tensor, int]:
+    """Zero the gradients and run `accumulate_gradients`; on out-of-memory halve the micro-batch
+    (accumulating more slices, so the effective batch is unchanged) and redo the whole step.
+
+    Returns (the batch's mean loss, the micro-batch size that fitted; keep using it).
+    Raises:
+        TrainingResourceError: out of memory even with one sample per micro-batch.
+    """
+    n = int(labels.shape[0])
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = accumulate_gradients(model, batch, labels, micro_batch=micro_batch, fast=fast, scaler=scaler)
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(err):
+                raise
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        else:
+            return loss, micro_batch
+        # Outside the except block: the traceback (and the activations it holds) is released.
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if micro_batch <= 1:
+            raise TrainingResourceError(
+                f"out of memory at micro-batch 1 (batch {n}, max_length {batch['input_ids'].shape[1]}): "
+                f"{message}. Use a smaller model.max_length or base model, or a device with more memory."
+            )
+        smaller = max(1, min(micro_batch, n) // 2)
+        log.warning(
+            "OOM at batch %d: retrying with batch %d x %d accumulation steps", min(micro_batch, n), smaller,
+            -(-n // smaller),
+        )  # fmt: skip
+        micro_batch = smaller
+
+
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     def fn(step: int) -> float:
         if step < warmup:
@@ -164,6 +253,22 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return fn
+
+
+def checkpoint_size_estimate(model: TextModel, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes a checkpoint will take: the weights plus every tensor in the optimizer state (AdamW:
+    two moments per trainable parameter), plus 1 MiB for RNG states, pickling and meta.json."""
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    state = sum(
+        v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    )
+    return weights + state + (1 << 20)
+
+
+def ensure_checkpoint_space(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer) -> None:
+    """DiskSpaceError before a checkpoint is written if it cannot fit. The previous checkpoint
+    stays on disk until the new one is renamed into place, so the whole new size must be free."""
+    ensure_free_space(folder, checkpoint_size_estimate(model, optimizer), "a training checkpoint")
 
 
 def save_checkpoint(
@@ -175,7 +280,12 @@ def save_checkpoint(
     step: int,
     extra: dict,
 ) -> None:
-    """Write a complete checkpoint to `folder` atomically (temp folder, then rename), synchronously."""
+    """Write a complete checkpoint to `folder` atomically (temp folder, then rename), synchronously.
+
+    Raises:
+        DiskSpaceError: too little free disk (checked before anything is written).
+    """
+    ensure_checkpoint_space(folder, model, optimizer)
     write_snapshot(folder, take_snapshot(model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra))
 
 
@@ -303,15 +413,14 @@ def train_model(
     # training goes on; the loop only waits for the copy of the state to CPU memory.
     writer = CheckpointWriter(asynchronous=fast.async_checkpoint, on_written=on_checkpoint)
     last_checkpoint = time.monotonic()
+    micro_batch = hparams.batch_size  # halved on out-of-memory, then kept for the rest of the run
     try:
         while step < hparams.max_steps:
             model.train(True)
             batch, labels = next(batches)
-            with accel.autocast(fast):
-                logits = model.logits(batch)
-            loss = model.loss(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss, micro_batch = backward_with_oom_backoff(
+                model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler
+            )
             scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             scaler.step(optimizer)
@@ -334,6 +443,7 @@ def train_model(
                     tmp = best_dir.with_name("best.tmp")
                     if tmp.exists():
                         shutil.rmtree(tmp)
+                    ensure_free_space(best_dir, checkpoint_size_estimate(model, optimizer), "the best model")
                     save_model(model, tokenizer, tmp)
                     atomic_replace_dir(tmp, best_dir)
                 if on_eval is not None:
@@ -343,6 +453,7 @@ def train_model(
             due = step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps
             if (due and time.monotonic() - last_checkpoint >= fast.checkpoint_min_seconds) or stopping:
                 last_checkpoint = time.monotonic()
+                ensure_checkpoint_space(ckpt_dir, model, optimizer)  # before the snapshot: nothing half-written
                 writer.save(
                     ckpt_dir,
                     model=model,
@@ -378,6 +489,7 @@ def train_model(
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - t0,
         history=history,
+        micro_batch_size=micro_batch,
     )
 
 

@@ -1,0 +1,204 @@
+"""GPU out-of-memory back-off (issue 4).
+
+CI has no GPU, so these tests raise a real `torch.OutOfMemoryError` (the class CUDA's allocator
+raises) from a forward pre-hook whenever a training micro-batch is larger than a limit; the real
+CUDA OOM is to be run on a lent GPU (`tests/faults/test_oom.py::test_real_cuda_oom`, marked gpu).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import accel
+from stages.config import parse_config_dict
+from stages.data import SplitData
+from stages.errors import TrainingResourceError
+from stages.modeling import build_model
+from stages.train import Hyperparams, backward_with_oom_backoff, collate, encode, final_weights, train_model
+from tests.tiny import rt_texts, tiny_config
+
+
+class MicroBatchLimit:
+    """Forward pre-hook: raise an out-of-memory error for training micro-batches above `limit`
+    samples (evaluation runs under no_grad and is left alone); record the sizes that ran."""
+
+    def __init__(self, limit: int, error: type[Exception] = torch.OutOfMemoryError) -> None:
+        self.limit, self.error, self.sizes = limit, error, []
+
+    def __call__(self, _module, _args, kwargs):
+        if torch.is_grad_enabled():
+            size = kwargs["input_ids"].shape[0]
+            if size > self.limit:
+                msg = f"CUDA out of memory. Tried to allocate {size} MiB (injected: micro-batch {size} > {self.limit})"
+                raise self.error(msg)
+            self.sizes.append(size)
+
+
+def _no_dropout_copy(model_dir: Path, dest: Path) -> Path:
+    """Dropout draws different masks for two half batches than for one whole batch; without it the
+    accumulated step must equal the full-batch step."""
+    shutil.copytree(model_dir, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def _model_and_batch(model_dir: Path, n: int = 8):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = build_model(task="classification", labels=["a", "b"], base=str(model_dir), freeze_embeddings=False,
+                        frozen_layers=0)  # fmt: skip
+    model.train(False)  # no dropout: gradients must match exactly up to float summation order
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    batch = collate(encode(tok, rt_texts(n), 32), int(tok.pad_token_id), torch.device("cpu"))
+    return model, batch, torch.tensor([i % 2 for i in range(n)])
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in model.hf.named_parameters() if p.grad is not None}
+
+
+FAST = accel.select_fast_path(parse_config_dict(tiny_config(Path("/tmp"), Path("/tmp"), train__device="cpu")).train,
+                              accel.Capabilities(cuda=False))  # fmt: skip
+
+
+def _step(model, batch, labels, micro: int):
+    opt = torch.optim.AdamW(model.parameters())
+    return backward_with_oom_backoff(model, batch, labels, optimizer=opt, micro_batch=micro, fast=FAST,
+                                     scaler=accel.grad_scaler(FAST))  # fmt: skip
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError])
+def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, error: type[Exception]
+) -> None:
+    model, batch, labels = _model_and_batch(tiny_model_dir)
+    full_loss, micro = _step(model, batch, labels, 8)
+    full = _grads(model)
+    assert micro == 8
+
+    hook = MicroBatchLimit(2, error)
+    handle = model.hf.register_forward_pre_hook(hook, with_kwargs=True)
+    with caplog.at_level(logging.WARNING, logger="stages.train"):
+        loss, micro = _step(model, batch, labels, 8)
+    handle.remove()
+    assert micro == 2 and hook.sizes == [2, 2, 2, 2], "effective batch 8 = 2 x 4 accumulation steps"
+    assert [r.getMessage() for r in caplog.records if r.name == "stages.train"] == [
+        "OOM at batch 8: retrying with batch 4 x 2 accumulation steps",
+        "OOM at batch 4: retrying with batch 2 x 4 accumulation steps",
+    ]
+    torch.testing.assert_close(loss, full_loss, rtol=1e-6, atol=1e-7)
+    accumulated = _grads(model)
+    assert accumulated.keys() == full.keys()
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_oom_at_micro_batch_1_gives_up_with_a_clear_error(tiny_model_dir: Path) -> None:
+    model, batch, labels = _model_and_batch(tiny_model_dir, n=6)
+    model.hf.register_forward_pre_hook(MicroBatchLimit(0), with_kwargs=True)
+    with pytest.raises(TrainingResourceError, match=r"out of memory at micro-batch 1 \(batch 6, max_length \d+\)"):
+        _step(model, batch, labels, 6)
+
+
+def test_other_runtime_errors_are_not_taken_for_oom(tiny_model_dir: Path) -> None:
+    model, batch, labels = _model_and_batch(tiny_model_dir)
+
+    def broken(*_):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    model.hf.register_forward_pre_hook(broken, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _step(model, batch, labels, 8)
+
+
+def test_training_with_oom_backoff_matches_full_batch_training(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whole train_model runs: the one that backs off from batch 8 to 2 x 4 ends with the same
+    weights and metrics as the one that never ran out of memory (tolerance: summation order)."""
+    import stages.train as train_mod
+
+    base = _no_dropout_copy(tiny_model_dir, tmp_path / "base")
+    cfg = parse_config_dict(tiny_config(tmp_path, base, train__device="cpu", train__eval_every=4,
+                                        train__checkpoint_every=4))  # fmt: skip
+    split = SplitData([str(i) for i in range(48)], rt_texts(48), [i % 2 for i in range(48)])
+    hp = Hyperparams(learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.0, batch_size=8, max_steps=8)
+
+    def run(out: Path):
+        return train_model(cfg=cfg, hparams=hp, train=split, validation=split, out_dir=out, seed=0)
+
+    plain = run(tmp_path / "plain")
+    hook = MicroBatchLimit(3)
+    build = train_mod.build_model
+
+    def build_with_limit(**kw):
+        model = build(**kw)
+        model.hf.register_forward_pre_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_with_limit)
+    with caplog.at_level(logging.WARNING, logger="stages.train"):
+        backed_off = run(tmp_path / "oom")
+    # 8 -> 4 -> 2 once, then every step runs 4 micro-batches of 2 (the last batch of an epoch may be shorter).
+    assert [r.getMessage() for r in caplog.records if "OOM" in r.getMessage()] == [
+        "OOM at batch 8: retrying with batch 4 x 2 accumulation steps",
+        "OOM at batch 4: retrying with batch 2 x 4 accumulation steps",
+    ]
+    assert backed_off.micro_batch_size == 2 and plain.micro_batch_size == 8
+    assert sum(hook.sizes) == 8 * hp.max_steps and max(hook.sizes) == 2
+    assert backed_off.best_step == plain.best_step
+    for key, value in plain.metrics.items():
+        assert backed_off.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    a, b = final_weights(Path(plain.model_dir)), final_weights(Path(backed_off.model_dir))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_oom_backs_off(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real CUDA OOM from the caching allocator: the process is capped (set_per_process_memory_fraction)
+    at 1.5x the peak of a quarter batch, so the whole batch cannot fit and the back-off must find a size."""
+    n = 2048
+    model, batch, labels = _model_and_batch(tiny_model_dir, n=64)
+    reps = n // 64
+    model, labels = model.to(torch.device("cuda")), labels.repeat(reps).cuda()
+    batch = {k: v.repeat(reps, 1).cuda() for k, v in batch.items()}
+    fast = accel.select_fast_path(
+        parse_config_dict(tiny_config(Path("/tmp"), Path("/tmp"), train__device="cuda")).train,
+        accel.probe_capabilities("cuda"),
+    )
+    opt = torch.optim.AdamW(model.parameters())
+
+    def step(micro: int):
+        return backward_with_oom_backoff(model, batch, labels, optimizer=opt, micro_batch=micro, fast=fast,
+                                         scaler=accel.grad_scaler(fast))  # fmt: skip
+
+    step(n // 4)  # warm-up and measure
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step(n // 4)
+    quarter_peak = torch.cuda.max_memory_allocated()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1.5 * quarter_peak / total)
+    hook = MicroBatchLimit(n)  # records sizes only
+    model.hf.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="stages.train"):
+            _, micro = step(n)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "stages.train"]
+    assert micro < n and messages[0].startswith(f"OOM at batch {n}: retrying with batch {n // 2} x 2"), messages
+    assert sum(hook.sizes[-(-n // micro) :]) == n, "the successful pass covers the whole batch"
