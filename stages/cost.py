@@ -139,7 +139,7 @@ def price_tasks(
             TaskCost(
                 step=t.step,
                 task_id=t.task_id,
-                started_at=t.started.isoformat(timespec="seconds"),
+                started_at=t.started.isoformat(timespec="microseconds"),  # orders steps that start within a second
                 finished_at=t.finished.isoformat(timespec="seconds") if t.finished else None,
                 seconds=seconds,
                 running=t.finished is None,

@@ -55,9 +55,18 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Path) -> P
 class FlowRun:
     """One finished run of flows/train_flow.py on tiny data (shared by the flow-level tests)."""
 
-    run: Any  # metaflow.Run
+    pathspec: str  # TrainFlow/<run id>
     root: Path  # its datastore root and cwd
     env: dict[str, str]  # the environment it ran with (for CLI calls such as `card get`)
+
+    @property
+    def run(self) -> Any:
+        """The metaflow.Run, read from this run's datastore. The client keeps one local datastore
+        root per process, and every Runner (other tests start their own) moves it."""
+        from metaflow import Run, metadata
+
+        metadata(f"local@{self.root}")
+        return Run(self.pathspec, _namespace_check=False)
 
 
 @pytest.fixture(scope="session")
@@ -75,4 +84,4 @@ def tiny_flow_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
                 config=[("config", str(config_path))]).run() as running:  # fmt: skip
         run = running.run
         assert run.successful, running.stderr
-    return FlowRun(run, root, env)
+    return FlowRun(run.pathspec, root, env)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stages.publish import verify_package
+from stages.records import query
 from tests.tiny import ROOT, tiny_config, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -135,8 +136,9 @@ def test_retry_resubmits_a_killed_job_and_resumes_from_its_checkpoint(cluster, t
     assert _scontrol(job, env)["JobState"] == "FAILED"
     retry_job = str(int(job) + 1)
     assert _scontrol(retry_job, env)["JobState"] == "COMPLETED"
+    (run_key,) = query(tmp_path / "artifacts", "SELECT run_key FROM runs")[1][0]
     records = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "trainflow"), "trials", "--artifact-root", str(tmp_path / "artifacts")],
+        [str(ROOT / ".venv" / "bin" / "trainflow"), "trials", run_key, "--artifact-root", str(tmp_path / "artifacts")],
         capture_output=True,
         text=True,
         check=True,
