@@ -157,7 +157,7 @@ def _wait_for_training_job(env: dict, root: Path, timeout: float = 300) -> str:
         if "Workflow failed" in (root / "flow.log").read_text():
             raise AssertionError((root / "flow.log").read_text()[-4000:])
         jobs = subprocess.run(["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True).stdout.split()
-        started = list(root.glob("runs/tiny/*/wandb/offline-run-*"))
+        started = list(root.glob("runs/tiny/*/wandb/offline-run-*-trial-*"))  # a trial run, not start's lineage run
         if len(jobs) >= 2 and jobs[1] == "RUNNING" and started:
             time.sleep(3)
             return jobs[0]

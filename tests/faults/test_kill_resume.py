@@ -54,6 +54,6 @@ def test_kill_9_during_training_then_resume_publishes_once(tmp_path: Path, tiny_
     # ... from their local checkpoints (resume gives tasks new ids, so metaflow-checkpoint loads
     # nothing; the run folder is the same because `start` is cloned): at most one interval lost.
     _, rows = query(tmp_path / "artifacts", "SELECT number, resumed_from_step FROM trials ORDER BY number")
-    resumed = [r for _, r in rows if r is not None]  # a PRUNED trial records no resume step
-    assert resumed and max(resumed) >= 20 and all(r % 20 == 0 for r in resumed), rows
+    steps = [r for _, r in rows if r is not None]  # a PRUNED trial records no resume step
+    assert steps and max(steps) >= 20 and all(r % 20 == 0 for r in steps), rows
     assert "continuing from checkpoint" in resumed.stdout + resumed.stderr
