@@ -100,7 +100,7 @@ def _copy_tree(obj: Any, buffers: _Buffers, key: str) -> Any:
 
 def take_snapshot(
     *,
-    model: torch.nn.Module,
+    model: Any,  # anything with state_dict() of tensors: a TextModel or an nn.Module
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     step: int,

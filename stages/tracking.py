@@ -81,6 +81,24 @@ class TrialLogger:
         return None if self.run is None else _log_lineage(self.run, artifact)
 
 
+def _start_run(tracking: TrackingConfig, mode: str, directory: Path, **run: Any) -> Any:
+    """wandb.init in `directory` with the project's settings; a fixed `id` is resumed ("allow"),
+    so a retried trial or step continues its own run."""
+    import wandb
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=tracking.wandb_project,
+        entity=tracking.wandb_entity,
+        resume="allow",
+        dir=str(directory),
+        mode=mode,  # type: ignore[arg-type]
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True, console="off"),
+        **run,
+    )
+
+
 @contextmanager
 def trial_run(
     *,
@@ -99,22 +117,8 @@ def trial_run(
     if mode == "disabled":
         yield TrialLogger(None, points)
         return
-    import wandb
-
-    directory.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=tracking.wandb_project,
-        entity=tracking.wandb_entity,
-        group=group,
-        name=name,
-        id=run_id,
-        resume="allow",
-        dir=str(directory),
-        mode=mode,  # type: ignore[arg-type]
-        config={**config, "system": system_info()},
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    run = _start_run(tracking, mode, directory, group=group, name=name, id=run_id,
+                     config={**config, "system": system_info()})  # fmt: skip
     try:
         yield TrialLogger(run, points)
     except BaseException:
@@ -211,22 +215,7 @@ def log_lineage(
     mode = resolve_mode(tracking)
     if mode == "disabled":
         return None
-    import wandb
-
-    directory.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=tracking.wandb_project,
-        entity=tracking.wandb_entity,
-        group=group,
-        job_type=job_type,
-        name=job_type,
-        id=f"{group}-{job_type}",
-        resume="allow",
-        dir=str(directory),
-        mode=mode,  # type: ignore[arg-type]
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    run = _start_run(tracking, mode, directory, group=group, job_type=job_type, name=job_type, id=f"{group}-{job_type}")
     try:
         ref = _log_lineage(run, artifact)
     except BaseException:
