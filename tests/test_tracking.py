@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import wandb
 
 from stages.config import TrackingConfig
 from stages.tracking import TrialLogger, lineage_artifact, lineage_ref, log_lineage
@@ -45,6 +46,9 @@ def test_offline_lineage_artifact_records_its_parents(tmp_path: Path) -> None:
     ref = log_lineage(tracking=TrackingConfig(wandb_mode="offline"), artifact=art, group="k1", job_type="select",
                       directory=tmp_path)  # fmt: skip
     assert ref == "m-best-model:run-k1"
+    # wandb-core writes the run file from its own process and may still be flushing it when
+    # finish() returns (CI once read an empty file); teardown waits for the service to exit.
+    wandb.teardown()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*-k1-select")
     (run_file,) = run_dir.glob("run-k1-select.wandb")
     assert kinds(run_file)[0] == "header" and "exit" in kinds(run_file)
