@@ -74,16 +74,17 @@ def _run_id(proc: subprocess.CompletedProcess) -> str:
     return re.search(r"\[(\d+)/start/", proc.stdout + proc.stderr).group(1)
 
 
-def test_trials_run_as_slurm_jobs_and_publish_the_same_package(cluster, tmp_path, tiny_model_dir) -> None:
+def test_trials_run_as_slurm_jobs_and_publish_the_same_package(
+    cluster, tmp_path, tiny_model_dir, tiny_flow_run
+) -> None:
+    """The same tiny config as the shared local run (`tiny_flow_run`), with the trials on SLURM."""
     env = cluster["env"]
     assert cluster["startup_s"] < 60
-    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
-    slurm_dir.mkdir(), local_dir.mkdir()
     t0 = time.perf_counter()
-    proc = _run_flow(slurm_dir, tiny_model_dir, env, compute__backend="slurm")
+    proc = _run_flow(tmp_path, tiny_model_dir, env, compute__backend="slurm", tracking__wandb_mode="offline")
     slurm_s = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = _slurm_jobs(slurm_dir, env, _run_id(proc))
+    jobs = _slurm_jobs(tmp_path, env, _run_id(proc))
     assert len(jobs) == 2, "one SLURM job per foreach worker"
     for job in jobs:
         info = _scontrol(job, env)
@@ -93,20 +94,13 @@ def test_trials_run_as_slurm_jobs_and_publish_the_same_package(cluster, tmp_path
     jobcomp = (cluster["state"] / "log" / "jobcomp.log").read_text()
     assert all(f"JobId={j} " in jobcomp for j in jobs)
 
-    t0 = time.perf_counter()
-    local_env = {
-        k: v
-        for k, v in env.items()
-        if not k.startswith(("METAFLOW_DEFAULT_DATASTORE", "METAFLOW_DATASTORE_SYSROOT_S3"))
-    }
-    local = _run_flow(local_dir, tiny_model_dir, local_env)
-    local_s = time.perf_counter() - t0
-    assert local.returncode == 0, local.stderr[-3000:]
-    packages = [next((d / "artifacts" / "tiny").iterdir()) for d in (slurm_dir, local_dir)]
+    packages = [next((d / "artifacts" / "tiny").iterdir()) for d in (tmp_path, tiny_flow_run.root)]
     files = [set(verify_package(p)) for p in packages]
     assert files[0] == files[1]
     metas = [json.loads((p / "metadata.json").read_text()) for p in packages]
     assert set(metas[0]) == set(metas[1]) and set(metas[0]["metrics"]) == set(metas[1]["metrics"])
+    local = tiny_flow_run.run
+    local_s = (local.finished_at - local.created_at).total_seconds()
     # Both workers run side by side in either case, so the difference is the cost of one SLURM job.
     print(f"\nSLURM run {slurm_s:.0f} s vs local {local_s:.0f} s: {slurm_s - local_s:.0f} s more per SLURM job")
 
