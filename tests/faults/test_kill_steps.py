@@ -1,25 +1,25 @@
-"""kill -9 of the whole run in each step after `train` and in `start` (issue 4), then `resume`.
+"""kill -9 of the whole run inside every step after `train` and in `start` (issue 4), each
+followed by `resume`, all in one chain so that every point runs in CI.
 
-Each case runs the tiny flow, holds it at a point inside one step (`stages/faults.py`: the hook
-only opens a window, it simulates nothing), SIGKILLs the run's whole process group (the runtime
-and the task), and resumes it with `python flows/train_flow.py resume --origin-run-id <id>`.
-Checked every time: the steps that had finished are cloned, not run again (their tasks in the
-resumed run have an `origin_pathspec` in the killed run; the killed step and those after it do
-not); nothing under the artifact root ever looks like a package unless it verifies; exactly one
-package at the end; the study holds each of the `hpo.n_trials` trials once, all finished; and no file the run wrote (run folder, artifacts
-and Parquet records, Metaflow's datastore with its gzip-pickled artifacts, logs and cards, W&B's
-offline runs) contains the fake WANDB_API_KEY / AWS_SECRET_ACCESS_KEY planted in its environment
-(W&B offline, so nothing leaves the machine). The planted-secret scan rides on these runs instead
-of costing a run of its own.
+The tiny flow is started held at a point inside `start` (`stages/faults.py`: the hook only opens
+a window, it simulates nothing); the test SIGKILLs the run's whole process group (the runtime and
+the task) and resumes it with `python flows/train_flow.py resume --origin-run-id <id>`, held at
+the next point, and so on: start, join, export, quantize, publish (half-assembled package on
+disk), publish-renamed (package in place, records not written), then a last resume finishes.
+After every kill: nothing under the artifact root looks like a package unless it verifies. For
+every resumed run: the steps that had finished in the run it resumed are cloned, not run again
+(their tasks have an `origin_pathspec` in that run); the killed step and those after it are not.
+At the end: exactly one package (the one renamed into place before the last kill, reused), the
+study holds each of the `hpo.n_trials` trials once, all finished, and the records agree; and no
+file the runs wrote (run folder, artifacts and Parquet records, Metaflow's datastore with its
+gzip-pickled artifacts, logs and cards, W&B's offline runs) contains the fake WANDB_API_KEY /
+AWS_SECRET_ACCESS_KEY planted in their environment (W&B offline, nothing leaves the machine).
 
-Which steps run in CI: each case costs about a whole tiny run (measured 70-180 s per case on 2 busy cores). `start`,
-`join` and `publish` differ in what resume must do: `start` leaves nothing to clone (the resumed
-run starts over, with a new run folder and study); `join` is the first step after the foreach,
-so resume must clone the split `start` -> `train` x2 and rerun the join; `publish` is killed with
-a half-assembled package on disk. `export` and `quantize` are, for resume, the same case as
-`join` (a linear step whose inputs are all cloned), and `publish-renamed` (package in place,
-records not written) exercises the reuse of an already published package. Those three run with
-TRAINFLOW_ALL_KILLS=1.
+One chain instead of one run per point: a separate run per point cost a whole tiny run each
+(70-180 s on 2 busy cores), so only three fitted in CI; chained, a kill costs the killed step and
+one resume. `start` leaves nothing to clone (the resumed run starts over, with a new run folder
+and study); `join` is the first step after the foreach, so resume must clone the split `start` ->
+`train` x2; `export` and `quantize` are linear steps whose inputs are all clones of clones.
 """
 
 from __future__ import annotations
@@ -44,12 +44,7 @@ from tests.tiny import ROOT, tiny_config, write_config
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = str(ROOT / ".venv" / "bin" / "python")
 STEPS = ["start", "train", "join", "export", "quantize", "publish", "end"]
-EVERY_RUN = ["start", "join", "publish"]
-EXTRA = ["export", "quantize", "publish-renamed"]
-CASES = EVERY_RUN + [
-    pytest.param(p, marks=pytest.mark.skipif(not os.environ.get("TRAINFLOW_ALL_KILLS"), reason="TRAINFLOW_ALL_KILLS"))
-    for p in EXTRA
-]
+POINTS = ["start", "join", "export", "quantize", "publish", "publish-renamed"]
 
 
 def _packages_visible(root: Path) -> list[Path]:
@@ -82,53 +77,67 @@ def _origins(tmp: Path, run_id: str, env: dict[str, str]) -> dict[str, list[str 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("point", CASES)
-def test_kill_9_in_a_step_then_resume_publishes_once(tmp_path: Path, tiny_model_dir: Path, point: str) -> None:
+def _step(point: str) -> str:
+    return point.split("-")[0]
+
+
+def test_kill_9_in_every_step_then_resume_publishes_once(tmp_path: Path, tiny_model_dir: Path) -> None:
     write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path, tiny_model_dir, tracking__wandb_mode="offline"))
     env = {**os.environ, "METAFLOW_USER": "faults", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
            "WANDB_MODE": "offline", **PLANTED}  # fmt: skip
     env.pop(PAUSE_ENV, None)
-    marker = tmp_path / "in-window"
     flow = [PY, str(ROOT / "flows" / "train_flow.py")]
-    log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen([*flow, "--config", "config", str(tmp_path / "cfg.yaml"), "run"], cwd=tmp_path,
-                            env={**env, PAUSE_ENV: point, MARKER_ENV: str(marker)}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 600
-    while not marker.exists():
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.time() < deadline, "the run never reached the fault window"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the runtime and the task, inside the step
-    proc.wait()
-    [killed_id] = _run_ids(tmp_path)
-    before = _packages_visible(tmp_path / "artifacts")
-    assert len(before) == (1 if point == "publish-renamed" else 0)
+    runs: list[str] = []  # run ids in order: each one resumes the one before
+    for point in POINTS:
+        marker = tmp_path / f"in-window-{point}"
+        command = (
+            ["resume", "--origin-run-id", runs[-1]]
+            if runs
+            else ["--config", "config", str(tmp_path / "cfg.yaml"), "run"]
+        )
+        log = (tmp_path / f"{point}.log").open("w")
+        proc = subprocess.Popen([*flow, *command], cwd=tmp_path, env={**env, PAUSE_ENV: point, MARKER_ENV: str(marker)},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        deadline = time.time() + 600
+        while not marker.exists():
+            assert proc.poll() is None, f"{point}: " + (tmp_path / f"{point}.log").read_text()[-3000:]
+            assert time.time() < deadline, f"the run never reached the fault window {point}"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the runtime and the task, inside the step
+        proc.wait()
+        [new] = _run_ids(tmp_path) - set(runs)
+        runs.append(new)
+        assert len(_packages_visible(tmp_path / "artifacts")) == (1 if point == "publish-renamed" else 0), point
+    renamed = _packages_visible(tmp_path / "artifacts")
 
-    resumed = subprocess.run([*flow, "resume", "--origin-run-id", killed_id], cwd=tmp_path, env=env,
+    resumed = subprocess.run([*flow, "resume", "--origin-run-id", runs[-1]], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=900)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    [final] = _run_ids(tmp_path) - set(runs)
+    runs.append(final)
 
     packages = _packages_visible(tmp_path / "artifacts")
-    assert len(packages) == 1, packages
+    assert packages == renamed, "the package renamed into place before the last kill is reused, not published again"
     assert not [p for p in (tmp_path / "artifacts" / "tiny").iterdir() if p.name.startswith(".tmp-")]
-    if point == "publish-renamed":
-        assert packages == before, "the package of the killed attempt is reused, not published again"
 
-    # Finished steps were cloned; the killed step and the ones after it ran again.
-    [resumed_id] = _run_ids(tmp_path) - {killed_id}
-    tasks = _origins(tmp_path, resumed_id, env)
-    killed_step = point.split("-")[0]
-    for name in STEPS:
-        origins = set(tasks[name])
-        if STEPS.index(name) < STEPS.index(killed_step):
-            assert all(o and o.startswith(f"TrainFlow/{killed_id}/{name}/") for o in origins), (name, origins)
-        else:
-            assert origins == {None}, (name, origins)
-    assert len(tasks["train"]) == 2
+    # In every resumed run, the steps finished in the run it resumed were cloned from it; the killed
+    # step and the ones after it ran again (or had not run yet when that run was killed in turn).
+    for killed_id, point, resumed_id in zip(runs[:-1], POINTS, runs[1:], strict=True):
+        tasks = _origins(tmp_path, resumed_id, env)
+        for name, origins in tasks.items():
+            if STEPS.index(name) < STEPS.index(_step(point)):
+                assert all(o and o.startswith(f"TrainFlow/{killed_id}/{name}/") for o in origins), (
+                    point,
+                    name,
+                    origins,
+                )
+            else:
+                assert set(origins) == {None}, (point, name, origins)
+        assert len(tasks["train"]) == 2, point
+    assert set(_origins(tmp_path, final, env)) == set(STEPS)
 
-    # The study: every trial once, all finished; the records agree.
-    run_key = resumed_id if killed_step == "start" else killed_id
+    # The study (keyed by the run whose `start` finished): every trial once, all finished.
+    run_key = runs[1]
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "tiny" / run_key / "optuna.journal"))
     )
