@@ -10,7 +10,7 @@ trainflow cost RUN                  a run's cost per step
 trainflow registry                  every version with its stage
 trainflow promote VERSION           staging/archived -> production (gated)
 trainflow rollback                  previous production version back to production
-trainflow retention [--dry-run]     delete old staging versions and trial checkpoints
+trainflow retention [--dry-run]     delete old staging versions and trial checkpoints (+ @checkpoint copies)
 
 Every command takes --artifact-root (default `artifacts`). Errors print one line to stderr
 and exit 1 (usage errors exit 2).
@@ -351,19 +351,36 @@ def retention(
     environment: Annotated[
         str | None, typer.Option("--environment", help="dev, staging or prod; default retention.environment.")
     ] = None,
+    datastore_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--datastore-root",
+            help="Local Metaflow datastore (.metaflow folder) whose @checkpoint copies are cleaned too;"
+            " default $METAFLOW_DATASTORE_SYSROOT_LOCAL/.metaflow or ./.metaflow when it exists.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
 ) -> None:
-    """Delete old staging versions and trial checkpoints (never production or archived).
+    """Delete old staging versions and trial checkpoints, also metaflow-checkpoint's copies in a
+    local datastore (never production or archived versions).
 
     The rule is retention.rules[environment] of --config (or the defaults)."""
     from stages.retention import apply_retention
+
+    if datastore_root is None:
+        default = Path(os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or ".") / ".metaflow"
+        datastore_root = default if default.is_dir() else None
+    elif not datastore_root.is_dir():
+        raise CliFailure(f"--datastore-root {datastore_root} is not a folder (expected a Metaflow .metaflow folder)")
 
     _, ret = _config_sections(config)
     env = environment or ret.environment
     if env not in ret.rules:
         raise CliFailure(f"--environment {env!r} has no rule; rules exist for {sorted(ret.rules)}")
     rule = ret.rules[env]  # type: ignore[index]
-    plan = apply_retention(artifact_root=artifact_root, run_root=run_root, rule=rule, dry_run=dry_run)
+    plan = apply_retention(
+        artifact_root=artifact_root, run_root=run_root, rule=rule, dry_run=dry_run, datastore_root=datastore_root
+    )
     out = _out()
     verb = "would delete" if dry_run else "deleted"
     out.print(

@@ -6,6 +6,13 @@
 - Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (the resumable
   state: weights, optimizer, RNG), and leftover `checkpoint.tmp` folders, whose newest file is
   older than `keep_checkpoints_days`. The trials' `best/` model folders are kept.
+- metaflow-checkpoint's copies of those checkpoints in a local Metaflow datastore
+  (`<datastore>/mf.checkpoints/checkpoints/artifacts/.../*.mfchckpt.*`, what `@checkpoint` saved
+  and what a retried or resumed task loads), by the same age rule. With a copy go the metadata
+  entries that point to it (the per-task and per-scope records and their `latest` pointers), so
+  a later resume finds no checkpoint and starts the trial over instead of failing on a missing
+  one. An S3 datastore is not walked: an S3 lifecycle rule on the `mf.checkpoints/` prefix does
+  the same there.
 - Production and archived versions are never deleted: only versions whose registry stage is
   `staging` are candidates, decided under the registry lock so a concurrent promote cannot
   race it.
@@ -16,6 +23,7 @@ package never looks complete. With `dry_run` the plan is returned and nothing is
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -30,7 +38,7 @@ from stages.registry import PROTECTED, RegistryState, locked, packages_on_disk, 
 
 @dataclass(frozen=True)
 class Deletion:
-    kind: Literal["version", "checkpoint"]
+    kind: Literal["version", "checkpoint", "datastore-checkpoint"]
     path: str
     bytes: int
     reason: str
@@ -46,8 +54,48 @@ def _newest_mtime(path: Path) -> float:
     return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
 
 
+CHECKPOINT_STORE = Path("mf.checkpoints") / "checkpoints"
+
+
+def _old(path: Path, now: datetime, rule: RetentionRule) -> str | None:
+    """Why `path` is old enough to delete, or None if it is not."""
+    newest = _newest_mtime(path)
+    if newest >= now.timestamp() - rule.keep_checkpoints_days * 86400:
+        return None
+    age_days = (now.timestamp() - newest) / 86400
+    return f"newest file {age_days:.1f} days old > keep_checkpoints_days {rule.keep_checkpoints_days}"
+
+
+def _datastore_copies(datastore_root: Path) -> list[Path]:
+    """metaflow-checkpoint's saved checkpoints (a folder, or one file for its tar format)."""
+    store = datastore_root / CHECKPOINT_STORE / "artifacts"
+    if not store.is_dir():
+        return []
+    return sorted(p for p in store.rglob("*.mfchckpt.*") if ".mfchckpt." not in p.parent.name)
+
+
+def _forget_copy(datastore_root: Path, key: str) -> None:
+    """Remove the metadata records (including `latest` pointers) whose `key` is the deleted copy."""
+    for folder in ("metadata", "artifact_metadata"):
+        for record in (datastore_root / CHECKPOINT_STORE / folder).rglob("*"):
+            if not record.is_file():
+                continue
+            try:
+                points_to = json.loads(record.read_text()).get("key")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                continue  # not a checkpoint record: left alone
+            if points_to == key:
+                record.unlink()
+
+
 def _plan(
-    *, artifact_root: Path, run_root: Path, rule: RetentionRule, now: datetime, state: RegistryState
+    *,
+    artifact_root: Path,
+    run_root: Path,
+    rule: RetentionRule,
+    now: datetime,
+    state: RegistryState,
+    datastore_root: Path | None,
 ) -> list[Deletion]:
     plan = []
     for model, versions in packages_on_disk(artifact_root).items():
@@ -66,34 +114,43 @@ def _plan(
                     version,
                 )  # fmt: skip
             )
-    cutoff = now.timestamp() - rule.keep_checkpoints_days * 86400
     if run_root.is_dir():
         folders = sorted(run_root.glob("*/*/trials/trial-*/checkpoint")) + sorted(
             run_root.glob("*/*/trials/trial-*/checkpoint.tmp")
         )
         for folder in folders:
-            if not folder.is_dir():
-                continue
-            newest = _newest_mtime(folder)
-            if newest < cutoff:
-                age_days = (now.timestamp() - newest) / 86400
-                plan.append(
-                    Deletion("checkpoint", str(folder), _size(folder),
-                             f"newest file {age_days:.1f} days old > keep_checkpoints_days {rule.keep_checkpoints_days}")
-                )  # fmt: skip
+            if folder.is_dir() and (why := _old(folder, now, rule)):
+                plan.append(Deletion("checkpoint", str(folder), _size(folder), why))
+    if datastore_root is not None:
+        for copy in _datastore_copies(datastore_root):
+            if why := _old(copy, now, rule):
+                size = _size(copy) if copy.is_dir() else copy.stat().st_size
+                plan.append(Deletion("datastore-checkpoint", str(copy), size, f"metaflow-checkpoint copy, {why}"))
     return plan
 
 
 def _remove(path: Path) -> None:
     doomed = path.with_name(f".deleting-{path.name}-{uuid.uuid4().hex[:8]}")
     path.rename(doomed)
-    shutil.rmtree(doomed)
+    if doomed.is_dir():
+        shutil.rmtree(doomed)
+    else:
+        doomed.unlink()
 
 
 def apply_retention(
-    *, artifact_root: Path, run_root: Path, rule: RetentionRule, dry_run: bool, now: datetime | None = None
+    *,
+    artifact_root: Path,
+    run_root: Path,
+    rule: RetentionRule,
+    dry_run: bool,
+    now: datetime | None = None,
+    datastore_root: Path | None = None,
 ) -> list[Deletion]:
     """Delete (or with `dry_run` only list) what `rule` does not keep; return the list.
+
+    `datastore_root` is a local Metaflow datastore (the `.metaflow` folder) whose
+    metaflow-checkpoint copies are cleaned too; None leaves the datastore alone.
 
     Raises:
         RetentionError: a planned version turned out not to be staging (a guard) or a folder
@@ -103,7 +160,8 @@ def apply_retention(
     now = now or datetime.now(UTC)
     failure = None
     with locked(artifact_root) as state:
-        plan = _plan(artifact_root=artifact_root, run_root=run_root, rule=rule, now=now, state=state)
+        plan = _plan(artifact_root=artifact_root, run_root=run_root, rule=rule, now=now, state=state,
+                     datastore_root=datastore_root)  # fmt: skip
         if dry_run:
             return plan
         # Stop at the first failure but leave the block normally, so the registry records the
@@ -118,6 +176,11 @@ def apply_retention(
                     _remove(Path(item.path))
                     state.set_stage(item.model_name or "", item.version or "", "deleted", action="retention",
                                     detail=item.reason)  # fmt: skip
+                elif item.kind == "datastore-checkpoint":
+                    assert datastore_root is not None
+                    copy = Path(item.path)
+                    _forget_copy(datastore_root, copy.relative_to(datastore_root).as_posix())
+                    _remove(copy)
                 else:
                     _remove(Path(item.path))
             except OSError as err:

@@ -1,8 +1,11 @@
-"""Retention on real packages and checkpoint folders: what goes, what never goes, dry runs."""
+"""Retention on real packages, checkpoint folders and metaflow-checkpoint's copies in a real
+run's datastore: what goes, what never goes, dry runs."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +19,12 @@ from stages.retention import apply_retention
 from tests.registry_helpers import make_package, package_sources
 
 POLICY = RegistryConfig(max_regression=1.0)
+
+
+@pytest.fixture(autouse=True)
+def _no_default_datastore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default datastore is $METAFLOW_DATASTORE_SYSROOT_LOCAL/.metaflow: none here."""
+    monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path))
 
 
 @pytest.fixture
@@ -121,3 +130,46 @@ def test_environment_rules_come_from_the_config(tmp_path: Path, src: Path, tiny_
     assert cli(["retention", *args]) == 0
     assert "retention (prod: keep_last_versions=1" in capsys.readouterr().out
     assert stages_of(root) == {"v0": "deleted", "v1": "deleted", "v2": "deleted", "v3": "staging"}
+
+
+def _records_pointing_to(store: Path, key: str) -> list[Path]:
+    found = []
+    for record in (store / "mf.checkpoints" / "checkpoints").glob("*metadata/**/*"):
+        if record.is_file() and json.loads(record.read_text()).get("key") == key:
+            found.append(record)
+    return found
+
+
+@pytest.mark.integration
+def test_old_checkpoint_copies_in_the_datastore_go_with_their_records(tmp_path: Path, tiny_flow_run, capsys) -> None:
+    """The copies `@checkpoint` saved in the shared tiny run's datastore (copied here, one worker's
+    made old): the old copy and every record pointing to it (its `latest` pointers included) go;
+    the other worker's copy and records stay."""
+    store = tmp_path / "ds" / ".metaflow"
+    shutil.copytree(tiny_flow_run.root / ".metaflow" / "mf.checkpoints", store / "mf.checkpoints")
+    copies = sorted((store / "mf.checkpoints" / "checkpoints" / "artifacts").rglob("*.mfchckpt.*"))
+    copies = [c for c in copies if ".mfchckpt." not in c.parent.name]
+    assert len(copies) == 2, "one checkpoint copy per foreach worker"
+    old, new = copies
+    stamp = time.time() - 10 * 86400
+    for p in [old, *old.rglob("*")]:
+        os.utime(p, (stamp, stamp))
+    old_key, new_key = (c.relative_to(store).as_posix() for c in (old, new))
+    assert {r.name for r in _records_pointing_to(store, old_key)} >= {"latest"}, "records point to the copy"
+    new_records = _records_pointing_to(store, new_key)
+
+    root, run_root = tmp_path / "art", tmp_path / "runs"
+    args = ["--artifact-root", str(root), "--run-root", str(run_root), "--datastore-root", str(store)]
+    before = sorted(str(p) for p in store.rglob("*"))
+    assert cli(["retention", "--dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 1 item(s)" in out and "datastore-checkpoint" in out and old.name in out
+    assert sorted(str(p) for p in store.rglob("*")) == before
+
+    assert cli(["retention", *args]) == 0  # dev rule: checkpoints older than 7 days go
+    assert "deleted 1 item(s)" in capsys.readouterr().out
+    assert not old.exists() and not _records_pointing_to(store, old_key)
+    assert not [p for p in store.rglob(".deleting-*")]
+    assert new.is_dir() and _records_pointing_to(store, new_key) == new_records
+    assert cli(["retention", "--datastore-root", str(tmp_path / "nowhere"), *args[:4]]) == 1
+    assert "is not a folder" in capsys.readouterr().err
