@@ -117,14 +117,39 @@ def encode(tokenizer: object, texts: list[str], max_length: int) -> list[list[in
 def predict_logits(
     model: TextModel, encoded: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
+    """Logits of every sequence, in order, batched by length. On out-of-memory the batch is halved
+    and the same sequences are run again (logged), down to one sequence.
+
+    Raises:
+        TrainingResourceError: out of memory even for one sequence.
+    """
     model.train(False)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length-sorted: little padding
     out: list[np.ndarray] = [np.empty(0)] * len(encoded)
-    for start in range(0, len(order), batch_size):
+    start = 0
+    while start < len(order):
         idx = order[start : start + batch_size]
-        logits = model.logits(collate([encoded[i] for i in idx], pad_id, device)).float().cpu().numpy()
-        for i, row in zip(idx, logits):
-            out[i] = row
+        try:
+            logits = model.logits(collate([encoded[i] for i in idx], pad_id, device)).float().cpu().numpy()
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(err):
+                raise
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        else:
+            for i, row in zip(idx, logits):
+                out[i] = row
+            start += len(idx)
+            continue
+        # Outside the except block: the traceback (and the activations it holds) is released.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if batch_size <= 1:
+            raise TrainingResourceError(
+                f"out of memory evaluating one sequence of {len(encoded[idx[0]])} tokens: {message}. "
+                "Use a smaller model.max_length or base model, or a device with more memory."
+            )
+        batch_size = max(1, min(batch_size, len(idx)) // 2)
+        log.warning("OOM evaluating a batch of %d: going on with batches of %d", len(idx), batch_size)
     return np.stack(out)
 
 

@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,19 +21,28 @@ from stages.config import parse_config_dict
 from stages.data import SplitData
 from stages.errors import TrainingResourceError
 from stages.modeling import build_model
-from stages.train import Hyperparams, backward_with_oom_backoff, collate, encode, final_weights, train_model
+from stages.train import (
+    Hyperparams,
+    backward_with_oom_backoff,
+    collate,
+    encode,
+    final_weights,
+    predict_logits,
+    train_model,
+)
 from tests.tiny import rt_texts, tiny_config
 
 
 class MicroBatchLimit:
     """Forward pre-hook: raise an out-of-memory error for training micro-batches above `limit`
-    samples (evaluation runs under no_grad and is left alone); record the sizes that ran."""
+    samples (evaluation, under no_grad, is left alone; with `evaluation=True` the other way
+    round); record the sizes that ran."""
 
-    def __init__(self, limit: int, error: type[Exception] = torch.OutOfMemoryError) -> None:
-        self.limit, self.error, self.sizes = limit, error, []
+    def __init__(self, limit: int, error: type[Exception] = torch.OutOfMemoryError, evaluation: bool = False) -> None:
+        self.limit, self.error, self.evaluation, self.sizes = limit, error, evaluation, []
 
     def __call__(self, _module, _args, kwargs):
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() != self.evaluation:
             size = kwargs["input_ids"].shape[0]
             if size > self.limit:
                 msg = f"CUDA out of memory. Tried to allocate {size} MiB (injected: micro-batch {size} > {self.limit})"
@@ -118,6 +128,35 @@ def test_other_runtime_errors_are_not_taken_for_oom(tiny_model_dir: Path) -> Non
     model.hf.register_forward_pre_hook(broken, with_kwargs=True)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         _step(model, batch, labels, 8)
+
+
+def _model_and_texts(model_dir: Path, n: int):
+    from transformers import AutoTokenizer
+
+    model, _, _ = _model_and_batch(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return model, encode(tok, rt_texts(n), 32), int(tok.pad_token_id)
+
+
+def test_evaluation_oom_halves_its_batch_and_gives_the_same_logits(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, encoded, pad = _model_and_texts(tiny_model_dir, 40)
+    expected = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
+    limit = MicroBatchLimit(5, evaluation=True)
+    model.hf.register_forward_pre_hook(limit, with_kwargs=True)
+    with caplog.at_level(logging.WARNING, logger="stages.train"):
+        got = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
+    assert max(limit.sizes) == 4 and sum(limit.sizes) == 40, "16 -> 8 -> 4, every sequence once"
+    assert "OOM evaluating a batch of 16: going on with batches of 8" in caplog.text
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_oom_for_one_sequence_gives_up_with_a_clear_error(tiny_model_dir: Path) -> None:
+    model, encoded, pad = _model_and_texts(tiny_model_dir, 6)
+    model.hf.register_forward_pre_hook(MicroBatchLimit(0, evaluation=True), with_kwargs=True)
+    with pytest.raises(TrainingResourceError, match=r"out of memory evaluating one sequence of \d+ tokens"):
+        predict_logits(model, encoded, pad, torch.device("cpu"))
 
 
 def test_training_with_oom_backoff_matches_full_batch_training(
