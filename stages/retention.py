@@ -74,18 +74,21 @@ def _datastore_copies(datastore_root: Path) -> list[Path]:
     return sorted(p for p in store.rglob("*.mfchckpt.*") if ".mfchckpt." not in p.parent.name)
 
 
-def _forget_copy(datastore_root: Path, key: str) -> None:
-    """Remove the metadata records (including `latest` pointers) whose `key` is the deleted copy."""
+def _records_by_key(datastore_root: Path) -> dict[str, list[Path]]:
+    """metaflow-checkpoint's metadata records (per task, per scope, and their `latest`
+    pointers) grouped by the `key` of the copy each one points to."""
+    records: dict[str, list[Path]] = {}
     for folder in ("metadata", "artifact_metadata"):
         for record in (datastore_root / CHECKPOINT_STORE / folder).rglob("*"):
             if not record.is_file():
                 continue
             try:
-                points_to = json.loads(record.read_text()).get("key")
+                key = json.loads(record.read_text()).get("key")
             except (ValueError, UnicodeDecodeError, AttributeError):
                 continue  # not a checkpoint record: left alone
-            if points_to == key:
-                record.unlink()
+            if isinstance(key, str):
+                records.setdefault(key, []).append(record)
+    return records
 
 
 def _plan(
@@ -166,6 +169,7 @@ def apply_retention(
             return plan
         # Stop at the first failure but leave the block normally, so the registry records the
         # deletions already done.
+        records = _records_by_key(datastore_root) if datastore_root is not None else {}
         for item in plan:
             try:
                 if item.kind == "version":
@@ -179,7 +183,9 @@ def apply_retention(
                 elif item.kind == "datastore-checkpoint":
                     assert datastore_root is not None
                     copy = Path(item.path)
-                    _forget_copy(datastore_root, copy.relative_to(datastore_root).as_posix())
+                    # The records first: nothing is ever left pointing to a missing copy.
+                    for record in records.get(copy.relative_to(datastore_root).as_posix(), []):
+                        record.unlink()
                     _remove(copy)
                 else:
                     _remove(Path(item.path))

@@ -132,17 +132,13 @@ def predict_logits(
         try:
             logits = model.logits(collate([encoded[i] for i in idx], pad_id, device)).float().cpu().numpy()
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(err):
-                raise
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            message = oom_message(err)
         else:
             for i, row in zip(idx, logits):
                 out[i] = row
             start += len(idx)
             continue
-        # Outside the except block: the traceback (and the activations it holds) is released.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cached_memory()  # outside the except block: the traceback's activations are released
         if batch_size <= 1:
             raise TrainingResourceError(
                 f"out of memory evaluating one sequence of {len(encoded[idx[0]])} tokens: {message}. "
@@ -190,6 +186,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
     )
+
+
+def oom_message(err: RuntimeError) -> str:
+    """The first line of an out-of-memory error (for the log and the final error); any other
+    error is raised again."""
+    if not is_out_of_memory(err):
+        raise err
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def free_cached_memory() -> None:
+    """Give the CUDA caching allocator's free blocks back after an out-of-memory error."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def accumulate_gradients(
@@ -249,15 +259,12 @@ def backward_with_oom_backoff(
         try:
             loss = accumulate_gradients(model, batch, labels, micro_batch=micro_batch, fast=fast, scaler=scaler)
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(err):
-                raise
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            message = oom_message(err)
         else:
             return loss, micro_batch
         # Outside the except block: the traceback (and the activations it holds) is released.
         optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cached_memory()
         if micro_batch <= 1:
             raise TrainingResourceError(
                 f"out of memory at micro-batch 1 (batch {n}, max_length {batch['input_ids'].shape[1]}): "
