@@ -455,7 +455,14 @@ def train_model(
             )
             scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer)
+            try:
+                scaler.step(optimizer)
+            except RuntimeError as err:  # a smaller batch cannot help: the state is per parameter
+                raise TrainingResourceError(
+                    f"out of memory in the optimizer step at step {step + 1} (its state is kept per trainable "
+                    f"parameter, {sum(p.numel() for p in trainable):,} here): {oom_message(err)}. Use a smaller "
+                    "base model, freeze more layers (model.frozen_layers) or a device with more memory."
+                ) from err
             scaler.update()
             scheduler.step()
             step += 1

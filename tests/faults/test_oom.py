@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from stages import accel
 from stages.config import parse_config_dict
@@ -200,6 +201,30 @@ def test_training_with_oom_backoff_matches_full_batch_training(
     a, b = final_weights(Path(plain.model_dir)), final_weights(Path(backed_off.model_dir))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_oom_in_the_optimizer_step_gives_up_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A smaller batch cannot shrink the optimizer's state, so an OOM there is not retried: the
+    error names the step and what to change (the hook raises at the third optimizer step)."""
+    cfg = parse_config_dict(tiny_config(tmp_path, tiny_model_dir, train__device="cpu"))
+    split = SplitData([str(i) for i in range(16)], rt_texts(16), [i % 2 for i in range(16)])
+    hp = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=4, max_steps=6)
+    steps = []
+
+    def hook(_optimizer, _args, _kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB (injected)")
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        with pytest.raises(
+            TrainingResourceError, match=r"out of memory in the optimizer step at step 3 .*frozen_layers"
+        ):
+            train_model(cfg=cfg, hparams=hp, train=split, validation=split, out_dir=tmp_path / "out", seed=0)
+    finally:
+        handle.remove()
+    assert len(steps) == 3, "not retried"
 
 
 @pytest.mark.gpu
