@@ -47,6 +47,9 @@ class Deletion:
 
 
 def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
@@ -127,8 +130,9 @@ def _plan(
     if datastore_root is not None:
         for copy in _datastore_copies(datastore_root):
             if why := _old(copy, now, rule):
-                size = _size(copy) if copy.is_dir() else copy.stat().st_size
-                plan.append(Deletion("datastore-checkpoint", str(copy), size, f"metaflow-checkpoint copy, {why}"))
+                plan.append(
+                    Deletion("datastore-checkpoint", str(copy), _size(copy), f"metaflow-checkpoint copy, {why}")
+                )
     return plan
 
 
