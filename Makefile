@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stages flows tests benchmarks scripts
-	$(VENV)/bin/ruff format --check stages flows tests benchmarks scripts
+	$(VENV)/bin/ruff check trainflow stages flows tests benchmarks scripts
+	$(VENV)/bin/ruff format --check trainflow stages flows tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

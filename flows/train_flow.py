@@ -29,14 +29,21 @@ from pathlib import Path
 import trainflow_cards as cards
 from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
+from trainflow_timings import task_timings
 
-from stages import pipeline, reports
-from stages.config import RunConfig, metaflow_config_parser
-from stages.hpo import run_worker
-from stages.run_metadata import task_timings
+from stages.export import export_and_check
+from stages.hpo_worker import run_trials
+from stages.prepare import prepare_run
+from stages.publish import publish_run
+from stages.quantize import quantize_model
+from stages.select import select_best
+from stages.summary import summarize
+from trainflow import reports
+from trainflow.config import RunConfig, metaflow_config_parser
 
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-logging.getLogger("stages").setLevel(logging.INFO)
+for _name in ("trainflow", "stages"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
 
 
@@ -50,7 +57,7 @@ class TrainFlow(FlowSpec):
 
     @step
     def start(self):
-        self.ctx = pipeline.prepare_run(cfg=self.cfg, run_key=current.run_id)
+        self.ctx = prepare_run(cfg=self.cfg, run_key=current.run_id)
         self.workers = list(range(self.cfg.hpo.n_workers))
         self.next(self.train, foreach="workers")
 
@@ -68,15 +75,10 @@ class TrainFlow(FlowSpec):
     @step
     def train(self):
         loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
-        self.trials = run_worker(
+        self.trials = run_trials(
             cfg=self.cfg,
-            storage=self.ctx.storage,
-            study_name=self.ctx.study_name,
+            ctx=self.ctx,
             worker=self.input,
-            train=self._split("train"),
-            validation=self._split("validation"),
-            work_dir=self.ctx.path,
-            group=self.ctx.run_key,
             resume_dir=loaded,
             on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"worker": self.input}),
         )
@@ -91,7 +93,7 @@ class TrainFlow(FlowSpec):
     @step
     def join(self, inputs):
         self.merge_artifacts(inputs, include=["ctx"])
-        self.best, self.trial_records = pipeline.select_best(cfg=self.cfg, ctx=self.ctx)
+        self.best, self.trial_records = select_best(cfg=self.cfg, ctx=self.ctx)
         cards.show(
             lambda: reports.hpo_report(
                 storage=self.ctx.storage,
@@ -105,19 +107,19 @@ class TrainFlow(FlowSpec):
 
     @step
     def export(self):
-        self.exported = pipeline.export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
+        self.exported = export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
         self.next(self.quantize)
 
     @card
     @step
     def quantize(self):
-        self.quant = pipeline.quantize(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
+        self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
         cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
 
     @step
     def publish(self):
-        self.package = pipeline.publish(
+        self.package = publish_run(
             cfg=self.cfg,
             ctx=self.ctx,
             best=self.best,
@@ -132,15 +134,10 @@ class TrainFlow(FlowSpec):
     @card
     @step
     def end(self):
-        summary = pipeline.summarize(self.package.path)
+        summary = summarize(self.package.path)
         print("Published package:", self.package.path)
         print(json.dumps(summary, indent=2))
         cards.show(lambda: reports.package_report(package=self.package, summary=summary))
-
-    def _split(self, name: str):
-        from stages.data import load_split
-
-        return load_split(self.ctx.snapshot, name)
 
 
 if __name__ == "__main__":

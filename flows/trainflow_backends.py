@@ -3,7 +3,7 @@
 `ComputeBackend` is a Metaflow FlowMutator: it reads `compute:` of the run config and adds
 `@slurm` (metaflow-slurm) or `@kubernetes` (built into Metaflow) plus `@environment` to the
 `train` step. `patch_metaflow_slurm()` works around gaps of metaflow-slurm 0.0.4 (listed in its
-docstring). This module is Metaflow glue; it lives with the flow, not in `stages/`.
+docstring). This module is Metaflow glue; it lives with the flow, not in `trainflow/`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Metaflow card glue: turn the plain blocks of stages/reports.py into card components.
+"""Metaflow card glue: turn the plain blocks of trainflow/reports.py into card components.
 
 This is the only place that knows Metaflow's card API; what a card shows is decided (and
-tested) in stages/reports.py.
+tested) in trainflow/reports.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from metaflow import current
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 
-from stages import reports
+from trainflow import reports
 
 
 def component(block: reports.Block):

@@ -1,61 +1,42 @@
-"""Export the best model to ONNX with Hugging Face Optimum (dynamic batch and sequence axes)."""
+"""Step `export`: ONNX export of the best model, then the PyTorch-vs-ONNX parity gate."""
 
 from __future__ import annotations
 
-import logging
-import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnx
-
-from stages.config import ExportConfig
-from stages.modeling import HEAD_FILE
-
-log = logging.getLogger(__name__)
-
-ONNX_FILE = "model.onnx"
+from trainflow.config import RunConfig
+from trainflow.context import RunContext
+from trainflow.data import load_split
+from trainflow.export import export_onnx
+from trainflow.faults import fault_window
+from trainflow.tracking import lineage_ref, log_lineage_link
+from trainflow.verify import ParityResult, check_parity
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportOutcome:
+    onnx_dir: str
     onnx_path: str
     opset: int
     inputs: list[str]
-    outputs: list[str]
+    parity: ParityResult
 
 
-def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> ExportResult:
-    """Export `model_dir` (a folder from `save_model`) to `out_dir/model.onnx`.
-
-    The folder holds a stock `AutoModelForSequenceClassification`, which is what Optimum can
-    export faithfully (a custom class would be silently rebuilt with a random head). Ordinal
-    cutpoints are not part of the graph: they are copied beside it in head.json. Optimum's own
-    validation is off because our parity gate (stages.verify) checks outputs against PyTorch
-    with a configured tolerance and never downgrades a mismatch to a warning.
-    """
-    from optimum.exporters.onnx import main_export
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    main_export(
-        str(model_dir),
-        output=out_dir,
-        task="text-classification",
-        opset=export.opset,
-        device="cpu",
-        local_files_only=True,
-        do_validation=False,
-        library_name="transformers",
+def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> ExportOutcome:
+    """ONNX export, then the parity gate on held-out test samples (raises ParityError)."""
+    onnx_dir = ctx.path / "onnx"
+    result = export_onnx(model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export)
+    test = load_split(ctx.snapshot, "test")
+    parity = check_parity(
+        model_dir=Path(model_dir),
+        onnx_path=Path(result.onnx_path),
+        texts=test.texts[: cfg.export.parity_samples],
+        max_length=cfg.model.max_length,
+        atol=cfg.export.parity_atol,
     )
-    shutil.copy2(model_dir / HEAD_FILE, out_dir / HEAD_FILE)
-    graph = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False)
-    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
-    result = ExportResult(
-        onnx_path=str(out_dir / ONNX_FILE),
-        opset=opset,
-        inputs=[i.name for i in graph.graph.input],
-        outputs=[o.name for o in graph.graph.output],
-    )
-    log.info("exported %s (opset %d, inputs %s)", result.onnx_path, opset, result.inputs)
-    return result
+    best_ref = lineage_ref(cfg.name, "best-model", ctx.run_key)
+    log_lineage_link(cfg=cfg, run_key=ctx.run_key, directory=ctx.path, job_type="export", kind="onnx-fp32",
+                     path=result.onnx_path, parents=(best_ref,), opset=result.opset, parity=asdict(parity))  # fmt: skip
+    fault_window("export")
+    return ExportOutcome(str(onnx_dir), result.onnx_path, result.opset, result.inputs, parity)

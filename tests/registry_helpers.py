@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.publish import PackageResult, publish_package
-from stages.registry import register
+from trainflow.publish import PackageResult, publish_package
+from trainflow.registry import register
 
 
 def package_sources(tmp: Path, tiny_onnx: Path) -> Path:
@@ -31,7 +31,7 @@ def make_package(
     registered: bool = True,
 ) -> PackageResult:
     """Publish `version` with the given test accuracies and register it as staging, as
-    `pipeline.publish` does."""
+    `stages.publish.publish_run` does."""
     int8 = accuracy if int8_accuracy is None else int8_accuracy
     metadata = {
         "task": "classification",

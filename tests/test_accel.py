@@ -1,4 +1,4 @@
-"""The GPU fast-path choices and helpers (stages/accel.py), on CPU: capabilities are passed in."""
+"""The GPU fast-path choices and helpers (trainflow/accel.py), on CPU: capabilities are passed in."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from functools import partial
 import pytest
 import torch
 
-from stages import accel
-from stages.accel import Capabilities, DeviceUnavailableError, LengthBucketedOrder, select_fast_path
-from stages.config import TrainConfig
-from stages.train import batch_indices, collate
+from trainflow import accel
+from trainflow.accel import Capabilities, DeviceUnavailableError, LengthBucketedOrder, select_fast_path
+from trainflow.config import TrainConfig
+from trainflow.train import batch_indices, collate
 
 CPU = Capabilities(cuda=False, cpu_count=2)
 HOPPER = Capabilities(cuda=True, compute_capability=(9, 0), device_name="H100", cpu_count=16)

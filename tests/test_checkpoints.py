@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.checkpoints import WEIGHTS_FILE, CheckpointWriter
-from stages.config import parse_config_dict
-from stages.train import read_checkpoint_meta
 from tests.test_train import _train, final_weights_of, splits  # noqa: F401 (fixture)
+from trainflow.checkpoints import WEIGHTS_FILE, CheckpointWriter
+from trainflow.config import parse_config_dict
+from trainflow.train import read_checkpoint_meta
 
 
 def _tiny_state() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -68,7 +68,7 @@ def test_an_error_in_a_background_write_is_raised_by_wait(tmp_path: Path, caplog
     with pytest.raises(OSError, match="datastore unreachable"):
         writer.wait()
     writer.save(tmp_path / "ckpt", model=model, optimizer=opt, scheduler=sched, step=2, extra={})
-    with caplog.at_level(logging.ERROR, logger="stages.checkpoints"):
+    with caplog.at_level(logging.ERROR, logger="trainflow.checkpoints"):
         writer.close(quiet=True)  # while another exception propagates: logged, not raised
     assert "writing the last checkpoint failed" in caplog.text
     assert read_checkpoint_meta(tmp_path / "ckpt")["step"] == 2  # the folder itself was complete
@@ -98,7 +98,7 @@ def test_async_checkpoints_resume_exactly_like_synchronous_ones(tmp_path, tiny_c
 
 
 def test_checkpoint_min_seconds_skips_step_checkpoints_but_not_a_stop_request(tmp_path, tiny_cfg, splits) -> None:  # noqa: F811
-    from stages.errors import TrainingInterrupted
+    from trainflow.errors import TrainingInterrupted
 
     tiny_cfg["train"].update(eval_every=4, checkpoint_every=2, checkpoint_min_seconds=3600)
     cfg = parse_config_dict(tiny_cfg)

@@ -11,16 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from stages import pipeline
-from stages.cli import main as cli
-from stages.config import parse_config_dict
-from stages.cost import TaskTiming
-from stages.data import load_split
-from stages.hpo import run_worker
-from stages.lineage import check_lineage, load_lineage
-from stages.records import query
+from stages.export import export_and_check
+from stages.prepare import prepare_run
+from stages.publish import publish_run
+from stages.quantize import quantize_model
+from stages.select import select_best
 from tests.registry_helpers import tamper
 from tests.tiny import tiny_config
+from trainflow.cli import main as cli
+from trainflow.config import parse_config_dict
+from trainflow.cost import TaskTiming
+from trainflow.data import load_split
+from trainflow.hpo import run_worker
+from trainflow.lineage import check_lineage, load_lineage
+from trainflow.records import query
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +56,16 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
         timings.append(TaskTiming(step, task, started, datetime.now(UTC)))
         return out
 
-    ctx = timed("start", "1", pipeline.prepare_run, cfg=cfg, run_key="r1")
+    ctx = timed("start", "1", prepare_run, cfg=cfg, run_key="r1")
     timed("train", "2", run_worker, cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
           train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
           work_dir=ctx.path, group="r1")  # fmt: skip
-    best, records = timed("join", "3", pipeline.select_best, cfg=cfg, ctx=ctx)
-    exported = timed("export", "4", pipeline.export_and_check, cfg=cfg, ctx=ctx, model_dir=best.model_dir)
-    quant = timed("quantize", "5", pipeline.quantize, cfg=cfg, ctx=ctx, exported=exported)
+    best, records = timed("join", "3", select_best, cfg=cfg, ctx=ctx)
+    exported = timed("export", "4", export_and_check, cfg=cfg, ctx=ctx, model_dir=best.model_dir)
+    quant = timed("quantize", "5", quantize_model, cfg=cfg, ctx=ctx, exported=exported)
     timings.append(TaskTiming("publish", "6", datetime.now(UTC), None))
-    package = pipeline.publish(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
-                               pathspec="TrainFlow/r1/publish/6", version="v1", timings=timings)  # fmt: skip
+    package = publish_run(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
+                          pathspec="TrainFlow/r1/publish/6", version="v1", timings=timings)  # fmt: skip
     path = Path(package.path)
     return Published(path.parent.parent, path, json.loads((path / "metadata.json").read_text()), ctx.path)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import RunConfig, load_config, metaflow_config_parser, parse_config_dict
-from stages.errors import ConfigError
+from trainflow.config import RunConfig, load_config, metaflow_config_parser, parse_config_dict
+from trainflow.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 

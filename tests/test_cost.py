@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import ComputeConfig, CostConfig, parse_config_dict
-from stages.cost import TaskTiming, declared_resources, price_tasks
-from stages.errors import ConfigError, CostError
-from stages.pipeline import price_run
+from stages.publish import price_run
+from trainflow.config import ComputeConfig, CostConfig, parse_config_dict
+from trainflow.cost import TaskTiming, declared_resources, price_tasks
+from trainflow.errors import ConfigError, CostError
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RATES = CostConfig(cpu_core_hour=0.04, memory_gb_hour=0.005, gpu_hour={"default": 2.5, "h100": 4.0}, gpu_type="h100")
@@ -109,7 +109,7 @@ FLOW = textwrap.dedent(
         @step
         def join(self, inputs):
             # What the publish step does: read the run's timings while the run is in flight.
-            from stages.run_metadata import task_timings
+            from trainflow_timings import task_timings
             self.timings = task_timings(flow_name=current.flow_name, run_id=current.run_id)
             self.next(self.end)
 
@@ -126,15 +126,15 @@ FLOW = textwrap.dedent(
 @pytest.mark.integration
 def test_task_timings_from_a_running_metaflow_run(tmp_path: Path) -> None:
     from metaflow import Runner
+    from trainflow_timings import task_timings
 
-    from stages.errors import RunMetadataError
-    from stages.run_metadata import task_timings
+    from trainflow.errors import RunMetadataError
 
     flow = tmp_path / "timing_flow.py"
     flow.write_text(FLOW)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "METAFLOW_USER": "cost-test", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join([str(root), str(root / "flows"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     with Runner(str(flow), show_output=False, cwd=str(tmp_path), env=env).run() as running:
         run = running.run
         assert run.successful, running.stderr

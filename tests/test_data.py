@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.config import DataConfig, TaskConfig
-from stages.data import load_split, snapshot_dataset
-from stages.errors import DatasetError
+from trainflow.config import DataConfig, TaskConfig
+from trainflow.data import load_split, snapshot_dataset
+from trainflow.errors import DatasetError
 
 TASK = TaskConfig(type="classification", labels=["neg", "pos"])
 

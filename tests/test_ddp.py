@@ -1,4 +1,4 @@
-"""Data parallelism inside one trial, on CPU: 2 processes, gloo backend (stages/ddp.py)."""
+"""Data parallelism inside one trial, on CPU: 2 processes, gloo backend (trainflow/ddp.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.ddp import DistEnv, broadcast_flag, broadcast_params, shard_indices, spawn
+from trainflow.ddp import DistEnv, broadcast_flag, broadcast_params, shard_indices, spawn
 
 GLOBAL_BATCH = 8
 LR = 0.5
@@ -29,8 +29,8 @@ def _worker(rank: int, world_size: int, out: str, cfg_dict: dict) -> None:
     """Runs in each spawned process; writes what it saw to out/rank<r>.json."""
     import optuna
 
-    from stages.config import parse_config_dict
-    from stages.hpo import suggest
+    from trainflow.config import parse_config_dict
+    from trainflow.hpo import suggest
 
     cfg = parse_config_dict(cfg_dict)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

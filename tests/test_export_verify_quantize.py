@@ -9,15 +9,21 @@ import pytest
 from onnx import numpy_helper
 from transformers import AutoTokenizer
 
-from stages.config import FF2_PATTERN, ExportConfig, QuantizeConfig, RecipeConfig
-from stages.data import SplitData
-from stages.errors import ParityError, QuantizationAccuracyError
-from stages.export import export_onnx
-from stages.modeling import build_model, save_model
-from stages.onnx_model import OnnxTextModel
-from stages.quantize import TextCalibrationReader, count_nodes, prepare_graph, quantize_and_gate, quantize_static_int8
-from stages.verify import check_parity
 from tests.tiny import rt_texts
+from trainflow.config import FF2_PATTERN, ExportConfig, QuantizeConfig, RecipeConfig
+from trainflow.data import SplitData
+from trainflow.errors import ParityError, QuantizationAccuracyError
+from trainflow.export import export_onnx
+from trainflow.modeling import build_model, save_model
+from trainflow.onnx_model import OnnxTextModel
+from trainflow.quantize import (
+    TextCalibrationReader,
+    count_nodes,
+    prepare_graph,
+    quantize_and_gate,
+    quantize_static_int8,
+)
+from trainflow.verify import check_parity
 
 TEXTS = rt_texts(48)
 

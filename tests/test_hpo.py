@@ -5,10 +5,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stages.config import parse_config_dict
-from stages.data import SplitData
-from stages.hpo import best_trial, open_study, run_worker, trial_records, worker_quota
 from tests.tiny import rt_texts
+from trainflow.config import parse_config_dict
+from trainflow.data import SplitData
+from trainflow.hpo import best_trial, open_study, run_worker, trial_records, worker_quota
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_sigusr1_and_sigterm_request_a_stop() -> None:
     import os
     import signal
 
-    from stages.hpo import stop_on_signals
+    from trainflow.hpo import stop_on_signals
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         before = signal.getsignal(sig)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.errors import ModelLoadError
-from stages.modeling import (
+from trainflow.errors import ModelLoadError
+from trainflow.modeling import (
     Cutpoints,
     build_model,
     compute_metrics,

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from stages import pipeline
-from stages.config import parse_config_dict
-from stages.data import load_split
-from stages.errors import DatasetError
-from stages.hpo import run_worker
-from stages.modeling import ordinal_probabilities, predict_classes
-from stages.onnx_model import OnnxTextModel
-from stages.publish import verify_package
+from stages.export import export_and_check
+from stages.prepare import prepare_run
+from stages.publish import publish_run
+from stages.quantize import quantize_model
+from stages.select import select_best
 from tests.tiny import ROOT
+from trainflow.config import parse_config_dict
+from trainflow.data import load_split
+from trainflow.errors import DatasetError
+from trainflow.hpo import run_worker
+from trainflow.modeling import ordinal_probabilities, predict_classes
+from trainflow.onnx_model import OnnxTextModel
+from trainflow.publish import verify_package
 
 
 def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:
@@ -27,16 +31,16 @@ def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, t
     )
     tiny_cfg["hpo"].update(n_trials=1, n_workers=1, metric="mae")
     cfg = parse_config_dict(tiny_cfg)
-    ctx = pipeline.prepare_run(cfg=cfg, run_key="r1")
+    ctx = prepare_run(cfg=cfg, run_key="r1")
     run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
                train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
                work_dir=ctx.path, group="r1")  # fmt: skip
-    best, records = pipeline.select_best(cfg=cfg, ctx=ctx)
+    best, records = select_best(cfg=cfg, ctx=ctx)
     assert cfg.hpo.direction == "minimize" and best.value == best.metrics["mae"]
-    exported = pipeline.export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
-    quant = pipeline.quantize(cfg=cfg, ctx=ctx, exported=exported)
-    package = pipeline.publish(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
-                               pathspec="TrainFlow/r1/publish/7", version="v1")  # fmt: skip
+    exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
+    quant = quantize_model(cfg=cfg, ctx=ctx, exported=exported)
+    package = publish_run(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
+                          pathspec="TrainFlow/r1/publish/7", version="v1")  # fmt: skip
     path = Path(package.path)
     verify_package(path)
     meta = json.loads((path / "metadata.json").read_text())
@@ -70,5 +74,5 @@ def test_bad_data_stops_before_any_study_or_training(tmp_path: Path, tiny_cfg: d
     tiny_cfg["data"]["path"] = str(bad)
     cfg = parse_config_dict(tiny_cfg)
     with pytest.raises(DatasetError, match=r"bad.csv, row 2: empty text"):
-        pipeline.prepare_run(cfg=cfg, run_key="r2")
+        prepare_run(cfg=cfg, run_key="r2")
     assert not list((tmp_path / "runs").rglob("optuna.journal"))

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import main as cli
-from stages.errors import PackageVerificationError, PublishError
-from stages.publish import publish_package, verify_package
-from stages.records import format_table, leaderboard, query, write_records
+from trainflow.cli import main as cli
+from trainflow.errors import PackageVerificationError, PublishError
+from trainflow.publish import publish_package, verify_package
+from trainflow.records import format_table, leaderboard, query, write_records
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import torch
 from onnx import numpy_helper
 from transformers import AutoTokenizer
 
-from stages import quantize as quantize_module
-from stages.config import (
+from tests.tiny import rt_texts
+from trainflow import quantize as quantize_module
+from trainflow.config import (
     FF2_PATTERN,
     ExportConfig,
     QuantizeConfig,
@@ -23,12 +24,12 @@ from stages.config import (
     default_recipes,
     parse_config_dict,
 )
-from stages.data import SplitData
-from stages.errors import ConfigError, QuantizationAccuracyError
-from stages.export import export_onnx
-from stages.modeling import build_model, save_model
-from stages.onnx_model import OnnxTextModel, tokenize_batches
-from stages.quantize import (
+from trainflow.data import SplitData
+from trainflow.errors import ConfigError, QuantizationAccuracyError
+from trainflow.export import export_onnx
+from trainflow.modeling import build_model, save_model
+from trainflow.onnx_model import OnnxTextModel, tokenize_batches
+from trainflow.quantize import (
     INT8_FILE,
     SEARCH_DIR,
     RecipeOutcome,
@@ -41,7 +42,6 @@ from stages.quantize import (
     quantize_static_int8,
     weight_nodes,
 )
-from tests.tiny import rt_texts
 
 CALIBRATION = rt_texts(16)
 TEST_TEXTS = rt_texts(300)[200:296]  # disjoint from the calibration texts

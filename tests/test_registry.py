@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import main as cli
-from stages.config import RegistryConfig
-from stages.errors import RegistryError
-from stages.publish import publish_package
-from stages.registry import (
+from tests.registry_helpers import make_package, package_sources, tamper
+from trainflow.cli import main as cli
+from trainflow.config import RegistryConfig
+from trainflow.errors import RegistryError
+from trainflow.publish import publish_package
+from trainflow.registry import (
     REGISTRY_DIR,
     STATE_FILE,
     list_versions,
@@ -22,7 +23,6 @@ from stages.registry import (
     registry_events,
     rollback,
 )
-from tests.registry_helpers import make_package, package_sources, tamper
 
 POLICY = RegistryConfig(max_regression=0.01)
 
@@ -187,7 +187,7 @@ def test_cli_registry_promote_rollback(tmp_path: Path, src: Path, capsys) -> Non
 
 
 def _promote_in_process(root: str, version: str, start) -> None:  # runs in a child process
-    from stages.cli import main
+    from trainflow.cli import main
 
     start.wait(30)
     sys.exit(main(["promote", version, "--artifact-root", root]))

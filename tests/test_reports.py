@@ -8,12 +8,12 @@ import numpy as np
 import optuna
 import pytest
 
-from stages import reports
-from stages.config import HpoConfig
-from stages.hpo import CURVES_ATTR, open_study, trial_records
-from stages.publish import PackageResult
-from stages.quantize import QuantizeResult
-from stages.verify import ParityResult, decade_histogram
+from trainflow import reports
+from trainflow.config import HpoConfig
+from trainflow.hpo import CURVES_ATTR, open_study, trial_records
+from trainflow.publish import PackageResult
+from trainflow.quantize import QuantizeResult
+from trainflow.verify import ParityResult, decade_histogram
 
 
 def _study(tmp_path: Path, values: list[float | None], tiny_cfg_model) -> tuple[str, str]:
@@ -38,7 +38,7 @@ def _study(tmp_path: Path, values: list[float | None], tiny_cfg_model) -> tuple[
 
 @pytest.fixture
 def cfg(tiny_cfg):
-    from stages.config import parse_config_dict
+    from trainflow.config import parse_config_dict
 
     return parse_config_dict(tiny_cfg)
 

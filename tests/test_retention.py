@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import main as cli
-from stages.config import RegistryConfig, RetentionRule
-from stages.publish import verify_package
-from stages.registry import list_versions, promote, registry_events
-from stages.retention import apply_retention
 from tests.registry_helpers import make_package, package_sources
+from trainflow.cli import main as cli
+from trainflow.config import RegistryConfig, RetentionRule
+from trainflow.publish import verify_package
+from trainflow.registry import list_versions, promote, registry_events
+from trainflow.retention import apply_retention
 
 POLICY = RegistryConfig(max_regression=1.0)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import wandb
 
-from stages.config import TrackingConfig
-from stages.tracking import TrialLogger, lineage_artifact, lineage_ref, log_lineage
 from tests.wandb_records import artifacts, kinds
+from trainflow.config import TrackingConfig
+from trainflow.tracking import TrialLogger, lineage_artifact, lineage_ref, log_lineage
 
 
 def test_trial_logger_keeps_one_point_per_step_and_replays_after_resume() -> None:

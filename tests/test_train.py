@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.config import parse_config_dict
-from stages.data import SplitData
-from stages.train import Hyperparams, batch_indices, final_weights, read_checkpoint_meta, train_model
 from tests.tiny import rt_texts
+from trainflow.config import parse_config_dict
+from trainflow.data import SplitData
+from trainflow.train import Hyperparams, batch_indices, final_weights, read_checkpoint_meta, train_model
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, tiny_cfg, splits
 
 
 def test_stop_request_checkpoints_at_once_and_resume_is_exact(tmp_path, tiny_cfg, splits) -> None:
-    from stages.errors import TrainingInterrupted
+    from trainflow.errors import TrainingInterrupted
 
     tiny_cfg["train"].update(checkpoint_every=1000, eval_every=4)  # no regular checkpoint is due
     cfg = parse_config_dict(tiny_cfg)

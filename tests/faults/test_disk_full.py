@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import parse_config_dict
-from stages.data import SplitData
-from stages.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
-from stages.errors import DiskSpaceError
-from stages.publish import publish_package, verify_package
-from stages.train import Hyperparams, read_checkpoint_meta, train_model
 from tests.tiny import rt_texts, tiny_config
+from trainflow.config import parse_config_dict
+from trainflow.data import SplitData
+from trainflow.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
+from trainflow.errors import DiskSpaceError
+from trainflow.publish import publish_package, verify_package
+from trainflow.train import Hyperparams, read_checkpoint_meta, train_model
 
 HP = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=8, max_steps=9)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.publish import verify_package
-from stages.records import query
 from tests.tiny import ROOT, tiny_config, write_config
+from trainflow.publish import verify_package
+from trainflow.records import query
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = str(ROOT / ".venv" / "bin" / "python")

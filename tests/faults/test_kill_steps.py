@@ -1,7 +1,7 @@
 """kill -9 of the whole run inside every step after `train` and in `start` (issue 4), each
 followed by `resume`, all in one chain so that every point runs in CI.
 
-The tiny flow is started held at a point inside `start` (`stages/faults.py`: the hook only opens
+The tiny flow is started held at a point inside `start` (`trainflow/faults.py`: the hook only opens
 a window, it simulates nothing); the test SIGKILLs the run's whole process group (the runtime and
 the task) and resumes it with `python flows/train_flow.py resume --origin-run-id <id>`, held at
 the next point, and so on: start, join, export, quantize, publish (half-assembled package on
@@ -34,12 +34,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stages.errors import PackageVerificationError
-from stages.faults import MARKER_ENV, PAUSE_ENV
-from stages.publish import verify_package
-from stages.records import query
 from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
+from trainflow.errors import PackageVerificationError
+from trainflow.faults import MARKER_ENV, PAUSE_ENV
+from trainflow.publish import verify_package
+from trainflow.records import query
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = str(ROOT / ".venv" / "bin" / "python")

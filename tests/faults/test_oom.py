@@ -17,12 +17,13 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from stages import accel
-from stages.config import parse_config_dict
-from stages.data import SplitData
-from stages.errors import TrainingResourceError
-from stages.modeling import build_model
-from stages.train import (
+from tests.tiny import rt_texts, tiny_config
+from trainflow import accel
+from trainflow.config import parse_config_dict
+from trainflow.data import SplitData
+from trainflow.errors import TrainingResourceError
+from trainflow.modeling import build_model
+from trainflow.train import (
     Hyperparams,
     backward_with_oom_backoff,
     collate,
@@ -31,7 +32,6 @@ from stages.train import (
     predict_logits,
     train_model,
 )
-from tests.tiny import rt_texts, tiny_config
 
 
 class MicroBatchLimit:
@@ -98,11 +98,11 @@ def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
 
     hook = MicroBatchLimit(2, error)
     handle = model.hf.register_forward_pre_hook(hook, with_kwargs=True)
-    with caplog.at_level(logging.WARNING, logger="stages.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
         loss, micro = _step(model, batch, labels, 8)
     handle.remove()
     assert micro == 2 and hook.sizes == [2, 2, 2, 2], "effective batch 8 = 2 x 4 accumulation steps"
-    assert [r.getMessage() for r in caplog.records if r.name == "stages.train"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "trainflow.train"] == [
         "OOM at batch 8: retrying with batch 4 x 2 accumulation steps",
         "OOM at batch 4: retrying with batch 2 x 4 accumulation steps",
     ]
@@ -146,7 +146,7 @@ def test_evaluation_oom_halves_its_batch_and_gives_the_same_logits(
     expected = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
     limit = MicroBatchLimit(5, evaluation=True)
     model.hf.register_forward_pre_hook(limit, with_kwargs=True)
-    with caplog.at_level(logging.WARNING, logger="stages.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
         got = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
     assert max(limit.sizes) == 4 and sum(limit.sizes) == 40, "16 -> 8 -> 4, every sequence once"
     assert "OOM evaluating a batch of 16: going on with batches of 8" in caplog.text
@@ -165,7 +165,7 @@ def test_training_with_oom_backoff_matches_full_batch_training(
 ) -> None:
     """Whole train_model runs: the one that backs off from batch 8 to 2 x 4 ends with the same
     weights and metrics as the one that never ran out of memory (tolerance: summation order)."""
-    import stages.train as train_mod
+    import trainflow.train as train_mod
 
     base = _no_dropout_copy(tiny_model_dir, tmp_path / "base")
     cfg = parse_config_dict(tiny_config(tmp_path, base, train__device="cpu", train__eval_every=4,
@@ -186,7 +186,7 @@ def test_training_with_oom_backoff_matches_full_batch_training(
         return model
 
     monkeypatch.setattr(train_mod, "build_model", build_with_limit)
-    with caplog.at_level(logging.WARNING, logger="stages.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
         backed_off = run(tmp_path / "oom")
     # 8 -> 4 -> 2 once, then every step runs 4 micro-batches of 2 (the last batch of an epoch may be shorter).
     assert [r.getMessage() for r in caplog.records if "OOM" in r.getMessage()] == [
@@ -259,10 +259,10 @@ def test_real_cuda_oom_backs_off(tiny_model_dir: Path, caplog: pytest.LogCapture
     hook = MicroBatchLimit(n)  # records sizes only
     model.hf.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with caplog.at_level(logging.WARNING, logger="stages.train"):
+        with caplog.at_level(logging.WARNING, logger="trainflow.train"):
             _, micro = step(n)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "stages.train"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainflow.train"]
     assert micro < n and messages[0].startswith(f"OOM at batch {n}: retrying with batch {n // 2} x 2"), messages
     assert sum(hook.sizes[-(-n // micro) :]) == n, "the successful pass covers the whole batch"

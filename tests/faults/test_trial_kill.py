@@ -21,11 +21,11 @@ import optuna
 import pytest
 from safetensors.torch import load_file
 
-from stages.config import parse_config_dict
-from stages.data import SplitData
-from stages.hpo import open_storage, open_study, run_worker, trial_dir
-from stages.train import META_FILE
 from tests.tiny import ROOT, rt_texts, tiny_config
+from trainflow.config import parse_config_dict
+from trainflow.data import SplitData
+from trainflow.hpo import open_storage, open_study, run_worker, trial_dir
+from trainflow.train import META_FILE
 
 pytestmark = [pytest.mark.slow]
 PY = str(ROOT / ".venv" / "bin" / "python")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.errors import ParityError
-from stages.modeling import load_model, predict_classes
-from stages.onnx_model import OnnxTextModel, tokenize_batches
+from trainflow.errors import ParityError
+from trainflow.modeling import load_model, predict_classes
+from trainflow.onnx_model import OnnxTextModel, tokenize_batches
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from stages.config import RetentionRule
-from stages.errors import RetentionError
-from stages.registry import PROTECTED, RegistryState, locked, packages_on_disk, read_metadata
+from trainflow.config import RetentionRule
+from trainflow.errors import RetentionError
+from trainflow.registry import PROTECTED, RegistryState, locked, packages_on_disk, read_metadata
 
 
 @dataclass(frozen=True)

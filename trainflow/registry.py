@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
-from stages.config import RegistryConfig
-from stages.errors import PackageVerificationError, RegistryError
-from stages.publish import MANIFEST, METADATA, verify_package
-from stages.records import write_records
+from trainflow.config import RegistryConfig
+from trainflow.errors import PackageVerificationError, RegistryError
+from trainflow.publish import MANIFEST, METADATA, verify_package
+from trainflow.records import write_records
 
 REGISTRY_DIR = "_registry"
 STATE_FILE = "registry.json"
@@ -340,7 +340,7 @@ def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
 
 def registry_events(*, artifact_root: Path) -> list[dict[str, Any]]:
     """Every recorded event, in sequence order."""
-    from stages.records import has_records, query
+    from trainflow.records import has_records, query
 
     if not has_records(artifact_root, "registry"):
         return []

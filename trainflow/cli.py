@@ -29,8 +29,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from stages.config import METRIC_DIRECTIONS, RegistryConfig, RetentionConfig, load_config
-from stages.errors import TrainflowError
+from trainflow.config import METRIC_DIRECTIONS, RegistryConfig, RetentionConfig, load_config
+from trainflow.errors import TrainflowError
 
 app = typer.Typer(
     name="trainflow",
@@ -82,7 +82,7 @@ def _table(title: str | None, cols: list[str], rows: list[tuple] | list[list]) -
 
 
 def _columns(root: Path, kind: str) -> set[str]:
-    from stages.records import has_records, query
+    from trainflow.records import has_records, query
 
     if not has_records(root, kind):
         return set()
@@ -107,7 +107,7 @@ def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConf
 @app.command()
 def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
     """Recent runs from the Parquet `runs` records, newest first."""
-    from stages.records import query
+    from trainflow.records import query
 
     present = _columns(artifact_root, "runs")
     if not present:
@@ -128,7 +128,7 @@ def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> 
 def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
            artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 100) -> None:  # fmt: skip
     """The Optuna trials of one run."""
-    from stages.records import query
+    from trainflow.records import query
 
     if not _columns(artifact_root, "trials"):
         raise CliFailure(f"no trial records under {artifact_root / '_records' / 'trials'}")
@@ -146,7 +146,7 @@ def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")
 @app.command()
 def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
     """Packages ranked by their test metric (FP32 ONNX), one table per task and metric."""
-    from stages.records import query
+    from trainflow.records import query
 
     present = _columns(artifact_root, "packages")
     if not present:
@@ -192,7 +192,7 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
 
     Prints each node's id, SHA-256 and parents, re-hashes every recorded file still present and
     exits 1 if one changed (a missing file is reported, not an error)."""
-    from stages.lineage import check_lineage, load_lineage
+    from trainflow.lineage import check_lineage, load_lineage
 
     model_name = _resolve_any(artifact_root, version, model)
     nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
@@ -225,9 +225,9 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
 
 def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
     """The model of a version on disk, or (when its folder is gone) in the lineage records."""
-    from stages.errors import RegistryError
-    from stages.records import query
-    from stages.registry import resolve_model
+    from trainflow.errors import RegistryError
+    from trainflow.records import query
+    from trainflow.registry import resolve_model
 
     try:
         return resolve_model(artifact_root=artifact_root, version=version, model_name=model)
@@ -244,9 +244,9 @@ def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
 def verify(package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
     """Check every file of a package against its SHA256SUMS."""
-    from stages.errors import PackageVerificationError
-    from stages.publish import verify_package
-    from stages.registry import resolve_model
+    from trainflow.errors import PackageVerificationError
+    from trainflow.publish import verify_package
+    from trainflow.registry import resolve_model
 
     path = Path(package)
     if not path.is_dir() and "/" not in package:
@@ -262,7 +262,7 @@ def verify(package: Annotated[str, typer.Argument(help="Package folder, or a ver
 def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
          artifact_root: ArtifactRoot = Path("artifacts")) -> None:  # fmt: skip
     """A run's cost per step: tasks, task-hours and CPU/GPU/memory cost."""
-    from stages.records import query
+    from trainflow.records import query
 
     if not _columns(artifact_root, "costs"):
         raise CliFailure(f"no cost records under {artifact_root / '_records' / 'costs'}")
@@ -293,7 +293,7 @@ def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
 def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
                   metric: Annotated[str, typer.Option(help="Test metric to show.")] = "accuracy") -> None:  # fmt: skip
     """Every version with its stage (staging, production, archived, deleted)."""
-    from stages.registry import list_versions
+    from trainflow.registry import list_versions
 
     versions = list_versions(artifact_root=artifact_root)
     if not versions:
@@ -320,7 +320,7 @@ def promote(version: Annotated[str, typer.Argument(help="Package version.")],
 
     Refused if the package fails verification or its FP32 or INT8 test metric is worse than
     production's by more than registry.max_regression."""
-    from stages.registry import promote as do_promote
+    from trainflow.registry import promote as do_promote
 
     policy, _ = _config_sections(config)
     events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy)
@@ -335,7 +335,7 @@ def _event_line(e: Any) -> str:
 @app.command()
 def rollback(artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:
     """Make the previous production version production again; the current one becomes archived."""
-    from stages.registry import rollback as do_rollback
+    from trainflow.registry import rollback as do_rollback
 
     for e in do_rollback(artifact_root=artifact_root, model_name=model):
         _out().print(_event_line(e), markup=False, soft_wrap=True)
@@ -365,7 +365,7 @@ def retention(
     local datastore (never production or archived versions).
 
     The rule is retention.rules[environment] of --config (or the defaults)."""
-    from stages.retention import apply_retention
+    from trainflow.retention import apply_retention
 
     if datastore_root is None:
         default = Path(os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or ".") / ".metaflow"

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import optuna
 
-from stages.config import HpoConfig
-from stages.hpo import CURVES_ATTR, TrialRecord, open_storage
-from stages.publish import PackageResult
-from stages.quantize import QuantizeResult
-from stages.verify import ParityResult
+from trainflow.config import HpoConfig
+from trainflow.hpo import CURVES_ATTR, TrialRecord, open_storage
+from trainflow.publish import PackageResult
+from trainflow.quantize import QuantizeResult
+from trainflow.verify import ParityResult
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
 VALUE_AXIS = {"format": ".4~g"}  # a flat series gets one tick: show it as 0.6415, not 1

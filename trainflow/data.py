@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.config import DataConfig, TaskConfig
-from stages.errors import DatasetError
+from trainflow.config import DataConfig, TaskConfig
+from trainflow.errors import DatasetError
 
 SPLITS = ("train", "validation", "test")
 MIN_ROWS_PER_SPLIT = 2

@@ -45,10 +45,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from stages.config import HpoConfig, RunConfig
-from stages.data import SplitData
-from stages.tracking import lineage_artifact, lineage_ref, trial_run
-from stages.train import Hyperparams, cpu_threads, read_checkpoint_meta, train_model
+from trainflow.config import HpoConfig, RunConfig
+from trainflow.data import SplitData
+from trainflow.tracking import lineage_artifact, lineage_ref, trial_run
+from trainflow.train import Hyperparams, cpu_threads, read_checkpoint_meta, train_model
 
 log = logging.getLogger(__name__)
 

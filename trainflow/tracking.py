@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.config import TrackingConfig
+from trainflow.config import RunConfig, TrackingConfig
 
 
 def resolve_mode(tracking: TrackingConfig) -> str:
@@ -223,3 +223,22 @@ def log_lineage(
         raise
     run.finish()
     return ref
+
+
+def log_lineage_link(
+    *,
+    cfg: RunConfig,
+    run_key: str,
+    directory: Path,
+    job_type: str,
+    kind: str,
+    path: str | Path,
+    parents: tuple[str, ...] = (),
+    **metadata: Any,
+) -> str | None:
+    """Log one link of the run's artifact chain (`kind` made by step `job_type`) from a short W&B
+    run of its own; the reference, or None when W&B is disabled."""
+    artifact = lineage_artifact(
+        model_name=cfg.name, kind=kind, run_key=run_key, path=path, parents=parents, metadata=metadata
+    )
+    return log_lineage(tracking=cfg.tracking, artifact=artifact, group=run_key, job_type=job_type, directory=directory)

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.errors import DiskSpaceError
+from trainflow.errors import DiskSpaceError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 cost of a task = hours x (cpus x cpu_core_hour + gpus x gpu_hour[gpu_type] + memory_gb x memory_gb_hour)
 
 The timings are plain `TaskTiming`s (step, task id, started, finished), so the arithmetic runs
-without Metaflow; `stages/run_metadata.py` reads them from a Metaflow run. A task that has not
+without Metaflow; `trainflow/run_metadata.py` reads them from a Metaflow run. A task that has not
 finished yet (the publish step pricing its own run) is counted up to `now` and marked running.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from stages.config import ComputeConfig, CostConfig
-from stages.errors import CostError
+from trainflow.config import ComputeConfig, CostConfig
+from trainflow.errors import CostError
 
 # The steps that carry `@resources` from `compute:` (flows/train_flow.py); the others run with
 # Metaflow's defaults for an undecorated step: 1 CPU, 4,096 MB, no GPU.

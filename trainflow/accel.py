@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from stages.config import TrainConfig
+    from trainflow.config import TrainConfig
 
 # Pad widths up to a multiple of this on CUDA: tensor-core friendly shapes, and at most
 # max_length / 8 distinct widths, so a compiled model sees few shapes.
@@ -275,7 +275,7 @@ class LengthBucketedOrder:
     """Batch indices for `step`, grouping samples of similar length; a pure function of
     (seed, step) for given lengths, so a resumed run sees the same batches.
 
-    Epoch e starts from the same seeded permutation as `stages.train.batch_indices`, cuts it
+    Epoch e starts from the same seeded permutation as `trainflow.train.batch_indices`, cuts it
     into chunks of `chunk_batches * batch_size` samples, sorts each chunk by length, cuts it
     into batches, and shuffles the order of the epoch's batches (same generator). Every sample
     appears once per epoch, and an epoch has ceil(n / batch_size) batches, as without bucketing.
@@ -313,7 +313,7 @@ class LengthBucketedOrder:
 
 
 class Collate(Protocol):
-    """Pads id lists into a batch dict; `stages.train.collate` with pad_id (and padding) bound."""
+    """Pads id lists into a batch dict; `trainflow.train.collate` with pad_id (and padding) bound."""
 
     def __call__(self, encoded: list[list[int]], *, device: torch.device) -> dict[str, torch.Tensor]: ...
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from stages import accel
-from stages.checkpoints import (
+from trainflow import accel
+from trainflow.checkpoints import (
     META_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
@@ -40,11 +40,11 @@ from stages.checkpoints import (
     take_snapshot,
     write_snapshot,
 )
-from stages.config import RunConfig
-from stages.data import SplitData
-from stages.diskspace import ensure_free_space
-from stages.errors import TrainingInterrupted, TrainingResourceError
-from stages.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
+from trainflow.config import RunConfig
+from trainflow.data import SplitData
+from trainflow.diskspace import ensure_free_space
+from trainflow.errors import TrainingInterrupted, TrainingResourceError
+from trainflow.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def train_model(
         frozen_layers=cfg.model.frozen_layers,
     ).to(device)
     accel.maybe_compile(model.hf, fast)
-    from stages.modeling import resolve_base_model
+    from trainflow.modeling import resolve_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
     pad_id = int(tokenizer.pad_token_id or 0)

@@ -1,0 +1,31 @@
+"""Step `start`: snapshot and split the dataset, create the Optuna study."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from trainflow.config import RunConfig
+from trainflow.context import RunContext
+from trainflow.data import snapshot_dataset
+from trainflow.faults import fault_window
+from trainflow.hpo import open_study
+from trainflow.tracking import log_lineage_link
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
+    """Snapshot and split the data, create the Optuna study. Raises DatasetError on bad data."""
+    run_dir = (Path(cfg.publish.run_root) / cfg.name / run_key).resolve()
+    snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / "data")
+    storage = cfg.hpo.storage or str(run_dir / "optuna.journal")
+    study_name = f"{cfg.name}-{run_key}"
+    open_study(cfg, storage, study_name)
+    log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
+    ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
+    log_lineage_link(cfg=cfg, run_key=run_key, directory=ctx.path, job_type="dataset", kind="dataset",
+                     path=snapshot.directory, version=snapshot.version, sha256=snapshot.sha256)  # fmt: skip
+    fault_window("start")
+    return ctx

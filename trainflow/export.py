@@ -1,0 +1,61 @@
+"""Export the best model to ONNX with Hugging Face Optimum (dynamic batch and sequence axes)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from trainflow.config import ExportConfig
+from trainflow.modeling import HEAD_FILE
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: str
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+
+
+def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> ExportResult:
+    """Export `model_dir` (a folder from `save_model`) to `out_dir/model.onnx`.
+
+    The folder holds a stock `AutoModelForSequenceClassification`, which is what Optimum can
+    export faithfully (a custom class would be silently rebuilt with a random head). Ordinal
+    cutpoints are not part of the graph: they are copied beside it in head.json. Optimum's own
+    validation is off because our parity gate (trainflow.verify) checks outputs against PyTorch
+    with a configured tolerance and never downgrades a mismatch to a warning.
+    """
+    from optimum.exporters.onnx import main_export
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    main_export(
+        str(model_dir),
+        output=out_dir,
+        task="text-classification",
+        opset=export.opset,
+        device="cpu",
+        local_files_only=True,
+        do_validation=False,
+        library_name="transformers",
+    )
+    shutil.copy2(model_dir / HEAD_FILE, out_dir / HEAD_FILE)
+    graph = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False)
+    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    result = ExportResult(
+        onnx_path=str(out_dir / ONNX_FILE),
+        opset=opset,
+        inputs=[i.name for i in graph.graph.input],
+        outputs=[o.name for o in graph.graph.output],
+    )
+    log.info("exported %s (opset %d, inputs %s)", result.onnx_path, opset, result.inputs)
+    return result
