@@ -644,7 +644,8 @@ def measure_checkpoint(
 ) -> dict[str, Any]:
     """One row of the checkpoint plan (see checkpoint_main)."""
     from trainflow import accel
-    from trainflow.checkpoints import CheckpointWriter, sha256_file
+    from trainflow.checkpoints import CheckpointWriter
+    from trainflow.io import sha256_file
     from trainflow.train import batch_indices, collate
 
     encoded, labels = data

@@ -49,6 +49,10 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "defaul
 
 @ComputeBackend
 class TrainFlow(FlowSpec):
+    """Fine-tune a text classifier with an Optuna search and publish a checksummed ONNX + INT8
+    package. Steps: start -> train (foreach worker) -> join -> export -> quantize -> publish -> end;
+    each step calls one function of `stages/` and stores its result (see the module docstring)."""
+
     config = Config("config", default=DEFAULT_CONFIG, parser=metaflow_config_parser)
 
     @property
@@ -57,6 +61,7 @@ class TrainFlow(FlowSpec):
 
     @step
     def start(self):
+        """Validate the config, snapshot and split the data, create the study (stages/prepare.py)."""
         self.ctx = prepare_run(cfg=self.cfg, run_key=current.run_id)
         self.workers = list(range(self.cfg.hpo.n_workers))
         self.next(self.train, foreach="workers")
@@ -74,6 +79,8 @@ class TrainFlow(FlowSpec):
     )
     @step
     def train(self):
+        """One foreach worker: its quota of trials from the shared study (stages/hpo_worker.py);
+        metaflow-checkpoint saves each checkpoint and restores the latest on @retry."""
         loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
         self.trials = run_trials(
             cfg=self.cfg,
@@ -92,6 +99,7 @@ class TrainFlow(FlowSpec):
     @card
     @step
     def join(self, inputs):
+        """The best complete trial (stages/select.py); the card shows the Optuna history."""
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = select_best(cfg=self.cfg, ctx=self.ctx)
         cards.show(
@@ -107,18 +115,22 @@ class TrainFlow(FlowSpec):
 
     @step
     def export(self):
+        """ONNX export and the parity gate (stages/export.py)."""
         self.exported = export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
         self.next(self.quantize)
 
     @card
     @step
     def quantize(self):
+        """INT8 recipe search behind the accuracy gate (stages/quantize.py)."""
         self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
         cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
 
     @step
     def publish(self):
+        """Package, registry, lineage, cost and records (stages/publish.py), priced from the run's
+        task timings (flows/trainflow_timings.py)."""
         self.package = publish_run(
             cfg=self.cfg,
             ctx=self.ctx,
@@ -134,6 +146,7 @@ class TrainFlow(FlowSpec):
     @card
     @step
     def end(self):
+        """Print where the package is and its headline metrics (stages/summary.py)."""
         summary = summarize(self.package.path)
         print("Published package:", self.package.path)
         print(json.dumps(summary, indent=2))

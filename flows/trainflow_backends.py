@@ -99,6 +99,10 @@ def patch_metaflow_slurm() -> bool:
     4. No preemption warning: we add `--signal=USR1@N` so the trial gets SIGUSR1 N seconds
        before the limit and saves a checkpoint (srun forwards it to the task).
     5. No SSH port: METAFLOW_SLURM_ADDRESS=host:port is split for connect and scp.
+
+    Upstream: https://github.com/outerbounds/metaflow-slurm (0.0.4, `slurm_client.py`,
+    `slurm_decorator.py`, `slurm_job.py`). No issue for these gaps was found in its tracker when
+    this was written; remove a patch once a release fixes it (tests/flows/test_slurm.py runs them).
     """
     try:
         from metaflow_extensions.slurm_ext.plugins.slurm import slurm_client, slurm_decorator, slurm_job

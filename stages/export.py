@@ -10,8 +10,8 @@ from trainflow.context import RunContext
 from trainflow.data import load_split
 from trainflow.export import export_onnx
 from trainflow.faults import fault_window
+from trainflow.parity import ParityResult, check_parity
 from trainflow.tracking import lineage_ref, log_lineage_link
-from trainflow.verify import ParityResult, check_parity
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
     storage = cfg.hpo.storage or str(run_dir / "optuna.journal")
     study_name = f"{cfg.name}-{run_key}"
     open_study(cfg, storage, study_name)
-    log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.n_rows, snapshot.split_counts)
+    log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.rows, snapshot.splits)
     ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
     log_lineage_link(cfg=cfg, run_key=run_key, directory=ctx.path, job_type="dataset", kind="dataset",
                      path=snapshot.directory, version=snapshot.version, sha256=snapshot.sha256)  # fmt: skip

@@ -81,3 +81,22 @@ def tiny_config(tmp: Path, model_dir: Path, **overrides: Any) -> dict[str, Any]:
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text("# test config\n" + yaml.safe_dump(cfg))
     return path
+
+
+def final_weights(path: Path) -> dict:
+    """The weights of the newest intact checkpoint at `path` (a checkpoint folder or root), or of
+    a model folder, or of the newest model version under a best-model root (for comparing a
+    resumed run with an uninterrupted one)."""
+    from safetensors.torch import load_file
+
+    from trainflow.checkpoints import find_checkpoint
+    from trainflow.io import VersionedDir
+
+    found = find_checkpoint(path)
+    if found is not None:
+        folder = found[0]
+    elif (path / "model.safetensors").is_file():
+        folder = path
+    else:
+        folder = VersionedDir(path).latest() or path
+    return load_file(str(folder / "model.safetensors"))

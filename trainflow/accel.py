@@ -133,43 +133,50 @@ def select_fast_path(train: TrainConfig, caps: Capabilities) -> FastPath:
     if train.device == "cuda" and not caps.cuda:
         raise DeviceUnavailableError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     if train.device == "cpu" or not caps.cuda:
-        why = "train.device is 'cpu'" if train.device == "cpu" else "no CUDA device"
-        async_ckpt = train.async_checkpoint == "on"
-        return FastPath(
-            device="cpu",
-            autocast_dtype=None,
-            grad_scaler=False,
-            tf32=False,
-            fused_adamw=False,
-            compile=False,
-            cuda_graphs=False,
-            length_bucketing=False,
-            pad_to_multiple=1,
-            pin_memory=False,
-            num_workers=0,
-            async_checkpoint=async_ckpt,
-            checkpoint_min_seconds=0.0 if train.checkpoint_min_seconds == "auto" else train.checkpoint_min_seconds,
-            reasons={
-                "device": why,
-                "autocast_dtype": "CPU: fp32, as before",
-                "grad_scaler": "no fp16 autocast",
-                "tf32": "CPU",
-                "fused_adamw": "CPU: default AdamW, as before",
-                "compile": f"CPU: eager, as before (train.compile={train.compile!r} applies to CUDA)",
-                "cuda_graphs": "CPU",
-                "length_bucketing": "CPU: seeded random batches, as before (train.length_bucketing applies to CUDA)",
-                "pad_to_multiple": "CPU: pad to the longest sequence in the batch, as before",
-                "pin_memory": "CPU",
-                "num_workers": "CPU: batches are built in-process, as before",
-                "async_checkpoint": "train.async_checkpoint is 'on': written by a background thread"
-                if async_ckpt
-                else "CPU: checkpoints are written synchronously, as before (train.async_checkpoint 'auto')",
-                "checkpoint_min_seconds": "CPU 'auto': every train.checkpoint_every steps, as before"
-                if train.checkpoint_min_seconds == "auto"
-                else "train.checkpoint_min_seconds",
-            },
-        )
+        return _cpu_fast_path(train)
+    return _cuda_fast_path(train, caps)
 
+
+def _cpu_fast_path(train: TrainConfig) -> FastPath:
+    why = "train.device is 'cpu'" if train.device == "cpu" else "no CUDA device"
+    async_ckpt = train.async_checkpoint == "on"
+    return FastPath(
+        device="cpu",
+        autocast_dtype=None,
+        grad_scaler=False,
+        tf32=False,
+        fused_adamw=False,
+        compile=False,
+        cuda_graphs=False,
+        length_bucketing=False,
+        pad_to_multiple=1,
+        pin_memory=False,
+        num_workers=0,
+        async_checkpoint=async_ckpt,
+        checkpoint_min_seconds=0.0 if train.checkpoint_min_seconds == "auto" else train.checkpoint_min_seconds,
+        reasons={
+            "device": why,
+            "autocast_dtype": "CPU: fp32, as before",
+            "grad_scaler": "no fp16 autocast",
+            "tf32": "CPU",
+            "fused_adamw": "CPU: default AdamW, as before",
+            "compile": f"CPU: eager, as before (train.compile={train.compile!r} applies to CUDA)",
+            "cuda_graphs": "CPU",
+            "length_bucketing": "CPU: seeded random batches, as before (train.length_bucketing applies to CUDA)",
+            "pad_to_multiple": "CPU: pad to the longest sequence in the batch, as before",
+            "pin_memory": "CPU",
+            "num_workers": "CPU: batches are built in-process, as before",
+            "async_checkpoint": "train.async_checkpoint is 'on': written by a background thread"
+            if async_ckpt
+            else "CPU: checkpoints are written synchronously, as before (train.async_checkpoint 'auto')",
+            "checkpoint_min_seconds": "CPU 'auto': every train.checkpoint_every steps, as before"
+            if train.checkpoint_min_seconds == "auto"
+            else "train.checkpoint_min_seconds",
+        },
+    )
+
+
+def _cuda_fast_path(train: TrainConfig, caps: Capabilities) -> FastPath:
     bf16 = caps.bf16
     compile_on, compile_why = _compile_choice(train)
     workers = CUDA_LOADER_WORKERS if caps.cpu_count >= 2 * CUDA_LOADER_WORKERS else 0

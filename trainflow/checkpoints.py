@@ -1,11 +1,16 @@
 """Training checkpoints: a consistent CPU snapshot of all training state, written atomically with
 the SHA-256 of each file computed from the bytes as they are written (no second read).
 
+A trial's checkpoints live in a `VersionedDir` (trainflow/io.py): `<root>/step-NNNNNNNN/` folders
+and a `LATEST` pointer. A new checkpoint is complete and fsynced before the pointer names it and
+the previous one is deleted only after that, so a kill at any moment of a save leaves at least
+one intact checkpoint; readers (`find_checkpoint`) take the pointer's and fall back to the older.
+
 A checkpoint is taken in two parts so that a GPU need not wait for the disk:
   take_snapshot()   copies weights, optimizer and scheduler state and the RNG states to CPU
                     memory (page-locked buffers reused between checkpoints on CUDA); the training
                     loop waits only for this copy.
-  write_snapshot()  serializes, hashes and writes the folder (temp folder, then one rename).
+  write_snapshot()  serializes, hashes and writes a new version of the checkpoint folder.
 `CheckpointWriter` runs the write (and the caller's `on_written`, e.g. metaflow's save) in one
 background thread when asked to; `wait()` re-raises any error of a background write, and a new
 checkpoint waits for the previous one, so at most one write is in flight and they complete in
@@ -20,9 +25,7 @@ import io
 import json
 import logging
 import random
-import shutil
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,31 +36,71 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from trainflow.io import VersionedDir, sha256_file
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
+CHECKPOINT_FILES = frozenset({WEIGHTS_FILE, STATE_FILE})
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def step_version(step: int) -> str:
+    """The version folder name of a checkpoint (or best model) taken at `step`."""
+    return f"step-{step:08d}"
 
 
-def atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place; the old one is removed only afterwards."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+def checkpoint_candidates(path: Path) -> list[Path]:
+    """Checkpoint folders to try for `path`, best first: `path` itself when it holds a meta.json
+    (a single checkpoint, e.g. one metaflow-checkpoint restored), else the versions of the
+    `VersionedDir` at `path`."""
+    if (path / META_FILE).is_file():
+        return [path]
+    return VersionedDir(path).candidates()
+
+
+def _check_meta(folder: Path, meta: object) -> str | None:
+    """Why a checkpoint's meta.json is not trusted, or None. It must name exactly the expected
+    plain file names, each with a SHA-256 that matches the file."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or not isinstance(meta.get("step"), int):
+        return "meta.json is not a mapping with an integer 'step' and a 'files' mapping"
+    files = meta["files"]
+    if set(files) != CHECKPOINT_FILES or not all(isinstance(d, str) for d in files.values()):
+        return f"meta.json lists files {sorted(map(str, files))}, expected exactly {sorted(CHECKPOINT_FILES)}"
+    for name, digest in files.items():
+        target = folder / name
+        if target.is_symlink() or not target.is_file() or sha256_file(target) != digest:
+            return f"{name} is missing or corrupt"
+    return None
+
+
+def read_one_checkpoint(folder: Path) -> dict | None:
+    """meta.json of the checkpoint folder `folder` if it is complete and intact, else None (with a
+    warning saying why)."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("checkpoint %s: unreadable meta.json (%s); ignoring this checkpoint", folder, err)
+        return None
+    problem = _check_meta(folder, meta)
+    if problem is not None:
+        log.warning("checkpoint %s: %s; ignoring this checkpoint", folder, problem)
+        return None
+    return meta
+
+
+def find_checkpoint(path: Path | None) -> tuple[Path, dict] | None:
+    """The first intact checkpoint of `path` (see `checkpoint_candidates`) and its meta.json."""
+    if path is None or not path.is_dir():
+        return None
+    for folder in checkpoint_candidates(path):
+        meta = read_one_checkpoint(folder)
+        if meta is not None:
+            return folder, meta
+    return None
 
 
 @dataclass
@@ -130,29 +173,28 @@ def _write_hashed(path: Path, data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_snapshot(folder: Path, snap: Snapshot) -> None:
-    """Write `snap` as a complete checkpoint folder (temp folder, then rename).
+def write_snapshot(root: Path, snap: Snapshot) -> Path:
+    """Write `snap` as a new version `step-NNNNNNNN` of the checkpoint folder `root`; return it.
 
     meta.json holds the step, `extra`, the torch version and each file's SHA-256, hashed from the
     serialized bytes (the same bytes that are written)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    files = {WEIGHTS_FILE: _write_hashed(tmp / WEIGHTS_FILE, safetensors_bytes(snap.weights))}
-    buf = io.BytesIO()
-    torch.save(snap.state, buf)
-    files[STATE_FILE] = _write_hashed(tmp / STATE_FILE, buf.getbuffer())
-    meta = {"step": snap.step, **snap.extra, "torch": torch.__version__, "files": files}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    atomic_replace_dir(tmp, folder)
+
+    def fill(tmp: Path) -> None:
+        files = {WEIGHTS_FILE: _write_hashed(tmp / WEIGHTS_FILE, safetensors_bytes(snap.weights))}
+        buf = io.BytesIO()
+        torch.save(snap.state, buf)
+        files[STATE_FILE] = _write_hashed(tmp / STATE_FILE, buf.getbuffer())
+        meta = {"step": snap.step, **snap.extra, "torch": torch.__version__, "files": files}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    return VersionedDir(root).write(step_version(snap.step), fill)
 
 
 class CheckpointWriter:
     """Writes snapshots in order, in a background thread when `asynchronous`.
 
-    `on_written(folder)` runs after each folder is complete (in the writer's thread when
-    asynchronous). An error in a background write is raised by the next `save` or `wait`.
+    `on_written(folder)` runs after each checkpoint version is complete, with that version's
+    folder (in the writer's thread when asynchronous). An error in a background write is raised by the next `save` or `wait`.
     """
 
     def __init__(self, *, asynchronous: bool, on_written: Callable[[Path], None] | None = None) -> None:
@@ -162,33 +204,29 @@ class CheckpointWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if asynchronous else None
         self._pending: Future[None] | None = None
         self._lock = threading.Lock()
-        self.waited_s = 0.0  # time the caller spent blocked on a previous write
 
-    def _write(self, folder: Path, snap: Snapshot) -> None:
-        write_snapshot(folder, snap)
+    def _write(self, root: Path, snap: Snapshot) -> None:
+        folder = write_snapshot(root, snap)
         if self._on_written is not None:
             self._on_written(folder)
 
-    def save(self, folder: Path, **state: Any) -> None:
-        """Snapshot now (`take_snapshot` keywords) and write it, in the background if asynchronous."""
+    def save(self, root: Path, **state: Any) -> None:
+        """Snapshot now (`take_snapshot` keywords) and write it as a new version of the checkpoint
+        folder `root`, in the background if asynchronous."""
         self.wait()  # one write in flight at most; the pinned buffers are free again
         snap = take_snapshot(buffers=self._buffers, **state)
         if self._pool is None:
-            self._write(folder, snap)
+            self._write(root, snap)
             return
         with self._lock:
-            self._pending = self._pool.submit(self._write, folder, snap)
+            self._pending = self._pool.submit(self._write, root, snap)
 
     def wait(self) -> None:
         """Block until the last write is complete; re-raise its error."""
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            t0 = time.perf_counter()
-            try:
-                pending.result()
-            finally:
-                self.waited_s += time.perf_counter() - t0
+            pending.result()
 
     def close(self, *, quiet: bool = False) -> None:
         """Wait for the last write, then stop the thread. `quiet`: log a write error instead of

@@ -81,19 +81,6 @@ def _table(title: str | None, cols: list[str], rows: list[tuple] | list[list]) -
     return table
 
 
-def _columns(root: Path, kind: str) -> set[str]:
-    from trainflow.records import has_records, query
-
-    if not has_records(root, kind):
-        return set()
-    return set(query(root, f"SELECT * FROM {kind} LIMIT 0")[0])
-
-
-def _col(present: set[str], column: str, expr: str | None = None, alias: str | None = None) -> str:
-    """`expr AS alias` if the records have `column`, else NULL (older records lack newer columns)."""
-    return f"{expr or column} AS {alias or column}" if column in present else f"NULL AS {alias or column}"
-
-
 def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConfig]:
     if config is None:
         return RegistryConfig(), RetentionConfig()
@@ -107,19 +94,11 @@ def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConf
 @app.command()
 def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
     """Recent runs from the Parquet `runs` records, newest first."""
-    from trainflow.records import query
+    from trainflow.records import has_records, recent_runs
 
-    present = _columns(artifact_root, "runs")
-    if not present:
+    if not has_records(artifact_root, "runs"):
         raise CliFailure(f"no run records under {artifact_root / '_records' / 'runs'}")
-    select = ", ".join(
-        [
-            "run_key", _col(present, "model_name"), _col(present, "status"), _col(present, "started_at"),
-            _col(present, "finished_at"), _col(present, "duration_s", "round(duration_s, 1)"),
-            _col(present, "package_version"), _col(present, "cost", "round(cost, 4)"), _col(present, "cost_currency"),
-        ]
-    )  # fmt: skip
-    cols, rows = query(artifact_root, f"SELECT {select} FROM runs ORDER BY started_at DESC NULLS LAST LIMIT ?", [limit])
+    cols, rows = recent_runs(artifact_root, limit)
     rows = [(*r[:-2], None if r[-2] is None else f"{r[-2]:.4f} {r[-1] or ''}".strip()) for r in rows]
     _out().print(_table(f"Runs in {artifact_root}", cols[:-1], rows))
 
@@ -128,16 +107,11 @@ def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> 
 def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
            artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 100) -> None:  # fmt: skip
     """The Optuna trials of one run."""
-    from trainflow.records import query
+    from trainflow.records import has_records, trials_of_run
 
-    if not _columns(artifact_root, "trials"):
+    if not has_records(artifact_root, "trials"):
         raise CliFailure(f"no trial records under {artifact_root / '_records' / 'trials'}")
-    cols, rows = query(
-        artifact_root,
-        "SELECT number, state, worker, round(value, 4) AS value, params, round(duration_s, 1) AS seconds "
-        "FROM trials WHERE run_key = ? ORDER BY number LIMIT ?",
-        [run, limit],
-    )
+    cols, rows = trials_of_run(artifact_root, run, limit)
     if not rows:
         raise CliFailure(f"no trials recorded for run {run!r}")
     _out().print(_table(f"Trials of run {run}", cols, rows))
@@ -146,29 +120,12 @@ def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")
 @app.command()
 def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
     """Packages ranked by their test metric (FP32 ONNX), one table per task and metric."""
-    from trainflow.records import query
+    from trainflow.records import has_records, package_scores
 
-    present = _columns(artifact_root, "packages")
-    if not present:
+    if not has_records(artifact_root, "packages"):
         _out().print(f"(no package records under {artifact_root / '_records' / 'packages'})", markup=False)
         return
-
-    # Records written before test_metric/int8_metric existed only have the accuracies.
-    def metric_of(column: str, accuracy: str) -> str:
-        fallback = f"CASE WHEN metric = 'accuracy' THEN {accuracy} END"
-        return f"coalesce({column}, {fallback})" if column in present else fallback
-
-    select = ", ".join(
-        [
-            "task", "metric", "model_name", "version", _col(present, "dataset_version"),
-            f"round({metric_of('test_metric', 'test_accuracy')}, 4) AS test",
-            f"round({metric_of('int8_metric', 'int8_accuracy')}, 4) AS int8",
-            _col(present, "majority_baseline_accuracy", "round(majority_baseline_accuracy, 4)", "baseline"),
-            _col(present, "val_metric", "round(val_metric, 4)"), _col(present, "n_trials"),
-            _col(present, "created_at"),
-        ]
-    )  # fmt: skip
-    cols, rows = query(artifact_root, f"SELECT {select} FROM packages")
+    cols, rows = package_scores(artifact_root)
     groups: dict[tuple[str, str], list[tuple]] = {}
     for r in rows:
         groups.setdefault((r[0], r[1]), []).append(r)
@@ -226,15 +183,15 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
 def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
     """The model of a version on disk, or (when its folder is gone) in the lineage records."""
     from trainflow.errors import RegistryError
-    from trainflow.records import query
+    from trainflow.records import has_records, lineage_owners
     from trainflow.registry import resolve_model
 
     try:
         return resolve_model(artifact_root=artifact_root, version=version, model_name=model)
     except RegistryError:
-        if not _columns(artifact_root, "lineage"):
+        if not has_records(artifact_root, "lineage"):
             raise
-        owners = [r[0] for r in query(artifact_root, "SELECT DISTINCT model_name FROM lineage WHERE version = ?", [version])[1]]  # fmt: skip
+        owners = lineage_owners(artifact_root, version)
         if len(owners) != 1:
             raise
         return owners[0]
@@ -245,7 +202,7 @@ def verify(package: Annotated[str, typer.Argument(help="Package folder, or a ver
            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
     """Check every file of a package against its SHA256SUMS."""
     from trainflow.errors import PackageVerificationError
-    from trainflow.publish import verify_package
+    from trainflow.package import verify_package
     from trainflow.registry import resolve_model
 
     path = Path(package)
@@ -262,18 +219,11 @@ def verify(package: Annotated[str, typer.Argument(help="Package folder, or a ver
 def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
          artifact_root: ArtifactRoot = Path("artifacts")) -> None:  # fmt: skip
     """A run's cost per step: tasks, task-hours and CPU/GPU/memory cost."""
-    from trainflow.records import query
+    from trainflow.records import cost_by_step, has_records
 
-    if not _columns(artifact_root, "costs"):
+    if not has_records(artifact_root, "costs"):
         raise CliFailure(f"no cost records under {artifact_root / '_records' / 'costs'}")
-    cols, rows = query(
-        artifact_root,
-        "SELECT step, count(*) AS tasks, round(sum(seconds), 1) AS task_seconds, max(cpus) AS cpus, max(gpus) AS gpus,"
-        " max(memory_gb) AS memory_gb, sum(cpu_cost) AS cpu, sum(gpu_cost) AS gpu, sum(memory_cost) AS memory,"
-        " sum(cost) AS cost, bool_or(running) AS running, any_value(currency) AS currency"
-        " FROM costs WHERE run_key = ? GROUP BY step ORDER BY min(started_at)",
-        [run],
-    )
+    cols, rows = cost_by_step(artifact_root, run)
     if not rows:
         raise CliFailure(f"no cost records for run {run!r} (published without task timings, or unknown run)")
     currency = rows[0][-1]
@@ -303,8 +253,8 @@ def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
     for c in ("model", "version", "stage", "created_at", f"test {metric} fp32", f"test {metric} int8", "on disk"):
         table.add_column(c, overflow="fold")
     for v in versions:
-        fp32 = v.metrics.get("test_fp32_onnx", {}).get(metric)
-        int8 = v.metrics.get("test_int8_onnx", {}).get(metric)
+        fp32 = v.metrics.test_metric("fp32", metric) if v.metrics else None
+        int8 = v.metrics.test_metric("int8", metric) if v.metrics else None
         table.add_row(
             escape(v.model_name), escape(v.version), f"[{style[v.stage]}]{v.stage}[/]", escape(v.created_at or ""),
             "" if fp32 is None else f"{fp32:.4f}", "" if int8 is None else f"{int8:.4f}", "yes" if v.present else "no",

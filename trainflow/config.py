@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from trainflow.errors import ConfigError
 
@@ -261,8 +262,9 @@ class CostConfig(_Strict):
             raise ValueError("\n".join(problems))
         return self
 
-    def gpu_rate(self) -> float:
-        return self.gpu_hour.get(self.gpu_type, self.gpu_hour.get("default", 0.0))
+    def gpu_rate(self, gpu_type: str | None = None) -> float:
+        """Hourly rate of one GPU of `gpu_type` (default: the configured `gpu_type`)."""
+        return self.gpu_hour.get(gpu_type or self.gpu_type, self.gpu_hour.get("default", 0.0))
 
 
 class RegistryConfig(_Strict):
@@ -340,57 +342,124 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
-        problems: list[str] = []
-        if len(set(self.task.labels)) != len(self.task.labels):
-            problems.append(f"task.labels: {self.task.labels} has duplicates; list each class once")
-        metrics = set(METRIC_DIRECTIONS) - ({"mae"} if self.task.type == "classification" else set())
-        if self.hpo.metric not in metrics:
-            problems.append(
-                f"hpo.metric: {self.hpo.metric!r} is not one of {sorted(metrics)} for task {self.task.type}"
-            )
-        if self.data.validation_fraction + self.data.test_fraction >= 0.9:
-            problems.append(
-                "data.validation_fraction + data.test_fraction: "
-                f"{self.data.validation_fraction + self.data.test_fraction:.2f} leaves under 10% to train;"
-                " lower them"
-            )
-        if self.hpo.n_workers > self.hpo.n_trials:
-            problems.append(
-                f"hpo.n_workers: {self.hpo.n_workers} exceeds hpo.n_trials {self.hpo.n_trials};"
-                " idle workers would start; lower n_workers"
-            )
-        for key in ("learning_rate", "weight_decay", "warmup_ratio"):
-            low, high = getattr(self.hpo.search_space, key)
-            if not 0 <= low <= high:
-                problems.append(f"hpo.search_space.{key}: [{low}, {high}] must satisfy 0 <= low <= high")
-        if self.hpo.search_space.learning_rate[0] <= 0:
-            problems.append("hpo.search_space.learning_rate: the lower bound must be > 0 (log scale)")
-        if self.hpo.heartbeat_interval and self.hpo.heartbeat_grace_period < 2 * self.hpo.heartbeat_interval:
-            problems.append(
-                f"hpo.heartbeat_grace_period: {self.hpo.heartbeat_grace_period} s is under twice"
-                f" hpo.heartbeat_interval ({self.hpo.heartbeat_interval} s); one late beat would fail a live trial"
-            )
-        if self.compute.gpus > 0 and self.train.device == "cpu":
-            problems.append("train.device: 'cpu' conflicts with compute.gpus > 0; use 'auto' or 'cuda'")
-        if self.compute.gpus == 0 and self.compute.backend == "local" and self.train.device == "cuda":
-            problems.append("train.device: 'cuda' needs compute.gpus >= 1")
-        if self.train.gpus_per_trial > 1:
-            problems.append(
-                f"train.gpus_per_trial: {self.train.gpus_per_trial} is not supported yet: multi-GPU trials are not"
-                " wired into the flow (trainflow/ddp.py has the parts; see README, GPU fast path); use 1"
-            )
-        if self.compute.backend == "kubernetes" and not self.compute.image:
-            problems.append("compute.image: the kubernetes backend needs a container image")
-        if self.compute.backend == "kubernetes" and not Path(self.publish.run_root).is_absolute():
-            problems.append(
-                f"publish.run_root: {self.publish.run_root!r} must be an absolute path of a volume every"
-                " pod mounts (the Optuna journal and trial models live there)"
-            )
-        if self.model.frozen_layers and not self.model.freeze_embeddings:
-            problems.append("model.frozen_layers: freezing layers needs model.freeze_embeddings: true")
+        problems = combination_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def _task_checks(c: Any) -> list[str]:
+    problems = []
+    if len(set(c.task.labels)) != len(c.task.labels):
+        problems.append(f"task.labels: {c.task.labels} has duplicates; list each class once")
+    return problems
+
+
+def _metric_checks(c: Any) -> list[str]:
+    metrics = set(METRIC_DIRECTIONS) - ({"mae"} if c.task.type == "classification" else set())
+    if c.hpo.metric not in metrics:
+        return [f"hpo.metric: {c.hpo.metric!r} is not one of {sorted(metrics)} for task {c.task.type}"]
+    return []
+
+
+def _data_checks(c: Any) -> list[str]:
+    if c.data.validation_fraction + c.data.test_fraction >= 0.9:
+        return [
+            "data.validation_fraction + data.test_fraction: "
+            f"{c.data.validation_fraction + c.data.test_fraction:.2f} leaves under 10% to train; lower them"
+        ]
+    return []
+
+
+def _hpo_checks(c: Any) -> list[str]:
+    problems = []
+    if c.hpo.n_workers > c.hpo.n_trials:
+        problems.append(
+            f"hpo.n_workers: {c.hpo.n_workers} exceeds hpo.n_trials {c.hpo.n_trials}; idle workers would start;"
+            " lower n_workers"
+        )
+    for key in ("learning_rate", "weight_decay", "warmup_ratio"):
+        low, high = getattr(c.hpo.search_space, key)
+        if not 0 <= low <= high:
+            problems.append(f"hpo.search_space.{key}: [{low}, {high}] must satisfy 0 <= low <= high")
+    if c.hpo.search_space.learning_rate[0] <= 0:
+        problems.append("hpo.search_space.learning_rate: the lower bound must be > 0 (log scale)")
+    if c.hpo.heartbeat_interval and c.hpo.heartbeat_grace_period < 2 * c.hpo.heartbeat_interval:
+        problems.append(
+            f"hpo.heartbeat_grace_period: {c.hpo.heartbeat_grace_period} s is under twice hpo.heartbeat_interval"
+            f" ({c.hpo.heartbeat_interval} s); one late beat would fail a live trial"
+        )
+    return problems
+
+
+def _device_checks(c: Any) -> list[str]:
+    problems = []
+    if c.compute.gpus > 0 and c.train.device == "cpu":
+        problems.append("train.device: 'cpu' conflicts with compute.gpus > 0; use 'auto' or 'cuda'")
+    if c.compute.gpus == 0 and c.compute.backend == "local" and c.train.device == "cuda":
+        problems.append("train.device: 'cuda' needs compute.gpus >= 1")
+    if c.train.gpus_per_trial > 1:
+        problems.append(
+            f"train.gpus_per_trial: {c.train.gpus_per_trial} is not supported yet: multi-GPU trials are not"
+            " wired into the flow (trainflow/ddp.py has the parts; see README, GPU fast path); use 1"
+        )
+    return problems
+
+
+def _kubernetes_checks(c: Any) -> list[str]:
+    problems = []
+    if c.compute.backend == "kubernetes" and not c.compute.image:
+        problems.append("compute.image: the kubernetes backend needs a container image")
+    if c.compute.backend == "kubernetes" and not Path(c.publish.run_root).is_absolute():
+        problems.append(
+            f"publish.run_root: {c.publish.run_root!r} must be an absolute path of a volume every"
+            " pod mounts (the Optuna journal and trial models live there)"
+        )
+    return problems
+
+
+def _model_checks(c: Any) -> list[str]:
+    if c.model.frozen_layers and not c.model.freeze_embeddings:
+        return ["model.frozen_layers: freezing layers needs model.freeze_embeddings: true"]
+    return []
+
+
+# Each cross-field check and the sections it reads: it runs whenever those sections are valid,
+# also when another section of the file is not (so one pass reports every problem).
+COMBINATION_CHECKS = (
+    (("task",), _task_checks),
+    (("task", "hpo"), _metric_checks),
+    (("data",), _data_checks),
+    (("hpo",), _hpo_checks),
+    (("compute", "train"), _device_checks),
+    (("compute", "publish"), _kubernetes_checks),
+    (("model",), _model_checks),
+)
+
+
+def combination_problems(c: Any) -> list[str]:
+    """Problems of combinations of keys; `c` has the run config's sections as attributes (None for
+    a section that did not validate: the checks that read it are skipped)."""
+    problems: list[str] = []
+    for sections, check in COMBINATION_CHECKS:
+        if all(getattr(c, name, None) is not None for name in sections):
+            problems += check(c)
+    return problems
+
+
+def _valid_sections(raw: dict[str, Any]) -> SimpleNamespace:
+    """Each top-level section of `raw` validated on its own (its default when absent, None when
+    it does not validate)."""
+    out: dict[str, Any] = {}
+    for name, info in RunConfig.model_fields.items():
+        if name not in raw:
+            out[name] = None if info.is_required() else info.get_default(call_default_factory=True)
+            continue
+        try:
+            out[name] = TypeAdapter(info.annotation or Any).validate_python(raw[name])
+        except ValidationError:
+            out[name] = None
+    return SimpleNamespace(**out)
 
 
 def _format_validation_error(err: ValidationError) -> list[str]:
@@ -416,7 +485,11 @@ def parse_config_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(source, _format_validation_error(err)) from None
+        problems = _format_validation_error(err)
+    # A field failed, so the model's own cross-field validator did not run: run it on the
+    # sections that are valid, so every problem is reported in one pass.
+    problems += [p for p in combination_problems(_valid_sections(raw)) if p not in problems]
+    raise ConfigError(source, problems)
 
 
 def parse_config_text(text: str, source: str = "<text>") -> RunConfig:

@@ -10,12 +10,13 @@ finished yet (the publish step pricing its own run) is counted up to `now` and m
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from trainflow.config import ComputeConfig, CostConfig
 from trainflow.errors import CostError
+from trainflow.records import CostRow
 
 # The steps that carry `@resources` from `compute:` (flows/train_flow.py); the others run with
 # Metaflow's defaults for an undecorated step: 1 CPU, 4,096 MB, no GPU.
@@ -41,28 +42,10 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class TaskCost:
-    step: str
-    task_id: str
-    started_at: str
-    finished_at: str | None
-    seconds: float
-    running: bool
-    cpus: int
-    gpus: int
-    gpu_type: str
-    memory_gb: float
-    cpu_cost: float
-    gpu_cost: float
-    memory_cost: float
-    cost: float
-
-
-@dataclass(frozen=True)
 class RunCost:
     currency: str
     rates: dict[str, Any]
-    tasks: list[TaskCost]
+    tasks: list[CostRow]
 
     @property
     def total(self) -> float:
@@ -98,9 +81,6 @@ class RunCost:
             " x resources its step declared; tasks still running when priced count up to that moment",
         }
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [asdict(t) for t in self.tasks]
-
 
 def declared_resources(*, compute: ComputeConfig, cost: CostConfig) -> tuple[dict[str, Resources], Resources]:
     """(resources of the steps that `compute:` decorates, resources of every other step)."""
@@ -116,8 +96,14 @@ def price_tasks(
     default: Resources,
     rates: CostConfig,
     now: datetime,
+    run_key: str = "",
+    model_name: str = "",
 ) -> RunCost:
-    """Price every task. Raises CostError on a naive datetime or a task that ends before it starts."""
+    """Price every task (as `costs` record rows of run `run_key` of model `model_name`).
+
+    Raises:
+        CostError: a naive datetime, or a task that ends before it starts.
+    """
     tasks = []
     for t in timings:
         end = t.finished or now
@@ -131,12 +117,15 @@ def price_tasks(
             raise CostError(f"task {t.step}/{t.task_id}: finishes ({end}) before it starts ({t.started})")
         res = resources.get(t.step, default)
         hours = seconds / 3600
-        gpu_rate = rates.gpu_hour.get(res.gpu_type, rates.gpu_hour.get("default", 0.0))
+        gpu_rate = rates.gpu_rate(res.gpu_type)
         cpu_cost = hours * res.cpus * rates.cpu_core_hour
         gpu_cost = hours * res.gpus * gpu_rate
         memory_cost = hours * res.memory_gb * rates.memory_gb_hour
         tasks.append(
-            TaskCost(
+            CostRow(
+                run_key=run_key,
+                model_name=model_name,
+                currency=rates.currency,
                 step=t.step,
                 task_id=t.task_id,
                 started_at=t.started.isoformat(timespec="microseconds"),  # orders steps that start within a second

@@ -20,6 +20,7 @@ import pandas as pd
 
 from trainflow.config import DataConfig, TaskConfig
 from trainflow.errors import DatasetError
+from trainflow.io import atomic_write, atomic_write_text, sha256_file
 
 SPLITS = ("train", "validation", "test")
 MIN_ROWS_PER_SPLIT = 2
@@ -38,27 +39,30 @@ class SplitData:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class DatasetSummary:
+    """What a package records about its data (metadata.json `dataset`)."""
+
     version: str
     sha256: str
     source: str
-    n_rows: int
-    label_counts: dict[str, int]
-    split_counts: dict[str, int]
-    split_label_counts: dict[str, dict[str, int]]
+    rows: int
+    splits: dict[str, int]  # rows per split, calibration included
+    labels: dict[str, int]  # rows per label name
+
+
+@dataclass(frozen=True)
+class Snapshot(DatasetSummary):
+    """A validated, split dataset on disk: its summary plus where the split files are."""
+
+    split_labels: dict[str, dict[str, int]]
     directory: str
     files: dict[str, str] = field(default_factory=dict)
 
+    def summary(self) -> DatasetSummary:
+        return DatasetSummary(self.version, self.sha256, self.source, self.rows, self.splits, self.labels)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -171,23 +175,22 @@ def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: 
     frames["calibration"] = frames["train"].head(data.calibration_size)
     for name, frame in frames.items():
         target = out_dir / f"{name}.parquet"
-        frame[["id", "text", "label"]].to_parquet(target, index=False)
+        with atomic_write(target) as tmp:
+            frame[["id", "text", "label"]].to_parquet(tmp, index=False)
         files[name] = target.name
     names = task.labels
     snap = Snapshot(
         version=f"{path.name.split('.')[0]}-{digest[:12]}",
         sha256=digest,
         source=str(path),
-        n_rows=len(df),
-        label_counts={names[k]: int(v) for k, v in sorted(Counter(df["label"]).items())},
-        split_counts={**counts, "calibration": len(frames["calibration"])},
-        split_label_counts={
-            s: {names[k]: int(v) for k, v in sorted(Counter(f["label"]).items())} for s, f in frames.items()
-        },
+        rows=len(df),
+        labels={names[k]: int(v) for k, v in sorted(Counter(df["label"]).items())},
+        splits={**counts, "calibration": len(frames["calibration"])},
+        split_labels={s: {names[k]: int(v) for k, v in sorted(Counter(f["label"]).items())} for s, f in frames.items()},
         directory=str(out_dir),
         files=files,
     )
-    (out_dir / "snapshot.json").write_text(snap.to_json())
+    atomic_write_text(out_dir / "snapshot.json", snap.to_json())
     return snap
 
 

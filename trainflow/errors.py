@@ -54,6 +54,15 @@ class PackageVerificationError(TrainflowError):
     """A deployment package's files do not match its SHA256SUMS manifest."""
 
 
+class MetadataError(TrainflowError):
+    """A package's metadata.json is missing, unreadable, of an unknown schema version, or does not
+    match its schema."""
+
+
+class RecordsError(TrainflowError):
+    """The Parquet records cannot be read (unknown schema version, unreadable file)."""
+
+
 class PublishError(TrainflowError):
     """A deployment package cannot be written (e.g. the version already exists)."""
 

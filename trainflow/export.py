@@ -31,7 +31,7 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> Expo
     The folder holds a stock `AutoModelForSequenceClassification`, which is what Optimum can
     export faithfully (a custom class would be silently rebuilt with a random head). Ordinal
     cutpoints are not part of the graph: they are copied beside it in head.json. Optimum's own
-    validation is off because our parity gate (trainflow.verify) checks outputs against PyTorch
+    validation is off because our parity gate (trainflow.parity) checks outputs against PyTorch
     with a configured tolerance and never downgrades a mismatch to a warning.
     """
     from optimum.exporters.onnx import main_export

@@ -19,7 +19,8 @@ it twice:
 A worker that comes back refreshes its own trial's heartbeat before failing anybody's, so a
 trial whose owner is back is continued (1), not failed (2).
 
-Optuna 5's JournalStorage has no heartbeat (only RDBStorage implements optuna's BaseHeartbeat),
+Optuna 5's JournalStorage has no heartbeat (only RDBStorage implements optuna's BaseHeartbeat;
+upstream request https://github.com/optuna/optuna/issues/6615; its PR #6622 was closed),
 so `HeartbeatJournalStorage` adds one: a file per running trial beside the journal whose mtime is
 the last beat. RDB URLs get RDBStorage's own heartbeat.
 """
@@ -45,10 +46,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from trainflow.checkpoints import checkpoint_candidates, read_one_checkpoint
 from trainflow.config import HpoConfig, RunConfig
 from trainflow.data import SplitData
-from trainflow.tracking import lineage_artifact, lineage_ref, trial_run
-from trainflow.train import Hyperparams, cpu_threads, read_checkpoint_meta, train_model
+from trainflow.tracking import TrialLogger, lineage_artifact, lineage_ref, trial_run
+from trainflow.train import CHECKPOINT_DIR, Hyperparams, TrainResult, cpu_threads, train_model
 
 log = logging.getLogger(__name__)
 
@@ -318,13 +320,18 @@ def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, load
     """The furthest intact checkpoint of this trial, or of the trials it re-runs: the one the
     caller loaded (metaflow-checkpoint, @retry) or a local one under `work_dir` (kept across
     `resume`, which gives tasks new ids and so loads nothing). Only a checkpoint made with this
-    trial's hyperparameters and seed qualifies."""
+    trial's hyperparameters and seed qualifies.
+
+    Workaround: metaflow-checkpoint 0.2.14's default load_policy "fresh" loads nothing in a resumed
+    run, and "eager" makes a new run load the previous run's final checkpoint; no upstream issue
+    was found (https://github.com/outerbounds/metaflow-checkpoint), so the local copy is used."""
     lineage = {trial.number, *_retry_history(trial)}
-    candidates = [loaded, *(trial_dir(work_dir, n) / "checkpoint" for n in sorted(lineage))]
+    roots = [loaded, *(trial_dir(work_dir, n) / CHECKPOINT_DIR for n in sorted(lineage))]
+    folders = [f for root in roots if root is not None and root.is_dir() for f in checkpoint_candidates(root)]
     hparams, seed = asdict(suggest(trial, cfg)), trial_seed(cfg, trial)
     best: tuple[int, Path] | None = None
-    for folder in candidates:
-        meta = read_checkpoint_meta(folder) if folder is not None and folder.is_dir() else None
+    for folder in folders:
+        meta = read_one_checkpoint(folder)
         if (
             meta is None
             or meta.get("trial") not in lineage
@@ -333,7 +340,7 @@ def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, load
         ):
             continue
         if best is None or meta["step"] > best[0]:
-            best = (meta["step"], folder)  # type: ignore[assignment]
+            best = (meta["step"], folder)
     if best is not None:
         log.info("trial %d: continuing from checkpoint %s (step %d)", trial.number, best[1], best[0])
     return None if best is None else best[1]
@@ -441,24 +448,31 @@ def _run_trial(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             tlog.summary({"state": "PRUNED"})
             return
-        trial.set_user_attr("metrics", result.metrics)
-        trial.set_user_attr("model_dir", result.model_dir)
-        trial.set_user_attr("steps", result.steps_run + result.resumed_from_step)
-        trial.set_user_attr("resumed_from_step", result.resumed_from_step)
-        trial.set_user_attr(CURVES_ATTR, tlog.points)
-        study.tell(trial, result.metrics[metric])
-        tlog.log_artifact(
-            lineage_artifact(
-                model_name=cfg.name,
-                kind="trial-model",
-                run_key=group,
-                trial=trial.number,
-                path=result.model_dir,
-                parents=(lineage_ref(cfg.name, "dataset", group),),
-                metadata={"trial": trial.number, "params": trial.params, "metrics": result.metrics},
-            )
+        _record_complete(cfg, study, trial, result, tlog, group)
+
+
+def _record_complete(
+    cfg: RunConfig, study: optuna.Study, trial: optuna.Trial, result: TrainResult, tlog: TrialLogger, group: str
+) -> None:
+    """Store a finished trial's results as user attrs, tell the study, log its model artifact."""
+    trial.set_user_attr("metrics", result.metrics)
+    trial.set_user_attr("model_dir", result.model_dir)
+    trial.set_user_attr("steps", result.steps_run + result.resumed_from_step)
+    trial.set_user_attr("resumed_from_step", result.resumed_from_step)
+    trial.set_user_attr(CURVES_ATTR, tlog.points)
+    study.tell(trial, result.metrics[cfg.hpo.metric])
+    tlog.log_artifact(
+        lineage_artifact(
+            model_name=cfg.name,
+            kind="trial-model",
+            run_key=group,
+            trial=trial.number,
+            path=result.model_dir,
+            parents=(lineage_ref(cfg.name, "dataset", group),),
+            metadata={"trial": trial.number, "params": trial.params, "metrics": result.metrics},
         )
-        tlog.summary({"state": "COMPLETE", **{f"best/{k}": v for k, v in result.metrics.items()}})
+    )
+    tlog.summary({"state": "COMPLETE", **{f"best/{k}": v for k, v in result.metrics.items()}})
 
 
 def best_trial(study: optuna.Study) -> TrialRecord:

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainflow.errors import LineageError
-from trainflow.publish import METADATA, sha256_of
-from trainflow.records import has_records, query
+from trainflow.errors import LineageError, MetadataError
+from trainflow.io import sha256_file
+from trainflow.metadata import METADATA, read_metadata
+from trainflow.records import LineageRow, as_json, has_records, lineage_rows
 
 if TYPE_CHECKING:  # kept out of the import path so the CLI does not load torch and optuna
     from trainflow.data import Snapshot
@@ -47,6 +48,16 @@ def _ref(node: Node) -> dict[str, str]:
     return {"id": node.id, "sha256": node.sha256}
 
 
+def _last_checkpoint_weights(model_dir: Path) -> Path | None:
+    """The weights of a trial's newest intact checkpoint: `trials/trial-NNNN/best/step-N` is the
+    model, `trials/trial-NNNN/checkpoint/step-M` the resumable state (trainflow/train.py)."""
+    from trainflow.checkpoints import find_checkpoint  # torch: only at publish time, never for the CLI
+    from trainflow.train import CHECKPOINT_DIR
+
+    found = find_checkpoint(model_dir.parent.parent / CHECKPOINT_DIR)
+    return None if found is None else found[0] / WEIGHTS
+
+
 def build_lineage(
     *, snapshot: Snapshot, records: list[TrialRecord], best: TrialRecord, fp32_onnx: Path, int8_onnx: Path
 ) -> list[Node]:
@@ -66,14 +77,13 @@ def build_lineage(
         if not weights.is_file():
             raise LineageError(f"trial {r.number}: {weights} is missing; cannot record its lineage")
         parents = [_ref(dataset)]
-        # trials/trial-NNNN/{best,checkpoint} (trainflow/hpo.py, trainflow/train.py).
-        checkpoint = Path(r.model_dir).parent / "checkpoint" / WEIGHTS
-        if checkpoint.is_file():
+        checkpoint = _last_checkpoint_weights(Path(r.model_dir))
+        if checkpoint is not None:
             ckpt = Node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),
-                        sha256_of(checkpoint), [_ref(dataset)], trial=r.number)  # fmt: skip
+                        sha256_file(checkpoint), [_ref(dataset)], trial=r.number)  # fmt: skip
             nodes.append(ckpt)
             parents.append(_ref(ckpt))
-        model = Node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_of(weights), parents,
+        model = Node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_file(weights), parents,
                      trial=r.number)  # fmt: skip
         nodes.append(model)
         trial_models[r.number] = model
@@ -84,10 +94,10 @@ def build_lineage(
     for path in (fp32_onnx, int8_onnx):
         if not Path(path).is_file():
             raise LineageError(f"{path} is missing; cannot record its lineage")
-    fp32 = Node("onnx-fp32", "onnx_fp32", str(Path(fp32_onnx).resolve()), sha256_of(Path(fp32_onnx)),
+    fp32 = Node("onnx-fp32", "onnx_fp32", str(Path(fp32_onnx).resolve()), sha256_file(Path(fp32_onnx)),
                 [_ref(best_node)], package_file="model.onnx")  # fmt: skip
     # INT8 is calibrated on the dataset's calibration split: both are its parents.
-    int8 = Node("onnx-int8", "onnx_int8", str(Path(int8_onnx).resolve()), sha256_of(Path(int8_onnx)),
+    int8 = Node("onnx-int8", "onnx_int8", str(Path(int8_onnx).resolve()), sha256_file(Path(int8_onnx)),
                 [_ref(fp32), _ref(dataset)], package_file="model_int8.onnx")  # fmt: skip
     return [*nodes, best_node, fp32, int8]
 
@@ -96,11 +106,11 @@ def to_metadata(nodes: list[Node]) -> list[dict[str, Any]]:
     return [asdict(n) for n in nodes]
 
 
-def to_rows(*, model_name: str, version: str, nodes: list[Node]) -> list[dict[str, Any]]:
+def to_rows(*, model_name: str, version: str, nodes: list[Node]) -> list[LineageRow]:
     """Parquet rows (kind `lineage`), one per node; parents as a JSON list."""
     return [
-        {"model_name": model_name, "version": version, "node_id": n.id, "kind": n.kind, "path": n.path,
-         "sha256": n.sha256, "package_file": n.package_file, "trial": n.trial, "parents": json.dumps(n.parents)}
+        LineageRow(model_name=model_name, version=version, node_id=n.id, kind=n.kind, path=n.path, sha256=n.sha256,
+                   package_file=n.package_file, trial=n.trial, parents=as_json(n.parents))
         for n in nodes
     ]  # fmt: skip
 
@@ -116,19 +126,14 @@ def load_lineage(*, artifact_root: Path, model_name: str, version: str) -> tuple
     meta_file = package / METADATA
     if meta_file.is_file():
         try:
-            raw = json.loads(meta_file.read_text())["lineage"]["nodes"]
-        except (KeyError, TypeError, json.JSONDecodeError):
+            raw = read_metadata(package).lineage.nodes
+        except MetadataError as err:
             raise LineageError(
-                f"{meta_file} has no lineage.nodes; the package was published before lineage was recorded"
+                f"{err} (a package published before lineage was recorded has no lineage.nodes)"
             ) from None
         return [Node(**n) for n in raw], package
     if has_records(artifact_root, "lineage"):
-        cols, rows = query(
-            artifact_root,
-            "SELECT node_id, kind, path, sha256, parents, package_file, trial FROM lineage"
-            " WHERE model_name = ? AND version = ?",
-            [model_name, version],
-        )
+        rows = lineage_rows(artifact_root, model_name, version)
         if rows:
             nodes = [
                 Node(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], None if r[6] is None else int(r[6])) for r in rows
@@ -150,5 +155,5 @@ def check_lineage(*, nodes: list[Node], package: Path | None) -> list[NodeCheck]
             if not loc.is_file():
                 checks.append(NodeCheck(n, str(loc), "missing"))
             else:
-                checks.append(NodeCheck(n, str(loc), "ok" if sha256_of(loc) == n.sha256 else "changed"))
+                checks.append(NodeCheck(n, str(loc), "ok" if sha256_file(loc) == n.sha256 else "changed"))
     return checks

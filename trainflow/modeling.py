@@ -249,6 +249,20 @@ def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
     (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
 
 
+def count_parameters(folder: Path) -> int:
+    """Parameters of a model folder written by `save_model`, read from the safetensors header
+    (no weights are loaded): the Hugging Face model's tensors plus, for ordinal tasks, the
+    cutpoints kept in head.json."""
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(weights), framework="np") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(f.get_slice(name).get_shape())
+    return total + len(read_head(folder).get("cutpoints_raw") or [])
+
+
 def read_head(folder: Path) -> dict:
     return json.loads((Path(folder) / HEAD_FILE).read_text())
 

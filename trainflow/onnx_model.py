@@ -33,10 +33,6 @@ class SessionSettings:
         return asdict(self)
 
 
-# Session settings used for every measurement unless a caller passes its own.
-DEFAULT_SESSION = SessionSettings().to_dict()
-
-
 def make_session(path: Path, intra_op_num_threads: int = 0, settings: SessionSettings | None = None) -> object:
     """A CPU InferenceSession; `settings` wins over `intra_op_num_threads` when given."""
     import onnxruntime as ort
@@ -86,19 +82,6 @@ class OnnxTextModel:
 
     def batch1_feeds(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
         return [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 1, self.input_names)]
-
-    def latency_ms(self, texts: list[str], repeats: int = 1) -> dict[str, float]:
-        """Batch-1 latency percentiles over `texts` (tokenization excluded), after one warm-up."""
-        feeds = self.batch1_feeds(texts)
-        self.session.run(["logits"], feeds[0])  # type: ignore[attr-defined]
-        times = []
-        for _ in range(repeats):
-            for f in feeds:
-                t0 = time.perf_counter()
-                self.session.run(["logits"], f)  # type: ignore[attr-defined]
-                times.append((time.perf_counter() - t0) * 1000)
-        arr = np.asarray(times)
-        return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)), "n": len(arr)}
 
 
 def interleaved_latency_ms(models: dict[str, OnnxTextModel], texts: list[str], rounds: int = 1) -> dict[str, dict]:

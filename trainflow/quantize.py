@@ -439,6 +439,102 @@ def choose(outcomes: Sequence[RecipeOutcome], tie: float) -> RecipeOutcome | Non
     return min(ties, key=lambda o: o.accuracy_drop or 0.0)
 
 
+@dataclass
+class _Search:
+    """State of one recipe search: the prepared graph, calibration readers, the FP32 reference,
+    and what each recipe produced so far."""
+
+    work: Path
+    prepared: Path
+    tokenizer: object
+    max_length: int
+    settings: SessionSettings
+    readers: dict[bool, TextCalibrationReader]
+    input_names: list[str]
+    calibration: SplitData
+    q: QuantizeConfig
+    built: dict[str, Path] = field(default_factory=dict)  # settings key -> model without top-k exclusions
+    details: dict[str, dict[str, object]] = field(default_factory=dict)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, OnnxTextModel] = field(default_factory=dict)
+
+    def sensitive_nodes(self, recipe: RecipeConfig, reader: TextCalibrationReader, cache: Path) -> dict[str, float]:
+        """Per-layer INT8 error of the recipe's plain model (built once per settings key)."""
+        key = _settings_key(recipe)
+        if key not in self.built:
+            self.built[key] = self.work / f"{recipe.name}.base.onnx"
+            quantize_static_int8(model_path=self.prepared, out_path=self.built[key], reader=reader, recipe=recipe,
+                                 calibration_cache=cache)  # fmt: skip
+        texts = self.calibration.texts[: self.q.sensitivity_samples]
+        feeds = [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 8, self.input_names)]
+        return layer_sensitivity(model_path=self.prepared, int8_path=self.built[key], feeds=feeds)
+
+    def build(self, recipe: RecipeConfig) -> Path:
+        """Quantize the prepared graph with `recipe`; record its details and session."""
+        out = self.work / f"{recipe.name}.onnx"
+        reader = self.readers[recipe.calibration_method != "minmax"]
+        cache = self.work / f"calibration-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
+        sensitivity = self.sensitive_nodes(recipe, reader, cache) if recipe.keep_fp32_top_k else {}
+        extra = list(sensitivity)[: recipe.keep_fp32_top_k]
+        detail = quantize_static_int8(model_path=self.prepared, out_path=out, reader=reader, recipe=recipe,
+                                      exclude_nodes=extra, calibration_cache=cache)  # fmt: skip
+        if recipe.keep_fp32_top_k == 0:
+            self.built.setdefault(_settings_key(recipe), out)
+        if sensitivity:
+            detail["sensitivity"] = {k: float(f"{v:.3g}") for k, v in sensitivity.items()}
+            detail["kept_fp32_by_sensitivity"] = extra
+        self.details[recipe.name] = detail
+        self.models[recipe.name] = OnnxTextModel(out, self.tokenizer, self.max_length, settings=self.settings)
+        return out
+
+    def try_recipe(self, recipe: RecipeConfig, evaluate: Any, fp32_accuracy: float) -> dict[str, float] | None:
+        """Build and evaluate one recipe; its row of the table (a failure is a row, not an error)."""
+        t0 = time.perf_counter()
+        try:
+            out = self.build(recipe)
+            metrics = evaluate(self.models[recipe.name])
+        except Exception as err:  # a broken recipe must not hide the others: logged, listed in the table
+            log.warning("INT8 recipe %s failed", recipe.name, exc_info=True)
+            self.rows[recipe.name] = {"name": recipe.name, "passed": False, "error": f"{type(err).__name__}: {err}"}
+            return None
+        drop = fp32_accuracy - metrics["accuracy"]
+        counts = count_nodes(out)
+        self.rows[recipe.name] = {
+            "name": recipe.name,
+            "passed": drop <= self.q.max_accuracy_drop + 1e-12,
+            "accuracy": metrics["accuracy"],
+            "accuracy_drop": drop,
+            "size_bytes": out.stat().st_size,
+            "quantized_nodes": self.details[recipe.name]["quantized_nodes"],
+            "fp32_weight_nodes": self.details[recipe.name]["excluded_nodes"],
+            "node_counts": {k: counts.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear", "MatMul")},
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info("INT8 recipe %s: accuracy %.4f (drop %.4f)", recipe.name, metrics["accuracy"], drop)
+        return metrics
+
+
+def _start_search(
+    *, fp32_path: Path, tokenizer: object, calibration: SplitData, texts: list[str], max_length: int, q: QuantizeConfig
+) -> tuple[_Search, dict[str, object]]:
+    """A clean work folder, the prepared graph (and what was done to it), the calibration readers."""
+    work = fp32_path.parent / SEARCH_DIR
+    shutil.rmtree(work, ignore_errors=True)  # never reuse a stale calibration cache
+    fp32_path.with_name(INT8_FILE).unlink(missing_ok=True)  # nor a previous attempt's INT8 model
+    work.mkdir(parents=True)
+    prepared = work / PREPARED_FILE
+    graph_opt = prepare_graph(fp32_path=fp32_path, out_path=prepared, level=q.graph_optimization, tokenizer=tokenizer,
+                              texts=texts, max_length=max_length, atol=q.graph_optimization_atol)  # fmt: skip
+    input_names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
+    readers = {
+        fixed: TextCalibrationReader(tokenizer, calibration.texts, max_length, input_names, fixed_length=fixed)
+        for fixed in (False, True)
+    }
+    settings = SessionSettings(intra_op_num_threads=q.intra_op_threads).resolved()
+    search = _Search(work, prepared, tokenizer, max_length, settings, readers, input_names, calibration, q)
+    return search, graph_opt
+
+
 def quantize_and_gate(
     *,
     fp32_path: Path,
@@ -460,120 +556,51 @@ def quantize_and_gate(
             FP32 ONNX. The message lists every recipe's accuracy and latency; the candidate models
             are left in `int8-search/` beside the FP32 model for inspection; nothing is published.
     """
-    work = fp32_path.parent / SEARCH_DIR
-    shutil.rmtree(work, ignore_errors=True)  # never reuse a stale calibration cache
-    fp32_path.with_name(INT8_FILE).unlink(missing_ok=True)  # nor a previous attempt's INT8 model
-    work.mkdir(parents=True)
-    settings = SessionSettings(intra_op_num_threads=q.intra_op_threads).resolved()
     n_latency = latency_samples or q.latency_samples
-    prepared = work / PREPARED_FILE
-    graph_opt = prepare_graph(
-        fp32_path=fp32_path,
-        out_path=prepared,
-        level=q.graph_optimization,
-        tokenizer=tokenizer,
-        texts=test.texts[:n_latency],
-        max_length=max_length,
-        atol=q.graph_optimization_atol,
-    )
-    input_names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
-    readers = {
-        fixed: TextCalibrationReader(tokenizer, calibration.texts, max_length, input_names, fixed_length=fixed)
-        for fixed in (False, True)
-    }
-    fp32 = OnnxTextModel(fp32_path, tokenizer, max_length, settings=settings)
-    fp32_metrics = evaluate_onnx(fp32, task, test, n_classes, cutpoints)
+    search, graph_opt = _start_search(fp32_path=fp32_path, tokenizer=tokenizer, calibration=calibration,
+                                      texts=test.texts[:n_latency], max_length=max_length, q=q)  # fmt: skip
+    fp32 = OnnxTextModel(fp32_path, tokenizer, max_length, settings=search.settings)
 
+    def evaluate(model: OnnxTextModel) -> dict[str, float]:
+        return evaluate_onnx(model, task, test, n_classes, cutpoints)
+
+    fp32_metrics = evaluate(fp32)
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])
-    built: dict[str, Path] = {}  # settings key -> model quantized without top-k exclusions
-    details: dict[str, dict[str, object]] = {}
-    rows: dict[str, dict[str, Any]] = {}
-    models: dict[str, OnnxTextModel] = {}
+    metrics = {r.name: search.try_recipe(r, evaluate, fp32_metrics["accuracy"]) for r in recipes}
+    latency = interleaved_latency_ms({FP32_KEY: fp32, **search.models}, test.texts[:n_latency], rounds=q.latency_rounds)
+    table = []
     for recipe in recipes:
-        t0 = time.perf_counter()
-        out = work / f"{recipe.name}.onnx"
-        reader = readers[recipe.calibration_method != "minmax"]
-        cache = work / f"calibration-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
-        try:
-            extra: list[str] = []
-            sensitivity: dict[str, float] = {}
-            if recipe.keep_fp32_top_k:
-                key = _settings_key(recipe)
-                if key not in built:
-                    built[key] = work / f"{recipe.name}.base.onnx"
-                    quantize_static_int8(model_path=prepared, out_path=built[key], reader=reader, recipe=recipe,
-                                         calibration_cache=cache)  # fmt: skip
-                texts = calibration.texts[: q.sensitivity_samples]
-                feeds = [f for _, f in tokenize_batches(tokenizer, texts, max_length, 8, input_names)]
-                sensitivity = layer_sensitivity(model_path=prepared, int8_path=built[key], feeds=feeds)
-                extra = list(sensitivity)[: recipe.keep_fp32_top_k]
-            detail = quantize_static_int8(model_path=prepared, out_path=out, reader=reader, recipe=recipe,
-                                          exclude_nodes=extra, calibration_cache=cache)  # fmt: skip
-            if recipe.keep_fp32_top_k == 0:
-                built.setdefault(_settings_key(recipe), out)
-            if sensitivity:
-                detail["sensitivity"] = {k: float(f"{v:.3g}") for k, v in sensitivity.items()}
-                detail["kept_fp32_by_sensitivity"] = extra
-            details[recipe.name] = detail
-            models[recipe.name] = OnnxTextModel(out, tokenizer, max_length, settings=settings)
-            metrics = evaluate_onnx(models[recipe.name], task, test, n_classes, cutpoints)
-        except Exception as err:  # a broken recipe must not hide the others: logged, listed in the table
-            log.warning("INT8 recipe %s failed", recipe.name, exc_info=True)
-            rows[recipe.name] = {"name": recipe.name, "passed": False, "error": f"{type(err).__name__}: {err}"}
-            continue
-        drop = fp32_metrics["accuracy"] - metrics["accuracy"]
-        counts = count_nodes(out)
-        rows[recipe.name] = {
-            "name": recipe.name,
-            "passed": drop <= q.max_accuracy_drop + 1e-12,
-            "accuracy": metrics["accuracy"],
-            "accuracy_drop": drop,
-            "metrics": metrics,
-            "size_bytes": out.stat().st_size,
-            "quantized_nodes": detail["quantized_nodes"],
-            "fp32_weight_nodes": detail["excluded_nodes"],
-            "node_counts": {k: counts.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear", "MatMul")},
-            "seconds": time.perf_counter() - t0,
-        }
-        log.info("INT8 recipe %s: accuracy %.4f (drop %.4f)", recipe.name, metrics["accuracy"], drop)
-
-    latency = interleaved_latency_ms({FP32_KEY: fp32, **models}, test.texts[:n_latency], rounds=q.latency_rounds)
-    outcomes = []
-    for recipe in recipes:
-        row = rows[recipe.name]
-        metrics = row.pop("metrics", None)
+        row = search.rows[recipe.name]
         if recipe.name in latency:
             row.update(p50_ms=latency[recipe.name]["p50_ms"], p95_ms=latency[recipe.name]["p95_ms"])
-        outcomes.append((RecipeOutcome(**row), metrics))
-    table = [o for o, _ in outcomes]
-    (work / "search.json").write_text(json.dumps([asdict(o) for o in table], indent=1))
+        table.append(RecipeOutcome(**row))
+    (search.work / "search.json").write_text(json.dumps([asdict(o) for o in table], indent=1))
     best = choose(table, q.latency_tie)
     if best is None:
         lines = "\n".join(f"  - {o.line()}" for o in table)
         raise QuantizationAccuracyError(
             f"no INT8 recipe keeps test accuracy within {q.max_accuracy_drop * 100:.2f} points of FP32 ONNX "
             f"({fp32_metrics['accuracy']:.4f}); FP32 batch-1 p50 {latency[FP32_KEY]['p50_ms']:.2f} ms. "
-            f"Recipes tried ({len(table)}):\n{lines}\nCandidates left in {work}."
+            f"Recipes tried ({len(table)}):\n{lines}\nCandidates left in {search.work}."
         )
     int8_path = fp32_path.with_name(INT8_FILE)
-    shutil.copyfile(work / f"{best.name}.onnx", int8_path)
-    for path in work.glob("*.onnx"):
+    shutil.copyfile(search.work / f"{best.name}.onnx", int8_path)
+    for path in search.work.glob("*.onnx"):
         path.unlink()  # the chosen one is copied; the table keeps the rest's figures
-    int8_metrics = next(m for o, m in outcomes if o.name == best.name) or {}
     log.info("INT8: chose %s of %d recipes", best.name, len(table))
     return QuantizeResult(
         int8_path=str(int8_path),
         fp32_metrics=fp32_metrics,
-        int8_metrics=int8_metrics,
+        int8_metrics=metrics[best.name] or {},
         accuracy_drop=best.accuracy_drop or 0.0,
         fp32_latency=latency[FP32_KEY],
         int8_latency=latency[best.name],
         fp32_size_bytes=fp32_path.stat().st_size,
         int8_size_bytes=int8_path.stat().st_size,
         node_counts=best.node_counts,
-        recipe=details[best.name],
+        recipe=search.details[best.name],
         chosen=best.name,
         search=[asdict(o) for o in table],
-        session_options=settings.to_dict(),
+        session_options=search.settings.to_dict(),
         graph_optimization=graph_opt,
     )

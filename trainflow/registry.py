@@ -7,7 +7,7 @@ production version `production` again and moves the current one to `archived` (k
 deleted by retention, and promotable again). Retention moves old staging versions to `deleted`.
 
 State lives in `<artifact_root>/_registry/registry.json`, changed only under the file lock
-`_registry/registry.lock` and written atomically (temporary file, fsync, os.replace). Every
+`_registry/registry.lock` and written atomically (trainflow.io.atomic_write_json). Every
 change is also an event (model, version, action, from, to, who, when, sequence number) in the
 Parquet store, one file per event: `_records/registry/<time>-<id>.parquet`. Events are written
 right after the state, still under the lock.
@@ -21,7 +21,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +29,13 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from trainflow.config import RegistryConfig
-from trainflow.errors import PackageVerificationError, RegistryError
-from trainflow.publish import MANIFEST, METADATA, verify_package
-from trainflow.records import write_records
+from trainflow.errors import MetadataError, PackageVerificationError, RegistryError
+from trainflow.io import atomic_write_json
+from trainflow.metadata import Metrics, PackageMetadata, read_metadata
+from trainflow.package import MANIFEST, verify_package
+from trainflow.records import RegistryEvent, write_rows
+
+Event = RegistryEvent  # the registry's changes are its Parquet records
 
 REGISTRY_DIR = "_registry"
 STATE_FILE = "registry.json"
@@ -47,19 +51,6 @@ def actor() -> str:
 
 
 @dataclass(frozen=True)
-class Event:
-    seq: int
-    model_name: str
-    version: str
-    action: str
-    from_stage: str | None
-    to_stage: str
-    who: str
-    at: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
 class VersionInfo:
     model_name: str
     version: str
@@ -67,7 +58,7 @@ class VersionInfo:
     path: str
     present: bool
     created_at: str | None
-    metrics: dict[str, Any]
+    metrics: Metrics | None  # None when the package's metadata is gone or unreadable
 
 
 def packages_on_disk(artifact_root: Path) -> dict[str, list[str]]:
@@ -84,11 +75,12 @@ def packages_on_disk(artifact_root: Path) -> dict[str, list[str]]:
     return out
 
 
-def read_metadata(package: Path) -> dict[str, Any]:
+def metadata_or_none(package: Path) -> PackageMetadata | None:
+    """The package's metadata, or None when it is missing or unreadable (listing, retention)."""
     try:
-        return json.loads((package / METADATA).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        return read_metadata(package)
+    except MetadataError:
+        return None
 
 
 class RegistryState:
@@ -150,13 +142,7 @@ def _load(artifact_root: Path) -> dict[str, Any]:
 
 
 def _save(artifact_root: Path, raw: dict[str, Any]) -> None:
-    path = _state_path(artifact_root)
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(raw, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(_state_path(artifact_root), raw)
 
 
 @contextmanager
@@ -180,7 +166,7 @@ def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[R
             _save(artifact_root, state.raw)
             for e in state.events:
                 stamp = e.at.replace(":", "").replace("-", "").replace("+0000", "").replace(".", "")
-                write_records(artifact_root, "registry", f"{stamp}-{e.seq:08d}-{uuid.uuid4().hex[:8]}", [asdict(e)])
+                write_rows(artifact_root, f"{stamp}-{e.seq:08d}-{uuid.uuid4().hex[:8]}", [e])
     finally:
         lock.release()
 
@@ -218,27 +204,34 @@ def _verified(artifact_root: Path, model_name: str, version: str, doing: str) ->
     return package
 
 
-def _test_metric(meta: dict[str, Any], split: str, metric: str, who: str) -> float:
-    try:
-        return float(meta["metrics"][split][metric])
-    except (KeyError, TypeError, ValueError):
-        raise RegistryError(f"{who}: metadata.json has no metrics.{split}.{metric} to compare") from None
+def _test_metric(meta: PackageMetadata, split: Literal["fp32", "int8"], metric: str, who: str) -> float:
+    value = meta.metrics.test_metric(split, metric)
+    if value is None:
+        raise RegistryError(f"{who}: metadata.json has no metrics.test_{split}_onnx.{metric} to compare")
+    return value
 
 
-def check_regression(*, candidate: dict[str, Any], production: dict[str, Any], policy: RegistryConfig) -> list[str]:
+def check_regression(*, candidate: PackageMetadata, production: PackageMetadata, policy: RegistryConfig) -> list[str]:
     """Problems (empty if none) where the candidate's FP32 or INT8 test metric is worse than
     production's by more than `policy.max_regression`."""
     problems = []
-    for split in ("test_fp32_onnx", "test_int8_onnx"):
-        new = _test_metric(candidate, split, policy.metric, f"version {candidate.get('version')}")
-        old = _test_metric(production, split, policy.metric, f"production {production.get('version')}")
+    for split in ("fp32", "int8"):
+        new = _test_metric(candidate, split, policy.metric, f"version {candidate.version}")
+        old = _test_metric(production, split, policy.metric, f"production {production.version}")
         worse = old - new if policy.direction == "maximize" else new - old
         if worse > policy.max_regression + 1e-12:
             problems.append(
-                f"{split}.{policy.metric} {new:.4f} is worse than production {production.get('version')}'s"
+                f"test_{split}_onnx.{policy.metric} {new:.4f} is worse than production {production.version}'s"
                 f" {old:.4f} by {worse:.4f} > registry.max_regression {policy.max_regression}"
             )
     return problems
+
+
+def _metadata(package: Path, doing: str) -> PackageMetadata:
+    try:
+        return read_metadata(package)
+    except MetadataError as err:
+        raise RegistryError(f"refusing to {doing}: {err}") from None
 
 
 def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
@@ -280,8 +273,8 @@ def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_
         detail = f"previous production: {current}" if current else "first production version"
         if current is not None:
             problems = check_regression(
-                candidate=read_metadata(package),
-                production=read_metadata(artifact_root / model_name / current),
+                candidate=_metadata(package, f"promote {model_name} {version}"),
+                production=_metadata(artifact_root / model_name / current, f"promote {model_name} {version}"),
                 policy=policy,
             )
             if problems:
@@ -323,7 +316,7 @@ def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
         versions = set(on_disk.get(model, [])) | set(raw["models"].get(model, {}).get("versions", {}))
         for version in versions:
             package = artifact_root / model / version
-            meta = read_metadata(package)
+            meta = metadata_or_none(package)
             out.append(
                 VersionInfo(
                     model_name=model,
@@ -331,18 +324,15 @@ def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
                     stage=state.stage(model, version) or "deleted",
                     path=str(package),
                     present=(package / MANIFEST).is_file(),
-                    created_at=meta.get("created_at"),
-                    metrics=meta.get("metrics", {}),
+                    created_at=meta.created_at if meta else None,
+                    metrics=meta.metrics if meta else None,
                 )
             )
     return sorted(out, key=lambda v: (v.model_name, v.created_at or "", v.version))
 
 
-def registry_events(*, artifact_root: Path) -> list[dict[str, Any]]:
+def registry_events(*, artifact_root: Path) -> list[Event]:
     """Every recorded event, in sequence order."""
-    from trainflow.records import has_records, query
+    from trainflow.records import registry_events as recorded
 
-    if not has_records(artifact_root, "registry"):
-        return []
-    cols, rows = query(artifact_root, "SELECT * FROM registry ORDER BY seq")
-    return [dict(zip(cols, r)) for r in rows]
+    return recorded(artifact_root)

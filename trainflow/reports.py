@@ -18,9 +18,9 @@ import optuna
 
 from trainflow.config import HpoConfig
 from trainflow.hpo import CURVES_ATTR, TrialRecord, open_storage
-from trainflow.publish import PackageResult
+from trainflow.package import PackageResult
+from trainflow.parity import ParityResult
 from trainflow.quantize import QuantizeResult
-from trainflow.verify import ParityResult
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
 VALUE_AXIS = {"format": ".4~g"}  # a flat series gets one tick: show it as 0.6415, not 1

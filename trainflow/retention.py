@@ -4,8 +4,9 @@
   metadata `created_at`, then version name); older staging versions are deleted and marked
   `deleted` in the registry (an event each).
 - Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (the resumable
-  state: weights, optimizer, RNG), and leftover `checkpoint.tmp` folders, whose newest file is
-  older than `keep_checkpoints_days`. The trials' `best/` model folders are kept.
+  state: weights, optimizer, RNG, every version and any temporary folder of an interrupted save),
+  whose newest file is older than `keep_checkpoints_days`. The trials' `best/` model folders are
+  kept.
 - metaflow-checkpoint's copies of those checkpoints in a local Metaflow datastore
   (`<datastore>/mf.checkpoints/checkpoints/artifacts/.../*.mfchckpt.*`, what `@checkpoint` saved
   and what a retried or resumed task loads), by the same age rule. With a copy go the metadata
@@ -33,7 +34,7 @@ from typing import Literal
 
 from trainflow.config import RetentionRule
 from trainflow.errors import RetentionError
-from trainflow.registry import PROTECTED, RegistryState, locked, packages_on_disk, read_metadata
+from trainflow.registry import PROTECTED, RegistryState, locked, metadata_or_none, packages_on_disk
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def _plan(
     plan = []
     for model, versions in packages_on_disk(artifact_root).items():
         staging = [v for v in versions if state.stage(model, v) == "staging"]
-        ages = {v: (read_metadata(artifact_root / model / v).get("created_at") or "", v) for v in staging}
+        metas = {v: metadata_or_none(artifact_root / model / v) for v in staging}
+        ages = {v: ((m.created_at if m else None) or "", v) for v, m in metas.items()}
         newest_first = sorted(staging, key=lambda v: ages[v], reverse=True)
         for version in reversed(newest_first[rule.keep_last_versions :]):  # oldest first
             path = artifact_root / model / version
@@ -121,10 +123,7 @@ def _plan(
                 )  # fmt: skip
             )
     if run_root.is_dir():
-        folders = sorted(run_root.glob("*/*/trials/trial-*/checkpoint")) + sorted(
-            run_root.glob("*/*/trials/trial-*/checkpoint.tmp")
-        )
-        for folder in folders:
+        for folder in sorted(run_root.glob("*/*/trials/trial-*/checkpoint")):
             if folder.is_dir() and (why := _old(folder, now, rule)):
                 plan.append(Deletion("checkpoint", str(folder), _size(folder), why))
     if datastore_root is not None:

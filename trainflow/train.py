@@ -13,12 +13,10 @@ Callers wire the outside world in through callbacks:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,8 +33,8 @@ from trainflow.checkpoints import (
     STATE_FILE,
     WEIGHTS_FILE,
     CheckpointWriter,
-    atomic_replace_dir,
-    sha256_file,
+    find_checkpoint,
+    step_version,
     take_snapshot,
     write_snapshot,
 )
@@ -44,11 +42,15 @@ from trainflow.config import RunConfig
 from trainflow.data import SplitData
 from trainflow.diskspace import ensure_free_space
 from trainflow.errors import TrainingInterrupted, TrainingResourceError
-from trainflow.modeling import TextModel, build_model, compute_metrics, predict_classes, save_model
+from trainflow.io import VersionedDir
+from trainflow.modeling import TextModel, build_model, compute_metrics, predict_classes, resolve_base_model, save_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["META_FILE", "STATE_FILE", "WEIGHTS_FILE", "save_checkpoint", "read_checkpoint_meta", "train_model"]
+
+CHECKPOINT_DIR = "checkpoint"  # <out_dir>/checkpoint/step-NNNNNNNN: resumable state (VersionedDir)
+BEST_DIR = "best"  # <out_dir>/best/step-NNNNNNNN: the best validation model so far (VersionedDir)
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -299,42 +295,35 @@ def checkpoint_size_estimate(model: TextModel, optimizer: torch.optim.Optimizer)
 
 def ensure_checkpoint_space(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer) -> None:
     """DiskSpaceError before a checkpoint is written if it cannot fit. The previous checkpoint
-    stays on disk until the new one is renamed into place, so the whole new size must be free."""
+    stays on disk until the new one is complete, so the whole new size must be free."""
     ensure_free_space(folder, checkpoint_size_estimate(model, optimizer), "a training checkpoint")
 
 
 def save_checkpoint(
-    folder: Path,
+    root: Path,
     *,
     model: TextModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     extra: dict,
-) -> None:
-    """Write a complete checkpoint to `folder` atomically (temp folder, then rename), synchronously.
+) -> Path:
+    """Write a complete checkpoint as a new version of `root`, synchronously; return its folder.
 
     Raises:
         DiskSpaceError: too little free disk (checked before anything is written).
     """
-    ensure_checkpoint_space(folder, model, optimizer)
-    write_snapshot(folder, take_snapshot(model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra))
+    ensure_checkpoint_space(root, model, optimizer)
+    return write_snapshot(
+        root, take_snapshot(model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
+    )
 
 
-def read_checkpoint_meta(folder: Path | None) -> dict | None:
-    """Return meta.json of a complete, intact checkpoint, or None (with a warning) otherwise."""
-    if folder is None or not (folder / META_FILE).is_file():
-        return None
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-        for name, digest in meta["files"].items():
-            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-                log.warning("checkpoint %s: %s is missing or corrupt; ignoring this checkpoint", folder, name)
-                return None
-    except (json.JSONDecodeError, KeyError, OSError) as err:
-        log.warning("checkpoint %s: unreadable meta.json (%s); ignoring this checkpoint", folder, err)
-        return None
-    return meta
+def read_checkpoint_meta(path: Path | None) -> dict | None:
+    """meta.json of the newest intact checkpoint at `path` (a checkpoint folder, or a versioned
+    checkpoint root), or None (with a warning for each checkpoint skipped)."""
+    found = find_checkpoint(path)
+    return None if found is None else found[1]
 
 
 def _restore(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer, scheduler: object) -> None:
@@ -353,6 +342,179 @@ def _restore(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer, s
 
 def _as_tuple(x: object) -> object:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+@dataclass
+class _Session:
+    """Everything one trial trains with, built once by `_setup`."""
+
+    fast: accel.FastPath
+    device: torch.device
+    model: TextModel
+    tokenizer: object
+    pad_id: int
+    train_enc: list[list[int]]
+    val_enc: list[list[int]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
+def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: SplitData, seed: int) -> _Session:
+    """Choose the fast path, build the model, tokenize both splits, make optimizer and schedule."""
+    from transformers import AutoTokenizer
+
+    fast = accel.select_fast_path(cfg.train, accel.probe_capabilities(cfg.train.device))
+    log.info("training fast path:\n%s", fast.describe())
+    accel.apply_global_settings(fast)
+    device = torch.device(fast.device)
+    seed_everything(seed)
+    model = build_model(
+        task=cfg.task.type,
+        labels=cfg.task.labels,
+        base=cfg.model.base,
+        freeze_embeddings=cfg.model.freeze_embeddings,
+        frozen_layers=cfg.model.frozen_layers,
+    ).to(device)
+    accel.maybe_compile(model.hf, fast)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate, **accel.adamw_kwargs(fast)
+    )
+    warmup = int(hparams.warmup_ratio * hparams.max_steps)
+    return _Session(
+        fast=fast,
+        device=device,
+        model=model,
+        tokenizer=tokenizer,
+        pad_id=int(tokenizer.pad_token_id or 0),
+        train_enc=encode(tokenizer, train.texts, cfg.model.max_length),
+        val_enc=encode(tokenizer, validation.texts, cfg.model.max_length),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps)),
+        scaler=accel.grad_scaler(fast),  # disabled (a pass-through) unless fp16
+    )
+
+
+@dataclass
+class _Progress:
+    """The loop's state besides the tensors: restored from, and saved with, each checkpoint."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_dir: Path | None = None
+
+    def checkpoint_extra(self) -> dict:
+        return {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": self.best_metrics,
+                "history": self.history}  # fmt: skip
+
+
+def _resume(session: _Session, resume_dir: Path | None, best_root: Path) -> _Progress:
+    """Restore the newest intact checkpoint at `resume_dir` (the checkpoint wins over the fresh
+    initialisation; the architecture comes from the config, which the trial fixes)."""
+    found = find_checkpoint(resume_dir)
+    if found is None:
+        return _Progress()
+    folder, meta = found
+    _restore(folder, session.model, session.optimizer, session.scheduler)
+    if meta.get("grad_scaler"):
+        session.scaler.load_state_dict(meta["grad_scaler"])
+    log.info("resumed from %s at step %d (checkpoint wins over fresh init)", folder, meta["step"])
+    # The best model as of the checkpoint; a newer one (saved before the kill) is the fallback: the
+    # replayed steps make the same choices and save it again.
+    best = best_root / step_version(meta["best_step"])
+    best_dir = best if best.is_dir() else VersionedDir(best_root).latest()
+    return _Progress(meta["step"], meta["best_value"], meta["best_step"], meta["best_metrics"], meta["history"],
+                     best_dir)  # fmt: skip
+
+
+def _batches(session: _Session, cfg: RunConfig, hparams: Hyperparams, train: SplitData, seed: int, start: int):
+    fast = session.fast
+    order = (
+        accel.LengthBucketedOrder([len(e) for e in session.train_enc], hparams.batch_size, seed)
+        if fast.length_bucketing
+        else partial(batch_indices, n=len(session.train_enc), batch_size=hparams.batch_size, seed=seed)
+    )
+    return accel.train_batches(
+        fast,
+        steps=range(start, hparams.max_steps),
+        order=order,
+        encoded=session.train_enc,
+        labels=train.labels,
+        collate=partial(
+            collate, pad_id=session.pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length
+        ),  # fmt: skip
+    )
+
+
+def _optimizer_step(
+    session: _Session, batch: dict, labels: torch.Tensor, micro_batch: int, step: int
+) -> tuple[float, int]:
+    """One training step with the out-of-memory back-off; (loss, micro-batch size that fitted)."""
+    loss, micro_batch = backward_with_oom_backoff(
+        session.model, batch, labels, optimizer=session.optimizer, micro_batch=micro_batch, fast=session.fast,
+        scaler=session.scaler,
+    )  # fmt: skip
+    session.scaler.unscale_(session.optimizer)  # clip the true gradients
+    torch.nn.utils.clip_grad_norm_(session.trainable, 1.0)
+    try:
+        session.scaler.step(session.optimizer)
+    except RuntimeError as err:  # a smaller batch cannot help: the state is per parameter
+        raise TrainingResourceError(
+            f"out of memory in the optimizer step at step {step + 1} (its state is kept per trainable "
+            f"parameter, {sum(p.numel() for p in session.trainable):,} here): {oom_message(err)}. Use a smaller "
+            "base model, freeze more layers (model.frozen_layers) or a device with more memory."
+        ) from err
+    session.scaler.update()
+    session.scheduler.step()
+    return float(loss), micro_batch
+
+
+def _evaluate_and_keep_best(
+    session: _Session, cfg: RunConfig, validation: SplitData, progress: _Progress, best_root: Path
+) -> dict[str, float]:
+    """Validate at `progress.step`; a new best model is saved as a version of `best_root`."""
+    with accel.autocast(session.fast):
+        metrics = evaluate(session.model, session.val_enc, validation.labels, session.pad_id, session.device)
+    progress.history.append({"step": progress.step, **metrics})
+    log.info(
+        "step %d/%d: validation %s", progress.step, cfg.train.max_steps, {k: round(v, 4) for k, v in metrics.items()}
+    )
+    value, sign = metrics[cfg.hpo.metric], (1 if cfg.hpo.direction == "maximize" else -1)
+    if progress.best_value is None or sign * value > sign * progress.best_value:
+        progress.best_value, progress.best_step, progress.best_metrics = value, progress.step, metrics
+        ensure_free_space(best_root, checkpoint_size_estimate(session.model, session.optimizer), "the best model")
+        progress.best_dir = VersionedDir(best_root).write(
+            step_version(progress.step), lambda folder: save_model(session.model, session.tokenizer, folder)
+        )
+    return metrics
+
+
+class _CheckpointPolicy:
+    """When to checkpoint: every `checkpoint_every` steps but no sooner than the fast path's
+    `checkpoint_min_seconds` after the previous one, and at once when a stop is requested."""
+
+    def __init__(self, cfg: RunConfig, fast: accel.FastPath, max_steps: int) -> None:
+        self.every, self.min_seconds, self.max_steps = (
+            cfg.train.checkpoint_every,
+            fast.checkpoint_min_seconds,
+            max_steps,
+        )
+        self.last = time.monotonic()
+
+    def due(self, step: int, stopping: bool) -> bool:
+        regular = step % self.every == 0 and step < self.max_steps
+        if stopping or (regular and time.monotonic() - self.last >= self.min_seconds):
+            self.last = time.monotonic()
+            return True
+        return False
 
 
 def train_model(
@@ -378,141 +540,50 @@ def train_model(
     to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps (no sooner than the fast path's
     `checkpoint_min_seconds` after the previous one; written in the background on CUDA), and at once when
     `stop_requested()` turns true (then TrainingInterrupted is raised). `stop_after_step` ends the
-    loop early (used to simulate interruption in tests).
+    loop early (used to simulate interruption in tests). `on_checkpoint(folder)` gets each
+    checkpoint's folder once it is complete on disk.
 
     Returns:
         TrainResult with the best validation metrics and where the best model is.
     Raises:
         ModelLoadError: the base model cannot be loaded. Anything `on_eval` raises propagates.
     """
-    from transformers import AutoTokenizer
-
     t0 = time.perf_counter()
-    fast = accel.select_fast_path(cfg.train, accel.probe_capabilities(cfg.train.device))
-    log.info("training fast path:\n%s", fast.describe())
-    accel.apply_global_settings(fast)
-    device = torch.device(fast.device)
-    seed_everything(seed)
-    model = build_model(
-        task=cfg.task.type,
-        labels=cfg.task.labels,
-        base=cfg.model.base,
-        freeze_embeddings=cfg.model.freeze_embeddings,
-        frozen_layers=cfg.model.frozen_layers,
-    ).to(device)
-    accel.maybe_compile(model.hf, fast)
-    from trainflow.modeling import resolve_base_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
-    pad_id = int(tokenizer.pad_token_id or 0)
-    train_enc = encode(tokenizer, train.texts, cfg.model.max_length)
-    val_enc = encode(tokenizer, validation.texts, cfg.model.max_length)
-
-    optimizer = torch.optim.AdamW(
-        param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate, **accel.adamw_kwargs(fast)
-    )
-    scaler = accel.grad_scaler(fast)  # disabled (a pass-through) unless fp16
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    warmup = int(hparams.warmup_ratio * hparams.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps))
-
-    ckpt_dir = out_dir / "checkpoint"
-    best_dir = out_dir / "best"
-    step, best_value, best_step, best_metrics = 0, None, -1, {}
-    history: list[dict[str, float]] = []
-    meta = read_checkpoint_meta(resume_dir)
-    if meta is not None and resume_dir is not None:
-        _restore(resume_dir, model, optimizer, scheduler)
-        step, best_value, best_step = meta["step"], meta["best_value"], meta["best_step"]
-        best_metrics, history = meta["best_metrics"], meta["history"]
-        if meta.get("grad_scaler"):
-            scaler.load_state_dict(meta["grad_scaler"])
-        log.info("resumed from %s at step %d (checkpoint wins over fresh init)", resume_dir, step)
-    resumed_from = step
-
-    metric, sign = cfg.hpo.metric, (1 if cfg.hpo.direction == "maximize" else -1)
-    batches = accel.train_batches(
-        fast,
-        steps=range(step, hparams.max_steps),
-        order=accel.LengthBucketedOrder([len(e) for e in train_enc], hparams.batch_size, seed)
-        if fast.length_bucketing
-        else partial(batch_indices, n=len(train_enc), batch_size=hparams.batch_size, seed=seed),
-        encoded=train_enc,
-        labels=train.labels,
-        collate=partial(collate, pad_id=pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length),
-    )
+    session = _setup(cfg, hparams, train, validation, seed)
+    ckpt_root, best_root = out_dir / CHECKPOINT_DIR, out_dir / BEST_DIR
+    progress = _resume(session, resume_dir, best_root)
+    resumed_from = progress.step
+    batches = _batches(session, cfg, hparams, train, seed, progress.step)
     # On CUDA the checkpoint is written (and on_checkpoint called) by a background thread while
     # training goes on; the loop only waits for the copy of the state to CPU memory.
-    writer = CheckpointWriter(asynchronous=fast.async_checkpoint, on_written=on_checkpoint)
-    last_checkpoint = time.monotonic()
+    writer = CheckpointWriter(asynchronous=session.fast.async_checkpoint, on_written=on_checkpoint)
+    policy = _CheckpointPolicy(cfg, session.fast, hparams.max_steps)
     micro_batch = hparams.batch_size  # halved on out-of-memory, then kept for the rest of the run
     try:
-        while step < hparams.max_steps:
-            model.train(True)
+        while progress.step < hparams.max_steps:
+            session.model.train(True)
             batch, labels = next(batches)
-            loss, micro_batch = backward_with_oom_backoff(
-                model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler
-            )
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            try:
-                scaler.step(optimizer)
-            except RuntimeError as err:  # a smaller batch cannot help: the state is per parameter
-                raise TrainingResourceError(
-                    f"out of memory in the optimizer step at step {step + 1} (its state is kept per trainable "
-                    f"parameter, {sum(p.numel() for p in trainable):,} here): {oom_message(err)}. Use a smaller "
-                    "base model, freeze more layers (model.frozen_layers) or a device with more memory."
-                ) from err
-            scaler.update()
-            scheduler.step()
-            step += 1
+            loss, micro_batch = _optimizer_step(session, batch, labels, micro_batch, progress.step)
+            progress.step += 1
+            step = progress.step
             if log_values is not None:
-                log_values(step, {"train/loss": float(loss), "train/lr": float(scheduler.get_last_lr()[0])})
+                log_values(step, {"train/loss": loss, "train/lr": float(session.scheduler.get_last_lr()[0])})
             if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
-                with accel.autocast(fast):
-                    metrics = evaluate(model, val_enc, validation.labels, pad_id, device)
-                history.append({"step": step, **metrics})
-                log.info(
-                    "step %d/%d: validation %s", step, hparams.max_steps, {k: round(v, 4) for k, v in metrics.items()}
-                )
+                metrics = _evaluate_and_keep_best(session, cfg, validation, progress, best_root)
                 if log_values is not None:
                     log_values(step, {f"val/{k}": v for k, v in metrics.items()})
-                if best_value is None or sign * metrics[metric] > sign * best_value:
-                    best_value, best_step, best_metrics = metrics[metric], step, metrics
-                    tmp = best_dir.with_name("best.tmp")
-                    if tmp.exists():
-                        shutil.rmtree(tmp)
-                    ensure_free_space(best_dir, checkpoint_size_estimate(model, optimizer), "the best model")
-                    save_model(model, tokenizer, tmp)
-                    atomic_replace_dir(tmp, best_dir)
                 if on_eval is not None:
                     on_eval(step, metrics)
             # A stop request (SIGTERM / SIGUSR1 before preemption) forces a checkpoint now.
             stopping = stop_requested is not None and stop_requested() and step < hparams.max_steps
-            due = step % cfg.train.checkpoint_every == 0 and step < hparams.max_steps
-            if (due and time.monotonic() - last_checkpoint >= fast.checkpoint_min_seconds) or stopping:
-                last_checkpoint = time.monotonic()
-                ensure_checkpoint_space(ckpt_dir, model, optimizer)  # before the snapshot: nothing half-written
-                writer.save(
-                    ckpt_dir,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    step=step,
-                    extra={
-                        **(checkpoint_tags or {}),
-                        "seed": seed,
-                        "hparams": asdict(hparams),
-                        "best_value": best_value,
-                        "best_step": best_step,
-                        "best_metrics": best_metrics,
-                        "history": history,
-                        "grad_scaler": scaler.state_dict(),  # {} unless fp16
-                    },
-                )
-                if stopping:
-                    writer.wait()  # the checkpoint must be on disk before the process exits
+            if policy.due(step, stopping):
+                ensure_checkpoint_space(ckpt_root, session.model, session.optimizer)  # nothing half-written
+                extra = {**(checkpoint_tags or {}), "seed": seed, "hparams": asdict(hparams),
+                         **progress.checkpoint_extra(), "grad_scaler": session.scaler.state_dict()}  # fmt: skip
+                writer.save(ckpt_root, model=session.model, optimizer=session.optimizer,
+                            scheduler=session.scheduler, step=step, extra=extra)  # fmt: skip
             if stopping:
+                writer.wait()  # the checkpoint must be on disk before the process exits
                 raise TrainingInterrupted(f"stop requested: checkpoint saved at step {step}", step=step)
             if stop_after_step is not None and step >= stop_after_step:
                 break
@@ -521,20 +592,15 @@ def train_model(
         raise
     writer.close()
     return TrainResult(
-        metrics=best_metrics,
-        best_step=best_step,
-        model_dir=str(best_dir),
-        steps_run=step - resumed_from,
+        metrics=progress.best_metrics,
+        best_step=progress.best_step,
+        model_dir=str(progress.best_dir or best_root),
+        steps_run=progress.step - resumed_from,
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - t0,
-        history=history,
+        history=progress.history,
         micro_batch_size=micro_batch,
     )
-
-
-def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights in a checkpoint folder (for comparing a resumed run with an uninterrupted one)."""
-    return load_file(str(folder / WEIGHTS_FILE))
 
 
 def cpu_threads(requested: int, workers: int) -> int:

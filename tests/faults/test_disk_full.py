@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.registry_helpers import sample_metadata
 from tests.tiny import rt_texts, tiny_config
 from trainflow.config import parse_config_dict
 from trainflow.data import SplitData
 from trainflow.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
 from trainflow.errors import DiskSpaceError
-from trainflow.publish import publish_package, verify_package
+from trainflow.package import publish_package, verify_package
 from trainflow.train import Hyperparams, read_checkpoint_meta, train_model
 
 HP = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=8, max_steps=9)
@@ -80,12 +81,10 @@ def test_package_on_a_full_tmpfs_fails_cleanly(tmp_path: Path, small_disk: Path,
     shutil.copytree(tiny_onnx, src)
     shutil.copy(src / "model.onnx", src / "model_int8.onnx")  # publishing copies files, it does not run them
     sources = [src]
-    meta = {"task": "classification"}
-    verify_package(Path(publish_package(artifact_root=root, model_name="m", version="v1", sources=sources,
-                                        metadata=meta).path))  # fmt: skip
+    verify_package(Path(publish_package(artifact_root=root, sources=sources, metadata=sample_metadata("v1")).path))
     _fill(small_disk, leave=DEFAULT_MARGIN_BYTES // 2)
     with pytest.raises(DiskSpaceError, match="not enough disk for package m v2"):
-        publish_package(artifact_root=root, model_name="m", version="v2", sources=sources, metadata=meta)
+        publish_package(artifact_root=root, sources=sources, metadata=sample_metadata("v2"))
     assert [p.name for p in (root / "m").iterdir()] == ["v1"], "no temporary or partial package"
 
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 from trainflow.records import query
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-PY = str(ROOT / ".venv" / "bin" / "python")
+PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)
 
 
 def _flow(tmp: Path, command: str) -> list[str]:
@@ -33,7 +34,7 @@ def test_kill_9_during_training_then_resume_publishes_once(tmp_path: Path, tiny_
     proc = subprocess.Popen(_flow(tmp_path, "run"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
-    while not list(tmp_path.glob("runs/tiny/*/trials/trial-*/checkpoint/meta.json")):
+    while not list(tmp_path.glob("runs/tiny/*/trials/trial-*/checkpoint/step-*/meta.json")):
         assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)

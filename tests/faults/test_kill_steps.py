@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,11 +39,11 @@ from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
 from trainflow.errors import PackageVerificationError
 from trainflow.faults import MARKER_ENV, PAUSE_ENV
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 from trainflow.records import query
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-PY = str(ROOT / ".venv" / "bin" / "python")
+PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)
 STEPS = ["start", "train", "join", "export", "quantize", "publish", "end"]
 POINTS = ["start", "join", "export", "quantize", "publish", "publish-renamed"]
 

@@ -25,10 +25,10 @@ from tests.tiny import ROOT, rt_texts, tiny_config
 from trainflow.config import parse_config_dict
 from trainflow.data import SplitData
 from trainflow.hpo import open_storage, open_study, run_worker, trial_dir
-from trainflow.train import META_FILE
+from trainflow.train import read_checkpoint_meta
 
 pytestmark = [pytest.mark.slow]
-PY = str(ROOT / ".venv" / "bin" / "python")
+PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)
 GRACE = 3
 
 
@@ -65,21 +65,19 @@ def _spawn_and_kill(cfg_path: Path, storage: Path, worker: int, work: Path, tria
     proc = subprocess.Popen([PY, "-m", "tests.faults.test_trial_kill", str(cfg_path), str(storage), str(worker),
                              str(work)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
-    meta = trial_dir(work, trial) / "checkpoint" / META_FILE
+    checkpoints = trial_dir(work, trial) / "checkpoint"
     deadline = time.time() + 120
     while True:
         assert proc.poll() is None, (work.parent / log.name).read_text()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
-        try:
-            if json.loads(meta.read_text())["step"] >= min_step:
-                break
-        except (OSError, ValueError):
-            pass
+        meta = read_checkpoint_meta(checkpoints)
+        if meta is not None and meta["step"] >= min_step:
+            break
         time.sleep(0.05)
     time.sleep(0.2)  # into the next checkpoint interval: these steps are what the kill loses
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return json.loads(meta.read_text())["step"]
+    return read_checkpoint_meta(checkpoints)["step"]
 
 
 def _study(cfg_path: Path, storage: Path) -> optuna.Study:

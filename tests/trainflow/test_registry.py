@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry_helpers import make_package, package_sources, tamper
+from tests.registry_helpers import make_package, package_sources, sample_metadata, tamper
 from trainflow.cli import main as cli
 from trainflow.config import RegistryConfig
 from trainflow.errors import RegistryError
-from trainflow.publish import publish_package
+from trainflow.package import publish_package
 from trainflow.registry import (
     REGISTRY_DIR,
     STATE_FILE,
@@ -60,9 +60,9 @@ def test_promote_archive_and_rollback_with_events(tmp_path: Path, src: Path, mon
         rollback(artifact_root=root)
 
     recorded = registry_events(artifact_root=root)
-    assert [e["seq"] for e in recorded] == list(range(1, len(recorded) + 1))
-    assert {e["who"] for e in recorded} == {"alice"}
-    assert [(e["action"], e["version"], e["from_stage"], e["to_stage"]) for e in recorded] == [
+    assert [e.seq for e in recorded] == list(range(1, len(recorded) + 1))
+    assert {e.who for e in recorded} == {"alice"}
+    assert [(e.action, e.version, e.from_stage, e.to_stage) for e in recorded] == [
         ("publish", "v1", None, "staging"),
         ("publish", "v2", None, "staging"),
         ("publish", "v3", None, "staging"),
@@ -76,7 +76,7 @@ def test_promote_archive_and_rollback_with_events(tmp_path: Path, src: Path, mon
         ("rollback", "v2", "production", "archived"),
         ("rollback", "v1", "archived", "production"),
     ]
-    assert all(e["at"] for e in recorded)
+    assert all(e.at for e in recorded)
     # The state file is the events replayed.
     state = json.loads((root / REGISTRY_DIR / STATE_FILE).read_text())
     assert state["models"]["m"]["production_history"] == ["v1"]
@@ -89,9 +89,7 @@ def test_a_package_published_before_the_registry_is_staging(tmp_path: Path, src:
     assert stages_of(root) == {"old": "staging"}
     promote(artifact_root=root, version="old", policy=POLICY)
     assert stages_of(root) == {"old": "production"}
-    assert [(e["from_stage"], e["to_stage"]) for e in registry_events(artifact_root=root)] == [
-        ("staging", "production")
-    ]
+    assert [(e.from_stage, e.to_stage) for e in registry_events(artifact_root=root)] == [("staging", "production")]
 
 
 @pytest.mark.parametrize("what", ["candidate", "rollback target"])
@@ -112,7 +110,7 @@ def test_a_tampered_package_is_refused(tmp_path: Path, src: Path, what: str) -> 
             rollback(artifact_root=root)
         expected = {"v1": "archived", "v2": "production"}
     assert stages_of(root) == expected
-    assert registry_events(artifact_root=root)[-1]["to_stage"] == "production", "a refused change records nothing"
+    assert registry_events(artifact_root=root)[-1].to_stage == "production", "a refused change records nothing"
 
 
 def test_a_regressing_version_is_refused_within_the_margin_accepted(tmp_path: Path, src: Path) -> None:
@@ -135,8 +133,8 @@ def test_a_regressing_version_is_refused_within_the_margin_accepted(tmp_path: Pa
 def test_lower_is_better_metrics_regress_upwards(tmp_path: Path, src: Path) -> None:
     root = tmp_path / "art"
     for version, mae in [("a", 0.40), ("b", 0.45), ("c", 0.39)]:
-        publish_package(artifact_root=root, model_name="m", version=version, sources=[src],
-                        metadata={"metrics": {"test_fp32_onnx": {"mae": mae}, "test_int8_onnx": {"mae": mae}}})  # fmt: skip
+        publish_package(artifact_root=root, sources=[src],
+                        metadata=sample_metadata(version, test={"accuracy": 0.5, "mae": mae}))  # fmt: skip
     policy = RegistryConfig(metric="mae", max_regression=0.02)
     promote(artifact_root=root, version="a", policy=policy)
     with pytest.raises(RegistryError, match=r"test_fp32_onnx.mae 0.4500 is worse than production a's 0.4000"):
@@ -214,14 +212,14 @@ def test_concurrent_promotes_leave_one_production_and_every_event(tmp_path: Path
     history = state["models"]["m"]["production_history"]
     assert sorted(history) == versions and final[history[-1]] == "production"
     events = registry_events(artifact_root=root)
-    promotes = [e for e in events if e["action"] == "promote"]
+    promotes = [e for e in events if e.action == "promote"]
     assert len(promotes) == 6 + 5, "each promote records itself and (after the first) the version it archives"
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "no sequence number lost or repeated"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), "no sequence number lost or repeated"
     # Replaying the events in order gives the state, and each promotion archived its predecessor.
     replay: dict[str, str] = {}
     for e in events:
-        assert replay.get(e["version"]) == e["from_stage"]
-        replay[e["version"]] = e["to_stage"]
+        assert replay.get(e.version) == e.from_stage
+        replay[e.version] = e.to_stage
     assert replay == final
-    order = [e["version"] for e in promotes if e["to_stage"] == "production"]
+    order = [e.version for e in promotes if e.to_stage == "production"]
     assert order == history

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 from trainflow.records import query
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 from trainflow.records import query
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -29,7 +30,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             pytest.fail("CI must run the SLURM tests (needs root for apt-get and the daemons)")
         pytest.skip("the local SLURM cluster needs root")
     state = tmp_path_factory.mktemp("cluster")
-    env = {**os.environ, "TRAINFLOW_CLUSTER_DIR": str(state)}
+    # The cluster's jobs and its S3 store use the interpreter environment running the tests.
+    env = {**os.environ, "TRAINFLOW_CLUSTER_DIR": str(state), "TRAINFLOW_VENV": str(Path(sys.executable).parent.parent)}
     t0 = time.perf_counter()
     out = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -48,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 def _run_flow(tmp: Path, model_dir: Path, env: dict, **overrides) -> subprocess.CompletedProcess:
     cfg = write_config(tmp / "cfg.yaml", tiny_config(tmp, model_dir, **overrides))
     return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "flows" / "train_flow.py"), "--config", "config", str(cfg), "run"],
+        [sys.executable, str(ROOT / "flows" / "train_flow.py"), "--config", "config", str(cfg), "run"],
         cwd=tmp, env={**env, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp)}, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
@@ -60,7 +62,7 @@ def _slurm_jobs(tmp: Path, env: dict, run_id: str) -> list[str]:
         f"r = Run('TrainFlow/{run_id}');"
         "print(json.dumps([m.value for t in r['train'] for m in t.metadata if m.name == 'slurm-job-id']))"
     )
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], cwd=tmp, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True,
                          env={**env, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp)}, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -108,7 +110,7 @@ def test_trials_run_as_slurm_jobs_and_publish_the_same_package(
 def test_retry_resubmits_a_killed_job_and_resumes_from_its_checkpoint(cluster, tmp_path, tiny_model_dir) -> None:
     env = cluster["env"]
     proc = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "flows" / "train_flow.py"), "--config", "config",
+        [sys.executable, str(ROOT / "flows" / "train_flow.py"), "--config", "config",
          str(write_config(tmp_path / "cfg.yaml", tiny_config(
              tmp_path, tiny_model_dir, compute__backend="slurm", compute__retries=1, hpo__n_trials=1,
              hpo__n_workers=1, train__max_steps=1500, train__checkpoint_every=100000, train__eval_every=1500,
@@ -132,7 +134,7 @@ def test_retry_resubmits_a_killed_job_and_resumes_from_its_checkpoint(cluster, t
     assert _scontrol(retry_job, env)["JobState"] == "COMPLETED"
     (run_key,) = query(tmp_path / "artifacts", "SELECT run_key FROM runs")[1][0]
     records = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "trainflow"), "trials", run_key, "--artifact-root", str(tmp_path / "artifacts")],
+        [sys.executable, "-m", "trainflow.cli", "trials", run_key, "--artifact-root", str(tmp_path / "artifacts")],
         capture_output=True,
         text=True,
         check=True,
@@ -166,7 +168,7 @@ def test_kubernetes_backend_compiles_to_a_spec_with_image_gpu_and_command(cluste
         tmp_path, tiny_model_dir, compute__backend="kubernetes", compute__image="ghcr.io/example/trainflow:0.1",
         compute__gpus=1, compute__cpus=4, compute__memory_mb=16000, publish__run_root="/mnt/shared/runs"))  # fmt: skip
     out = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "flows" / "train_flow.py"), "--config", "config", str(cfg),
+        [sys.executable, str(ROOT / "flows" / "train_flow.py"), "--config", "config", str(cfg),
          "argo-workflows", "create", "--only-json"],
         cwd=tmp_path, env=cluster["env"], capture_output=True, text=True, timeout=300,
     )  # fmt: skip

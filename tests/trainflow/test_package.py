@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.registry_helpers import sample_metadata
 from trainflow.cli import main as cli
 from trainflow.errors import PackageVerificationError, PublishError
-from trainflow.publish import publish_package, verify_package
-from trainflow.records import format_table, leaderboard, query, write_records
+from trainflow.package import publish_package, verify_package
+from trainflow.records import PackageRow, TrialRow, package_scores, query, write_rows
 
 
 @pytest.fixture
@@ -23,8 +24,7 @@ def fake_onnx_dir(tmp_path: Path, tiny_onnx: Path) -> Path:
 
 
 def _publish(root: Path, src: Path, version: str = "v1"):
-    return publish_package(artifact_root=root, model_name="m", version=version, sources=[src],
-                           metadata={"task": "classification"})  # fmt: skip
+    return publish_package(artifact_root=root, sources=[src], metadata=sample_metadata(version))
 
 
 def test_publish_writes_a_complete_verified_package(tmp_path: Path, fake_onnx_dir: Path) -> None:
@@ -70,35 +70,29 @@ def test_versions_are_immutable_and_incomplete_sources_are_refused(tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "art" / "m").iterdir()) == ["v1"]
 
 
+def _package_row(version: str, acc: float) -> PackageRow:
+    return PackageRow(
+        model_name="m", version=version, path=f"/p/{version}", task="classification", dataset_version="d-1",
+        metric="accuracy", val_metric=acc, test_accuracy=acc, test_metric=acc, int8_metric=acc - 0.01,
+        int8_accuracy=acc - 0.01, int8_accuracy_drop=0.01, majority_baseline_accuracy=0.5, parity_max_abs_diff=0.0,
+        n_trials=4, git_commit="abc", pathspec="TrainFlow/1/publish/1", created_at="2026-01-01",
+    )  # fmt: skip
+
+
 def test_records_and_leaderboard_through_duckdb(tmp_path: Path, capsys) -> None:
     root = tmp_path / "art"
-    assert leaderboard(root) == ([], [])
+    assert package_scores(root)[1] == []
     for version, acc in [("a", 0.7), ("b", 0.9)]:
-        write_records(root, "packages", version, [{
-            "model_name": "m", "version": version, "task": "classification", "dataset_version": "d-1",
-            "test_accuracy": acc, "int8_accuracy": acc - 0.01, "majority_baseline_accuracy": 0.5,
-            "val_metric": acc, "metric": "accuracy", "n_trials": 4, "created_at": "2026-01-01",
-        }])  # fmt: skip
-    write_records(
-        root,
-        "trials",
-        "r1",
-        [
-            {
-                "run_key": "r1",
-                "number": i,
-                "state": "COMPLETE",
-                "params": {"lr": i},
-                "value": i / 10,
-                "worker": 0,
-                "duration_s": 1.0,
-            }
-            for i in range(3)
-        ],
-    )
-    cols, rows = leaderboard(root)
-    assert [r[cols.index("version")] for r in rows] == ["b", "a"]
-    assert "0.9" in format_table(cols, rows)
+        write_rows(root, version, [_package_row(version, acc)])
+    trials = [
+        TrialRow(run_key="r1", model_name="m", task="classification", number=i, state="COMPLETE", worker=0,
+                 params=json.dumps({"lr": i}), value=i / 10, metrics="{}", model_dir=None, duration_s=1.0, steps=6,
+                 resumed_from_step=0)
+        for i in range(3)
+    ]  # fmt: skip
+    write_rows(root, "r1", trials)
+    cols, rows = package_scores(root)
+    assert sorted((r[cols.index("version")], r[cols.index("test")]) for r in rows) == [("a", 0.7), ("b", 0.9)]
     assert query(root, "SELECT count(*) FROM trials WHERE json_extract(params, '$.lr') = 2")[1] == [(1,)]
     assert cli(["leaderboard", "--artifact-root", str(root)]) == 0
     assert cli(["trials", "r1", "--artifact-root", str(root)]) == 0

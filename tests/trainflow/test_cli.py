@@ -17,7 +17,7 @@ from stages.publish import publish_run
 from stages.quantize import quantize_model
 from stages.select import select_best
 from tests.registry_helpers import tamper
-from tests.tiny import tiny_config
+from tests.tiny import ROOT, tiny_config
 from trainflow.cli import main as cli
 from trainflow.config import parse_config_dict
 from trainflow.cost import TaskTiming
@@ -199,6 +199,6 @@ def test_commands_on_an_empty_root_fail_with_one_line(tmp_path: Path, capsys) ->
 def test_shipped_config_drives_promote(published: Published, tmp_path: Path, capsys) -> None:
     root = tmp_path / "art"
     shutil.copytree(published.root / "tiny", root / "tiny")
-    config = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+    config = ROOT / "config" / "default.yaml"
     assert cli(["promote", "v1", "--artifact-root", str(root), "--config", str(config)]) == 0
     assert "tiny v1: staging → production" in capsys.readouterr().out

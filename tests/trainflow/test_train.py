@@ -4,12 +4,12 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.tiny import rt_texts
+from tests.tiny import final_weights, rt_texts
+from trainflow.checkpoints import step_version
 from trainflow.config import parse_config_dict
 from trainflow.data import SplitData
-from trainflow.train import Hyperparams, batch_indices, final_weights, read_checkpoint_meta, train_model
+from trainflow.train import Hyperparams, batch_indices, read_checkpoint_meta, train_model
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +43,16 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, tiny_cf
     full = _train(cfg, splits, tmp_path / "full")
     saved: list[Path] = []
     part = _train(cfg, splits, tmp_path / "part", stop_after_step=6, on_checkpoint=saved.append)
-    assert part.steps_run == 6 and saved == [tmp_path / "part" / "checkpoint"]
+    assert part.steps_run == 6 and saved == [tmp_path / "part" / "checkpoint" / step_version(4)]
     assert read_checkpoint_meta(saved[0])["step"] == 4  # work lost: 2 steps (< one interval)
     resumed = _train(cfg, splits, tmp_path / "part", resume_dir=saved[0])
     assert resumed.resumed_from_step == 4 and resumed.steps_run == 8
     assert resumed.metrics == full.metrics
     assert resumed.history == full.history
-    a = final_weights_of(tmp_path / "full" / "best")
-    b = final_weights_of(tmp_path / "part" / "best")
+    a = final_weights(tmp_path / "full" / "best")
+    b = final_weights(tmp_path / "part" / "best")
     max_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert max_diff == 0.0
-
-
-def final_weights_of(best_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(best_dir / "model.safetensors"))
 
 
 def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, tiny_cfg, splits, caplog) -> None:
@@ -67,7 +61,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, tiny_cfg, splits
     _train(cfg, splits, tmp_path / "run", stop_after_step=4)
     ckpt = tmp_path / "run" / "checkpoint"
     assert read_checkpoint_meta(ckpt) is not None
-    weights = ckpt / "model.safetensors"
+    weights = ckpt / step_version(4) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, as after a kill during save
     with caplog.at_level(logging.WARNING):
         assert read_checkpoint_meta(ckpt) is None

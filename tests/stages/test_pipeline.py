@@ -21,7 +21,7 @@ from trainflow.errors import DatasetError
 from trainflow.hpo import run_worker
 from trainflow.modeling import ordinal_probabilities, predict_classes
 from trainflow.onnx_model import OnnxTextModel
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 
 
 def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.registry_helpers import make_package, package_sources
 from trainflow.cli import main as cli
 from trainflow.config import RegistryConfig, RetentionRule
-from trainflow.publish import verify_package
+from trainflow.package import verify_package
 from trainflow.registry import list_versions, promote, registry_events
 from trainflow.retention import apply_retention
 
@@ -65,8 +65,8 @@ def test_old_staging_versions_go_protected_versions_stay(tmp_path: Path, src: Pa
     assert stages_of(root) == {"v0": "archived", "v1": "production", "v2": "deleted", "v3": "deleted",
                                "v4": "staging", "v5": "staging"}  # fmt: skip
     assert sorted(p.name for p in (root / "m").iterdir()) == ["v0", "v1", "v4", "v5"], "no .deleting-* left"
-    deleted = [e for e in registry_events(artifact_root=root) if e["to_stage"] == "deleted"]
-    assert [(e["version"], e["from_stage"], e["action"]) for e in deleted] == [
+    deleted = [e for e in registry_events(artifact_root=root) if e.to_stage == "deleted"]
+    assert [(e.version, e.from_stage, e.action) for e in deleted] == [
         ("v2", "staging", "retention"),
         ("v3", "staging", "retention"),
     ]
@@ -105,7 +105,7 @@ def test_dry_run_lists_and_deletes_nothing(tmp_path: Path, src: Path, capsys) ->
     assert str(root / "m" / "v0") in out and str(old / "checkpoint") in out
     assert str(new / "checkpoint") not in out
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
-    assert [e["action"] for e in registry_events(artifact_root=root)] == ["publish"] * 4
+    assert [e.action for e in registry_events(artifact_root=root)] == ["publish"] * 4
 
     assert cli(["retention", *args]) == 0  # dev rule: keep 3 versions, checkpoints 7 days
     assert "deleted 2 item(s)" in capsys.readouterr().out

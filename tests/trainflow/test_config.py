@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tiny import ROOT
 from trainflow.config import RunConfig, load_config, metaflow_config_parser, parse_config_dict
 from trainflow.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = ROOT / "config"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -68,3 +69,21 @@ def test_metaflow_parser_round_trips(tiny_cfg: dict) -> None:
     as_dict = metaflow_config_parser(yaml.safe_dump(tiny_cfg))
     assert RunConfig.model_validate(as_dict) == parse_config_dict(tiny_cfg)
     assert parse_config_dict(tiny_cfg).hpo.direction == "maximize"
+
+
+def test_cross_field_problems_are_reported_with_an_invalid_field(tiny_cfg: dict) -> None:
+    """A bad value in one section does not hide the combination problems of the others."""
+    tiny_cfg["train"]["max_steps"] = -1
+    tiny_cfg["task"]["labels"] = ["a", "a"]
+    tiny_cfg["hpo"].update(n_workers=5, n_trials=2)
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg)
+    problems = info.value.problems
+    assert any(p.startswith("train.max_steps:") for p in problems)
+    assert any("task.labels: ['a', 'a'] has duplicates" in p for p in problems)
+    assert any("hpo.n_workers: 5 exceeds hpo.n_trials 2" in p for p in problems)
+    # A check that reads the invalid section is skipped, not run on a default.
+    tiny_cfg["train"]["device"] = "cuda"
+    with pytest.raises(ConfigError) as info:
+        parse_config_dict(tiny_cfg)
+    assert not any("train.device" in p for p in info.value.problems)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.tiny import ROOT
 from trainflow.config import DataConfig, TaskConfig
 from trainflow.data import load_split, snapshot_dataset
 from trainflow.errors import DatasetError
@@ -34,13 +35,13 @@ def test_snapshot_is_deterministic_and_checksummed(tmp_path: Path) -> None:
     a = _snap(path, tmp_path, calibration_size=10)
     b = _snap(path, tmp_path, calibration_size=10)
     assert a.version == b.version and a.sha256 == b.sha256 and len(a.sha256) == 64
-    assert sum(a.split_counts[s] for s in ("train", "validation", "test")) == 200
-    assert a.split_counts["calibration"] == 10
+    assert sum(a.splits[s] for s in ("train", "validation", "test")) == 200
+    assert a.splits["calibration"] == 10
     assert load_split(a, "test").ids == load_split(b, "test").ids
     splits = {s: set(load_split(a, s).ids) for s in ("train", "validation", "test")}
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["validation"])
     assert set(load_split(a, "calibration").ids) <= splits["train"]
-    assert json.loads((tmp_path / "out" / "snapshot.json").read_text())["label_counts"] == {"neg": 100, "pos": 100}
+    assert json.loads((tmp_path / "out" / "snapshot.json").read_text())["labels"] == {"neg": 100, "pos": 100}
 
 
 def test_changed_bytes_change_the_version(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_jsonl_gz_and_parquet_inputs(tmp_path: Path) -> None:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     pq = tmp_path / "d.parquet"
     pd.DataFrame(rows).to_parquet(pq)
-    assert _snap(jl, tmp_path).n_rows == _snap(pq, tmp_path).n_rows == 60
+    assert _snap(jl, tmp_path).rows == _snap(pq, tmp_path).rows == 60
 
 
 @pytest.mark.parametrize(
@@ -115,11 +116,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_shipped_datasets_load(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent / "data"
+    root = ROOT / "data"
     rt = _snap(
         root / "rotten_tomatoes.csv.gz", tmp_path, task=TaskConfig(type="classification", labels=["rotten", "fresh"])
     )
-    assert rt.n_rows == 4000
+    assert rt.rows == 4000
     drug = _snap(root / "drug_reviews.csv.gz", tmp_path,
                  task=TaskConfig(type="ordinal", labels=["negative", "neutral", "positive"]))  # fmt: skip
-    assert drug.n_rows == 979 and set(drug.label_counts) == {"negative", "neutral", "positive"}
+    assert drug.rows == 979 and set(drug.labels) == {"negative", "neutral", "positive"}

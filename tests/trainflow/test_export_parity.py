@@ -16,6 +16,7 @@ from trainflow.errors import ParityError, QuantizationAccuracyError
 from trainflow.export import export_onnx
 from trainflow.modeling import build_model, save_model
 from trainflow.onnx_model import OnnxTextModel
+from trainflow.parity import check_parity
 from trainflow.quantize import (
     TextCalibrationReader,
     count_nodes,
@@ -23,7 +24,6 @@ from trainflow.quantize import (
     quantize_and_gate,
     quantize_static_int8,
 )
-from trainflow.verify import check_parity
 
 TEXTS = rt_texts(48)
 

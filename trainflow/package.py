@@ -8,23 +8,20 @@ place in one step, so a crash never leaves a half-written package that looks com
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
 
 from trainflow.diskspace import ensure_free_space
 from trainflow.errors import PackageVerificationError, PublishError
 from trainflow.faults import fault_window
+from trainflow.io import install_dir, sha256_file
+from trainflow.metadata import METADATA, PackageMetadata
 
 MANIFEST = "SHA256SUMS"
-METADATA = "metadata.json"
 PACKAGE_FILES = (
     "model.onnx",
     "model_int8.onnx",
@@ -47,14 +44,6 @@ class PackageResult:
     path: str
     version: str
     files: dict[str, str]
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -82,16 +71,16 @@ def git_commit(repo: Path) -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def publish_package(
-    *, artifact_root: Path, model_name: str, version: str, sources: list[Path], metadata: dict[str, Any]
-) -> PackageResult:
+def publish_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> PackageResult:
     """Copy the package files found in `sources` (first match wins), write metadata.json and
-    SHA256SUMS, and rename the folder into `<artifact_root>/<model_name>/<version>`.
+    SHA256SUMS, and rename the folder into `<artifact_root>/<model_name>/<version>` (both from
+    `metadata`), durably: every file and the folder are fsynced before the rename.
 
     Raises:
         PublishError: the version exists already or a required file is missing.
         DiskSpaceError: the disk lacks room for the package (checked before anything is written).
     """
+    model_name, version = metadata.model_name, metadata.version
     target = artifact_root / model_name / version
     if target.exists():
         raise PublishError(f"package {target} exists already; versions are immutable")
@@ -113,13 +102,10 @@ def publish_package(
         for name, src in chosen.items():
             shutil.copy2(src, tmp / name)
         fault_window("publish")
-        (tmp / METADATA).write_text(json.dumps({**metadata, "version": version}, indent=2, sort_keys=True))
-        digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
+        metadata.write(tmp)
+        digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
-        for p in tmp.iterdir():
-            with p.open("rb") as fh:
-                os.fsync(fh.fileno())
-        os.rename(tmp, target)  # atomic on one filesystem; fails if target appeared meanwhile
+        install_dir(tmp, target)  # fails if the target appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,7 +132,7 @@ def verify_package(path: Path) -> dict[str, str]:
         f = path / name
         if not f.is_file():
             problems.append(f"{name}: listed but missing")
-        elif sha256_of(f) != digest:
+        elif sha256_file(f) != digest:
             problems.append(f"{name}: SHA-256 does not match the manifest (file changed)")
     extra = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in listed)
     problems += [f"{name}: present but not in the manifest" for name in extra]

@@ -11,9 +11,9 @@ import pytest
 from trainflow import reports
 from trainflow.config import HpoConfig
 from trainflow.hpo import CURVES_ATTR, open_study, trial_records
-from trainflow.publish import PackageResult
+from trainflow.package import PackageResult
+from trainflow.parity import ParityResult, decade_histogram
 from trainflow.quantize import QuantizeResult
-from trainflow.verify import ParityResult, decade_histogram
 
 
 def _study(tmp_path: Path, values: list[float | None], tiny_cfg_model) -> tuple[str, str]:

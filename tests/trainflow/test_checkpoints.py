@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train import _train, final_weights_of, splits  # noqa: F401 (fixture)
-from trainflow.checkpoints import WEIGHTS_FILE, CheckpointWriter
+from tests.tiny import final_weights
+from tests.trainflow.test_train import _train, splits  # noqa: F401 (fixture)
+from trainflow.checkpoints import WEIGHTS_FILE, CheckpointWriter, step_version
 from trainflow.config import parse_config_dict
 from trainflow.train import read_checkpoint_meta
 
@@ -52,7 +53,7 @@ def test_snapshot_is_isolated_from_training_that_goes_on(tmp_path: Path) -> None
     meta = read_checkpoint_meta(tmp_path / "ckpt")
     assert meta is not None, "files match the SHA-256 hashed while writing"
     assert meta["step"] == 1 and meta["history"] == [{"step": 1}]
-    saved = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    saved = load_file(str(tmp_path / "ckpt" / step_version(1) / WEIGHTS_FILE))
     for k, v in before.items():
         assert torch.equal(saved[k], v), k
 
@@ -93,7 +94,7 @@ def test_async_checkpoints_resume_exactly_like_synchronous_ones(tmp_path, tiny_c
     resumed = _train(async_cfg, splits, tmp_path / "part", resume_dir=tmp_path / "part" / "checkpoint")
     assert resumed.resumed_from_step == 6
     assert resumed.history == full.history
-    a, b = final_weights_of(tmp_path / "full" / "best"), final_weights_of(tmp_path / "part" / "best")
+    a, b = final_weights(tmp_path / "full" / "best"), final_weights(tmp_path / "part" / "best")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
 
 
@@ -108,3 +109,16 @@ def test_checkpoint_min_seconds_skips_step_checkpoints_but_not_a_stop_request(tm
         _train(cfg, splits, tmp_path / "run", on_checkpoint=lambda f: saved.append(read_checkpoint_meta(f)["step"]),
                stop_requested=lambda: next(steps) >= 4)  # fmt: skip
     assert saved == [5], "the due checkpoints at steps 2 and 4 came within the hour; the stop request saves at once"
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, caplog) -> None:
+    model, opt, sched = _tiny_state()
+    writer = CheckpointWriter(asynchronous=False)
+    for step in (1, 2):
+        writer.save(tmp_path / "ckpt", model=model, optimizer=opt, scheduler=sched, step=step, extra={})
+    newest = tmp_path / "ckpt" / step_version(2) / WEIGHTS_FILE
+    newest.write_bytes(newest.read_bytes()[:50])
+    with caplog.at_level(logging.WARNING):
+        meta = read_checkpoint_meta(tmp_path / "ckpt")
+    assert meta is not None and meta["step"] == 1
+    assert "model.safetensors is missing or corrupt" in caplog.text
