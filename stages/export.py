@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +27,9 @@ class ExportOutcome:
 
 def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> ExportOutcome:
     """ONNX export, then the parity gate on held-out test samples (raises ParityError)."""
-    onnx_dir = ctx.path / "onnx"
+    # A folder per attempt: a resumed export never overwrites the ONNX file that an earlier
+    # attempt's package (and its lineage) points to.
+    onnx_dir = ctx.path / "onnx" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     result = export_onnx(model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export)
     test = load_split(ctx.snapshot, "test")
     parity = check_parity(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from trainflow.cost import RunCost, TaskTiming, declared_resources, price_tasks
 from trainflow.data import load_split
 from trainflow.faults import fault_window
 from trainflow.hpo import TrialRecord
+from trainflow.io import sha256_file
 from trainflow.metadata import (
     BaseModelInfo,
     HpoSummary,
@@ -31,9 +31,17 @@ from trainflow.metadata import (
     read_metadata,
 )
 from trainflow.modeling import checksum_model_dir, count_parameters, majority_baseline, read_head, resolve_base_model
-from trainflow.package import PackageResult, git_commit, package_versions, publish_package, verify_package
+from trainflow.package import (
+    PackageResult,
+    git_commit,
+    package_versions,
+    publish_package,
+    remove_stale_temps,
+    verify_package,
+)
 from trainflow.quantize import QuantizeResult
 from trainflow.records import PackageRow, RunRow, TrialRow, as_json, write_rows
+from trainflow.registry import metadata_or_none
 from trainflow.tracking import lineage_ref, log_lineage_link
 
 log = logging.getLogger(__name__)
@@ -146,7 +154,7 @@ def build_metadata(*, cfg: RunConfig, run: RunOutputs, pathspec: str, version: s
         git_commit=git_commit(ROOT),
         metaflow=RunRef(pathspec=pathspec, run_key=run.ctx.run_key),
         packages=package_versions(),
-        config=cfg.model_dump(mode="json"),
+        config=cfg.public_dump(),
         cost=cost,
     )
 
@@ -158,17 +166,27 @@ def price_run(*, cfg: RunConfig, timings: list[TaskTiming], run_key: str = "", n
                        now=now or datetime.now(UTC), run_key=run_key, model_name=cfg.name)  # fmt: skip
 
 
-def _clean_earlier_attempts(model_root: Path, run_key: str) -> Path | None:
-    """Remove temporary package folders left by killed attempts of this run; return the package
-    this run published already, if one is in place. Versions end in `-<run key>`, and a run
-    publishes from one task at a time, so no live attempt's folder is touched."""
+def _earlier_package(model_root: Path, run: RunOutputs) -> Path | None:
+    """Remove the temporary package folders that killed attempts of this run left (never one a
+    live attempt is writing: its lock is held); return a package of this run already in place
+    whose metadata matches this attempt's inputs (best trial, FP32 ONNX digest), if any. A
+    package of an earlier attempt made from other inputs is left alone: this attempt publishes
+    its own version."""
     if not model_root.is_dir():
         return None
-    for tmp in model_root.glob(f".tmp-*-{run_key}-*"):
-        log.warning("removing %s, a partial package left by an interrupted publish of this run", tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-    done = sorted(p for p in model_root.glob(f"*-{run_key}") if p.is_dir() and not p.name.startswith("."))
-    return done[-1] if done else None
+    for tmp in remove_stale_temps(model_root, f".tmp-*-{run.ctx.run_key}-*"):
+        log.warning("removed %s, a partial package left by an interrupted publish of this run", tmp)
+    onnx_digest = sha256_file(run.exported.onnx_path)
+    for folder in sorted((p for p in model_root.glob(f"*-{run.ctx.run_key}") if p.is_dir()), reverse=True):
+        if folder.name.startswith("."):
+            continue
+        meta = metadata_or_none(folder)
+        fp32 = [n for n in (meta.lineage.nodes if meta else []) if n.get("kind") == "onnx_fp32"]
+        if meta and meta.lineage.trial == run.best.number and fp32 and fp32[0]["sha256"] == onnx_digest:
+            return folder
+        log.warning("package %s of an earlier attempt was made from other inputs (best trial or ONNX); not reused",
+                    folder)  # fmt: skip
+    return None
 
 
 def _write_package(
@@ -177,7 +195,7 @@ def _write_package(
     """The package this run published (an earlier attempt's, verified), or a new one."""
     root = Path(cfg.publish.artifact_root).resolve()
     run_key = run.ctx.run_key
-    earlier = _clean_earlier_attempts(root / cfg.name, run_key)
+    earlier = _earlier_package(root / cfg.name, run)
     if earlier is not None:
         meta = read_metadata(earlier)
         package = PackageResult(path=str(earlier), version=meta.version, files=verify_package(earlier))
@@ -215,7 +233,7 @@ def _run_row(cfg: RunConfig, ctx: RunContext, meta: PackageMetadata, pathspec: s
         cost=cost.get("total"), cost_currency=cost.get("currency"), cost_cpu=cost.get("cpu"),
         cost_gpu=cost.get("gpu"), cost_memory=cost.get("memory"), task_seconds=cost.get("task_seconds"),
         dataset_version=ctx.snapshot.version, package_version=meta.version, best_trial=best.number,
-        config=json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        config=json.dumps(cfg.public_dump(), sort_keys=True),
     )  # fmt: skip
 
 

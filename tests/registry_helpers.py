@@ -3,12 +3,12 @@ export published with `publish_package`, with chosen test metrics and creation t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from trainflow.metadata import PackageMetadata
-from trainflow.package import PackageResult, publish_package
-from trainflow.registry import register
+from trainflow.package import PackageResult, assemble_package, publish_package
 
 
 def sample_metadata(
@@ -73,15 +73,18 @@ def make_package(
     model_name: str = "m",
     registered: bool = True,
 ) -> PackageResult:
-    """Publish `version` with the given test accuracies and register it as staging, as
-    `stages.publish.publish_run` does."""
+    """Publish `version` with the given test accuracies (registered as staging, as
+    `stages.publish.publish_run` does), or with `registered=False` put it in place unregistered."""
     int8 = accuracy if int8_accuracy is None else int8_accuracy
     metadata = sample_metadata(version, model_name=model_name, test={"accuracy": accuracy},
                                int8={"accuracy": int8}, created_at=created_at)  # fmt: skip
-    pkg = publish_package(artifact_root=root, sources=[src], metadata=metadata)
     if registered:
-        register(artifact_root=root, model_name=model_name, version=version)
-    return pkg
+        return publish_package(artifact_root=root, sources=[src], metadata=metadata)
+    # A folder the registry never saw (copied in by hand): assembled, then renamed by us.
+    assembled = assemble_package(artifact_root=root, sources=[src], metadata=metadata)
+    os.rename(assembled.tmp, assembled.target)
+    assembled.release()
+    return PackageResult(path=str(assembled.target), version=version, files=assembled.files)
 
 
 def tamper(path: Path) -> None:

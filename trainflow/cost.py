@@ -9,6 +9,7 @@ finished yet (the publish step pricing its own run) is counted up to `now` and m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from typing import Any
 from trainflow.config import ComputeConfig, CostConfig
 from trainflow.errors import CostError
 from trainflow.records import CostRow
+
+log = logging.getLogger(__name__)
 
 # The steps that carry `@resources` from `compute:` (flows/train_flow.py); the others run with
 # Metaflow's defaults for an undecorated step: 1 CPU, 4,096 MB, no GPU.
@@ -101,8 +104,10 @@ def price_tasks(
 ) -> RunCost:
     """Price every task (as `costs` record rows of run `run_key` of model `model_name`).
 
+    A task that ends before it starts (clock skew between hosts) is priced as 0 s, with a warning.
+
     Raises:
-        CostError: a naive datetime, or a task that ends before it starts.
+        CostError: a naive datetime.
     """
     tasks = []
     for t in timings:
@@ -114,7 +119,11 @@ def price_tasks(
                 )
         seconds = (end - t.started).total_seconds()
         if seconds < 0:
-            raise CostError(f"task {t.step}/{t.task_id}: finishes ({end}) before it starts ({t.started})")
+            # The hosts that recorded start and end disagree about the time (a task on another node,
+            # or `now` of this host): the task costs nothing rather than failing the publish step.
+            log.warning("task %s/%s: ends (%s) %.1f s before it starts (%s): clocks of different hosts disagree;"
+                        " priced as 0 s", t.step, t.task_id, end, -seconds, t.started)  # fmt: skip
+            seconds = 0.0
         res = resources.get(t.step, default)
         hours = seconds / 3600
         gpu_rate = rates.gpu_rate(res.gpu_type)

@@ -57,6 +57,7 @@ class Snapshot(DatasetSummary):
     split_labels: dict[str, dict[str, int]]
     directory: str
     files: dict[str, str] = field(default_factory=dict)
+    split_sha256: dict[str, str] = field(default_factory=dict)  # checked on every load_split
 
     def summary(self) -> DatasetSummary:
         return DatasetSummary(self.version, self.sha256, self.source, self.rows, self.splits, self.labels)
@@ -75,14 +76,14 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, raw: bytes) -> pd.DataFrame:
+    """Parse the file's bytes `raw` (the same bytes that were hashed)."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         try:
-            return pd.read_parquet(path)
+            return pd.read_parquet(io.BytesIO(raw))
         except Exception as err:  # pyarrow raises several types for a corrupt file
             raise DatasetError(path, f"cannot read Parquet: {err}") from None
-    raw = path.read_bytes()
     if name.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
@@ -161,8 +162,9 @@ def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: 
     path = Path(data.path)
     if not path.is_file():
         raise DatasetError(path, "file does not exist")
-    digest = sha256_file(path)
-    df = _assign_splits(_validate(path, _read_table(path), data, task), data, seed)
+    raw = path.read_bytes()  # hashed and parsed from the same bytes: a file changed meanwhile cannot slip in
+    digest = hashlib.sha256(raw).hexdigest()
+    df = _assign_splits(_validate(path, _read_table(path, raw), data, task), data, seed)
     counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
     short = {s: n for s, n in counts.items() if n < MIN_ROWS_PER_SPLIT}
     if short:
@@ -170,13 +172,15 @@ def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: 
             path, f"{len(df)} rows give splits {counts}; each split needs >= {MIN_ROWS_PER_SPLIT} rows; add data"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files: dict[str, str] = {}
+    split_sha256: dict[str, str] = {}
     frames = {s: df[df["split"] == s] for s in SPLITS}
     frames["calibration"] = frames["train"].head(data.calibration_size)
     for name, frame in frames.items():
         target = out_dir / f"{name}.parquet"
         with atomic_write(target) as tmp:
             frame[["id", "text", "label"]].to_parquet(tmp, index=False)
+            split_sha256[name] = sha256_file(tmp)
         files[name] = target.name
     names = task.labels
     snap = Snapshot(
@@ -189,13 +193,32 @@ def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: 
         split_labels={s: {names[k]: int(v) for k, v in sorted(Counter(f["label"]).items())} for s, f in frames.items()},
         directory=str(out_dir),
         files=files,
+        split_sha256=split_sha256,
     )
     atomic_write_text(out_dir / "snapshot.json", snap.to_json())
     return snap
 
 
 def load_split(snapshot: Snapshot, name: str) -> SplitData:
-    frame = pd.read_parquet(Path(snapshot.directory) / snapshot.files[name])
+    """One split of the snapshot, from bytes that match the SHA-256 recorded when it was written.
+
+    Raises:
+        DatasetError: the split file changed (or vanished) since the snapshot was taken.
+    """
+    path = Path(snapshot.directory) / snapshot.files[name]
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(path, f"split {name!r} of dataset {snapshot.version} cannot be read ({err})") from None
+    expected = snapshot.split_sha256.get(name)
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise DatasetError(
+            path,
+            f"split {name!r} of dataset {snapshot.version} changed since the snapshot was taken (SHA-256"
+            f" {hashlib.sha256(raw).hexdigest()[:12]}..., recorded {expected[:12]}...); nothing was trained on it."
+            " Start a new run (python flows/train_flow.py run) to snapshot the data again",
+        )
+    frame = pd.read_parquet(io.BytesIO(raw))
     return SplitData(
         ids=frame["id"].astype(str).tolist(), texts=frame["text"].tolist(), labels=frame["label"].astype(int).tolist()
     )

@@ -54,6 +54,10 @@ class PackageVerificationError(TrainflowError):
     """A deployment package's files do not match its SHA256SUMS manifest."""
 
 
+class JournalCorruptError(TrainflowError):
+    """The Optuna journal has a corrupt record that is not its last: the study cannot be read."""
+
+
 class MetadataError(TrainflowError):
     """A package's metadata.json is missing, unreadable, of an unknown schema version, or does not
     match its schema."""

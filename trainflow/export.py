@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from trainflow.config import ExportConfig
+from trainflow.diskspace import ensure_free_space
 from trainflow.modeling import HEAD_FILE
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> Expo
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    # The ONNX file holds the weights once more (plus graph): check before Optimum writes it.
+    weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    ensure_free_space(out_dir, int(weights * 1.2) + (8 << 20), "the ONNX export")
     main_export(
         str(model_dir),
         output=out_dir,

@@ -1,7 +1,8 @@
 """Test hook: hold a step at a named point so that a fault test can kill the run right there.
 
-Inactive unless `TRAINFLOW_FAULT_PAUSE` names the point (tests set it for one run and never for
-the `resume` that follows). When it does, the process writes its pid to the file named by
+Inactive unless `TRAINFLOW_FAULT_PAUSE` names the point and `TRAINFLOW_TEST_MODE=1` is set too
+(tests set both for one run and never the pause for the `resume` that follows), so a stray
+variable in a production environment cannot make a step sleep. When it does, the process writes its pid to the file named by
 `TRAINFLOW_FAULT_MARKER` and sleeps: the window in which the test sends a real SIGKILL. The
 hook only makes the timing deterministic; nothing here simulates the fault itself.
 
@@ -21,10 +22,15 @@ log = logging.getLogger(__name__)
 
 PAUSE_ENV = "TRAINFLOW_FAULT_PAUSE"
 MARKER_ENV = "TRAINFLOW_FAULT_MARKER"
+TEST_MODE_ENV = "TRAINFLOW_TEST_MODE"  # must be "1" too: a stray PAUSE variable alone never stalls a real run
 
 
 def fault_window(point: str) -> None:
     if os.environ.get(PAUSE_ENV) != point:
+        return
+    if os.environ.get(TEST_MODE_ENV) != "1":
+        log.warning("%s=%s is set but %s is not 1: ignored (the pause is a test hook)", PAUSE_ENV, point,
+                    TEST_MODE_ENV)  # fmt: skip
         return
     log.warning("fault window %r: pausing for a test to kill this process (pid %d)", point, os.getpid())
     marker = os.environ.get(MARKER_ENV)

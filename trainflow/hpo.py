@@ -21,14 +21,13 @@ trial whose owner is back is continued (1), not failed (2).
 
 Optuna 5's JournalStorage has no heartbeat (only RDBStorage implements optuna's BaseHeartbeat;
 upstream request https://github.com/optuna/optuna/issues/6615; its PR #6622 was closed),
-so `HeartbeatJournalStorage` adds one: a file per running trial beside the journal whose mtime is
+so `HeartbeatJournalStorage` (trainflow/journal.py) adds one: a file per running trial beside the journal whose mtime is
 the last beat. RDB URLs get RDBStorage's own heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -36,19 +35,19 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from trainflow.checkpoints import checkpoint_candidates, read_one_checkpoint
-from trainflow.config import HpoConfig, RunConfig
+from trainflow.config import HpoConfig, RunConfig, expand_env
 from trainflow.data import SplitData
+from trainflow.errors import ConfigError
+from trainflow.journal import HeartbeatJournalStorage, journal_storage
 from trainflow.tracking import TrialLogger, lineage_artifact, lineage_ref, trial_run
 from trainflow.train import CHECKPOINT_DIR, Hyperparams, TrainResult, cpu_threads, train_model
 
@@ -76,63 +75,18 @@ class TrialRecord:
         return asdict(self)
 
 
-class HeartbeatJournalStorage(optuna.storages.JournalStorage, optuna.storages._heartbeat.BaseHeartbeat):
-    """A journal-file study with heartbeats: `<journal>.heartbeats/<trial id>` is touched on each
-    beat. A RUNNING trial is stale when its file (or, before the first beat, its start time) is
-    older than `grace_period` seconds. The file's mtime is set by the filesystem that holds it
-    (the NFS server on a cluster), so keep the grace period far above any clock skew."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        heartbeat_interval: int,
-        grace_period: int,
-        stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    ) -> None:
-        super().__init__(JournalFileBackend(str(path)))
-        self._beats = path.with_name(path.name + ".heartbeats")
-        self._beats.mkdir(exist_ok=True)
-        self._interval = heartbeat_interval
-        self._grace = grace_period
-        self._callback = stale_trial_callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        beat = self._beats / str(trial_id)
-        beat.touch()
-        os.utime(beat)
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = self._beats / str(t._trial_id)
-            last = beat.stat().st_mtime if beat.exists() else (t.datetime_start or datetime.now()).timestamp()
-            if now - last > self._grace:
-                stale.append(t._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(
-        self,
-    ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
-        return self._callback
-
-
 def open_storage(spec: str | optuna.storages.BaseStorage, hpo: HpoConfig | None = None) -> optuna.storages.BaseStorage:
     """A journal file path, or an RDB URL (contains '://'); with heartbeats when `hpo` enables them."""
     if isinstance(spec, optuna.storages.BaseStorage):
         return spec
+    try:
+        spec = expand_env(spec)  # `${VAR}`: how a password reaches an RDB URL without entering the config
+    except KeyError as err:
+        raise ConfigError("hpo.storage", [str(err.args[0])]) from None
     if "://" not in spec:
         Path(spec).parent.mkdir(parents=True, exist_ok=True)
     if hpo is None or hpo.heartbeat_interval == 0:
-        return (
-            optuna.storages.RDBStorage(spec)
-            if "://" in spec
-            else optuna.storages.JournalStorage(JournalFileBackend(spec))
-        )
+        return optuna.storages.RDBStorage(spec) if "://" in spec else journal_storage(Path(spec))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=hpo.stale_trial_retries)
@@ -250,8 +204,9 @@ def run_worker(
                     log.info("worker %d: trial %d re-runs trial %d (failed by the heartbeat)", worker, trial.number,
                              origin)  # fmt: skip
             resume = _latest_checkpoint(cfg, trial, work_dir, resume_dir)
-            with _heartbeat(study, trial):
-                _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop_requested)
+            with _heartbeat(study, trial, cfg.hpo.heartbeat_grace_period) as beat_lost:
+                stop = (lambda: stop_requested() or beat_lost()) if cfg.hpo.heartbeat_interval else stop_requested
+                _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop)
             ran.append(trial.number)
         return [r for r in trial_records(study) if r.number in ran]
 
@@ -346,25 +301,52 @@ def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, load
     return None if best is None else best[1]
 
 
+# A beat that fails is retried this often per interval before the thread logs and waits again.
+BEAT_RETRIES = 3
+
+
 @contextmanager
-def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Beat every `heartbeat_interval` seconds in a thread while the trial runs (no-op without heartbeats)."""
+def _heartbeat(study: optuna.Study, trial: optuna.Trial, grace_period: float) -> Iterator[Callable[[], bool]]:
+    """Beat every `heartbeat_interval` seconds in a thread while the trial runs; yield `lost()`,
+    true once no beat has succeeded for half the grace period (then the trial must stop itself,
+    checkpointed, before other workers fail it as stale). A failing beat (an OSError of the
+    shared filesystem, a database hiccup) is retried and logged, never fatal to the thread.
+    Without heartbeats: a no-op whose `lost()` is always false."""
     storage = study._storage
     if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):
-        yield
+        yield lambda: False
         return
     interval = storage.get_heartbeat_interval()  # type: ignore[attr-defined]
-    stop = threading.Event()
+    stop, lost = threading.Event(), threading.Event()
+    last_ok = [time.monotonic()]
+
+    def beat_once() -> None:
+        for attempt in range(1, BEAT_RETRIES + 1):
+            try:
+                storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            except Exception as err:  # noqa: BLE001 - any storage error: retried, then reported below
+                log.warning("trial %d: heartbeat failed (attempt %d of %d): %s", trial.number, attempt, BEAT_RETRIES,
+                            err)  # fmt: skip
+                if stop.wait(min(1.0, interval / BEAT_RETRIES)):
+                    return
+                continue
+            last_ok[0] = time.monotonic()
+            return
+        if time.monotonic() - last_ok[0] > grace_period / 2 and not lost.is_set():
+            log.error("trial %d: no heartbeat for %.0f s (half the %d s grace period): stopping the trial with a"
+                      " checkpoint before other workers fail it as stale", trial.number,
+                      time.monotonic() - last_ok[0], grace_period)  # fmt: skip
+            lost.set()
 
     def beat() -> None:
         while not stop.wait(interval):
-            storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            beat_once()
 
-    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    beat_once()
     thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lost.is_set
     finally:
         stop.set()
         thread.join()
@@ -416,7 +398,7 @@ def _run_trial(
         run_id=f"{group}-trial-{trial.number}",
         group=group,
         name=f"trial-{trial.number}",
-        config={"trial": trial.number, "hparams": asdict(hparams), "run_config": cfg.model_dump(mode="json")},
+        config={"trial": trial.number, "hparams": asdict(hparams), "run_config": cfg.public_dump()},
         directory=work_dir,
         points=trial.user_attrs.get(CURVES_ATTR),  # what an earlier attempt recorded
     ) as tlog:

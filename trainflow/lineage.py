@@ -29,7 +29,7 @@ WEIGHTS = "model.safetensors"  # what save_model and save_checkpoint write (trai
 @dataclass(frozen=True)
 class Node:
     id: str
-    kind: Literal["dataset", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    kind: Literal["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
     path: str
     sha256: str
     parents: list[dict[str, str]] = field(default_factory=list)  # [{"id": ..., "sha256": ...}]
@@ -68,7 +68,13 @@ def build_lineage(
         LineageError: a completed trial's or an ONNX file is missing.
     """
     dataset = Node(f"dataset:{snapshot.version}", "dataset", str(Path(snapshot.source).resolve()), snapshot.sha256)
-    nodes = [dataset]
+    # The split files every later step read (each checked against this SHA-256 on every load).
+    splits = [
+        Node(f"dataset:{snapshot.version}/{name}", "dataset_split",
+             str((Path(snapshot.directory) / snapshot.files[name]).resolve()), digest, [_ref(dataset)])
+        for name, digest in sorted(snapshot.split_sha256.items())
+    ]  # fmt: skip
+    nodes = [dataset, *splits]
     trial_models: dict[int, Node] = {}
     for r in sorted(records, key=lambda r: r.number):
         if r.state != "COMPLETE" or not r.model_dir:

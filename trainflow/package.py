@@ -2,23 +2,33 @@
 
 Layout of `<artifact_root>/<model_name>/<version>/`:
   model.onnx, model_int8.onnx, config.json, head.json, tokenizer files, metadata.json, SHA256SUMS
-The package is assembled in a hidden temporary folder beside its final place and renamed into
-place in one step, so a crash never leaves a half-written package that looks complete.
+The package is assembled in a hidden temporary folder beside its final place (marked in progress
+by a lock its writer holds) and renamed into place under the registry lock, which records the
+files' digests in the same step, so a crash never leaves a half-written package that looks
+complete and nothing renamed into place is ever unregistered. A package vouches for itself only
+through SHA256SUMS; `verify_package` also compares it with the registry's record, made outside
+the package, so a package whose files and manifest were rewritten together is caught.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
 import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 from trainflow.diskspace import ensure_free_space
 from trainflow.errors import PackageVerificationError, PublishError
 from trainflow.faults import fault_window
-from trainflow.io import install_dir, sha256_file
+from trainflow.io import fsync_tree, sha256_file
 from trainflow.metadata import METADATA, PackageMetadata
 
 MANIFEST = "SHA256SUMS"
@@ -71,16 +81,70 @@ def git_commit(repo: Path) -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def publish_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> PackageResult:
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # model names and versions: one path component
+_NAME = re.compile(NAME_PATTERN)
+_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64})  (?P<name>.+)$")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is one plain path component (the config's `name` pattern), else PublishError."""
+    if not _NAME.fullmatch(value) or value in (".", ".."):
+        raise PublishError(f"{what} {value!r} is not a plain name (letters, digits, '.', '_', '-'; no '/' or '..')")
+    return value
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """A package written to a hidden temporary folder, not yet in place."""
+
+    tmp: Path
+    target: Path
+    files: dict[str, str]  # name -> SHA-256, SHA256SUMS excluded
+    manifest_sha256: str
+    lock: Any  # the open lock file that marks `tmp` as in progress; released by `release`
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.lock.close()
+        Path(self.lock.name).unlink(missing_ok=True)
+
+
+def _owner_lock(tmp: Path) -> Any:
+    """An exclusive lock beside `tmp` held while it is written, so cleaners tell a live writer's
+    folder (locked) from a killed one's (lock free)."""
+    fh = tmp.with_name(tmp.name + ".lock").open("w")
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    return fh
+
+
+def remove_stale_temps(model_root: Path, pattern: str) -> list[Path]:
+    """Remove the temporary package folders matching `pattern` whose writer is gone (its lock
+    can be taken); folders another live process is writing are left. Returns what was removed."""
+    removed = []
+    for tmp in sorted(p for p in model_root.glob(pattern) if p.is_dir()):
+        lock_path = tmp.with_name(tmp.name + ".lock")
+        with lock_path.open("a") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        lock_path.unlink(missing_ok=True)
+    return removed
+
+
+def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> Assembled:
     """Copy the package files found in `sources` (first match wins), write metadata.json and
-    SHA256SUMS, and rename the folder into `<artifact_root>/<model_name>/<version>` (both from
-    `metadata`), durably: every file and the folder are fsynced before the rename.
+    SHA256SUMS into a hidden temporary folder beside `<artifact_root>/<model_name>/<version>`.
+    The registry moves it into place (`trainflow.registry.install`).
 
     Raises:
-        PublishError: the version exists already or a required file is missing.
+        PublishError: a bad name, the version exists already or a required file is missing.
         DiskSpaceError: the disk lacks room for the package (checked before anything is written).
     """
-    model_name, version = metadata.model_name, metadata.version
+    model_name = check_name(metadata.model_name, "model name")
+    version = check_name(metadata.version, "version")
     target = artifact_root / model_name / version
     if target.exists():
         raise PublishError(f"package {target} exists already; versions are immutable")
@@ -98,45 +162,101 @@ def publish_package(*, artifact_root: Path, sources: list[Path], metadata: Packa
     ensure_free_space(target.parent, needed, f"package {model_name} {version}")
     tmp = target.parent / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    lock = _owner_lock(tmp)
     try:
         for name, src in chosen.items():
             shutil.copy2(src, tmp / name)
         fault_window("publish")
         metadata.write(tmp)
         digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
-        install_dir(tmp, target)  # fails if the target appeared meanwhile
+        manifest = "".join(f"{d}  {n}\n" for n, d in digests.items()).encode()
+        (tmp / MANIFEST).write_bytes(manifest)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        lock.close()
         raise
-    return PackageResult(path=str(target), version=version, files=digests)
+    return Assembled(tmp, target, digests, hashlib.sha256(manifest).hexdigest(), lock)
 
 
-def verify_package(path: Path) -> dict[str, str]:
-    """Check every file of a package against SHA256SUMS; return {file: sha256} when intact.
+def publish_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> PackageResult:
+    """Assemble the package and move it into place, registered as staging (one registry lock)."""
+    from trainflow.registry import install
+
+    assembled = assemble_package(artifact_root=artifact_root, sources=sources, metadata=metadata)
+    install(artifact_root=artifact_root, assembled=assembled)
+    return PackageResult(path=str(assembled.target), version=metadata.version, files=assembled.files)
+
+
+def read_manifest(path: Path) -> tuple[dict[str, str], str, list[str]]:
+    """({file: sha256}, SHA-256 of the manifest itself, problems) of a package's SHA256SUMS. Only
+    plain file names are accepted: no folders, no '..', no absolute paths."""
+    raw = (path / MANIFEST).read_bytes()
+    listed: dict[str, str] = {}
+    problems = []
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        m = _LINE.match(line)
+        if m is None:
+            problems.append(f"{MANIFEST} line {i}: not '<sha256>  <file name>'")
+            continue
+        name = m["name"]
+        if not _NAME.fullmatch(name) or name in (".", "..", MANIFEST):
+            problems.append(f"{MANIFEST} line {i}: {name!r} is not a plain file name of the package")
+        elif name in listed:
+            problems.append(f"{MANIFEST} line {i}: {name} is listed twice")
+        else:
+            listed[name] = m["digest"]
+    return listed, hashlib.sha256(raw).hexdigest(), problems
+
+
+def _entry_problems(path: Path, listed: dict[str, str]) -> list[str]:
+    """The folder's entries (lstat: links are not followed) must be exactly the listed regular
+    files plus SHA256SUMS."""
+    problems = []
+    present = set()
+    for entry in os.scandir(path):
+        if entry.name == MANIFEST:
+            continue
+        present.add(entry.name)
+        if entry.is_symlink():
+            problems.append(f"{entry.name}: a symbolic link; a package holds only regular files")
+        elif not entry.is_file(follow_symlinks=False):
+            problems.append(f"{entry.name}: not a regular file")
+        elif entry.name not in listed:
+            problems.append(f"{entry.name}: present but not in the manifest")
+    problems += [f"{name}: listed but missing" for name in sorted(set(listed) - present)]
+    return problems
+
+
+def verify_package(
+    path: Path, expected: dict[str, str] | None = None, expected_manifest: str | None = None
+) -> dict[str, str]:
+    """Check a package against its SHA256SUMS and, when given, against the digests the registry
+    recorded at publish time (`expected`: {file: sha256}, `expected_manifest`: the manifest's
+    SHA-256); return {file: sha256} when intact.
 
     Raises:
-        PackageVerificationError: no manifest, a listed file missing or changed, an unlisted
-            file present, or a required file absent. All problems are listed at once.
+        PackageVerificationError: no manifest or a malformed one, a listed file missing or
+            changed, an unlisted entry, a link or folder inside, a required file absent, or a
+            difference from the registry's record. All problems are listed at once, each naming
+            the file.
     """
     path = Path(path)
-    manifest = path / MANIFEST
-    if not manifest.is_file():
+    if not (path / MANIFEST).is_file() or (path / MANIFEST).is_symlink():
         raise PackageVerificationError(f"{path}: no {MANIFEST}; not a trainflow package")
-    listed: dict[str, str] = {}
-    for line in manifest.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        listed[name] = digest
-    problems = []
+    listed, manifest_digest, problems = read_manifest(path)
+    problems += _entry_problems(path, listed)
     for name, digest in listed.items():
         f = path / name
-        if not f.is_file():
-            problems.append(f"{name}: listed but missing")
-        elif sha256_file(f) != digest:
+        if f.is_file() and not f.is_symlink() and sha256_file(f) != digest:
             problems.append(f"{name}: SHA-256 does not match the manifest (file changed)")
-    extra = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in listed)
-    problems += [f"{name}: present but not in the manifest" for name in extra]
     problems += [f"{name}: required file not in the manifest" for name in REQUIRED if name not in listed]
+    if expected is not None:
+        for name in sorted(set(expected) | set(listed)):
+            if expected.get(name) != listed.get(name):
+                problems.append(f"{name}: differs from what the registry recorded at publish time")
+        if expected_manifest is not None and expected_manifest != manifest_digest:
+            problems.append(f"{MANIFEST}: differs from what the registry recorded at publish time")
     if problems:
         raise PackageVerificationError(f"{path} failed verification:\n" + "\n".join(f"  - {p}" for p in problems))
     return listed

@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from trainflow.config import QuantizeConfig, RecipeConfig
 from trainflow.data import SplitData
+from trainflow.diskspace import ensure_free_space
 from trainflow.errors import QuantizationAccuracyError
 from trainflow.modeling import compute_metrics, predict_classes
 from trainflow.onnx_model import OnnxTextModel, SessionSettings, interleaved_latency_ms, tokenize_batches
@@ -493,6 +494,8 @@ class _Search:
         try:
             out = self.build(recipe)
             metrics = evaluate(self.models[recipe.name])
+        except (OSError, MemoryError):
+            raise  # the machine, not the recipe: a full disk or no memory fails every recipe alike
         except Exception as err:  # a broken recipe must not hide the others: logged, listed in the table
             log.warning("INT8 recipe %s failed", recipe.name, exc_info=True)
             self.rows[recipe.name] = {"name": recipe.name, "passed": False, "error": f"{type(err).__name__}: {err}"}
@@ -522,6 +525,9 @@ def _start_search(
     shutil.rmtree(work, ignore_errors=True)  # never reuse a stale calibration cache
     fp32_path.with_name(INT8_FILE).unlink(missing_ok=True)  # nor a previous attempt's INT8 model
     work.mkdir(parents=True)
+    # The prepared graph, one candidate and the copy of the chosen one are each at most the FP32
+    # file's size: check before writing, so a full disk is reported as such.
+    ensure_free_space(work, 3 * fp32_path.stat().st_size, "the INT8 recipe search")
     prepared = work / PREPARED_FILE
     graph_opt = prepare_graph(fp32_path=fp32_path, out_path=prepared, level=q.graph_optimization, tokenizer=tokenizer,
                               texts=texts, max_length=max_length, atol=q.graph_optimization_atol)  # fmt: skip
@@ -584,7 +590,9 @@ def quantize_and_gate(
             f"Recipes tried ({len(table)}):\n{lines}\nCandidates left in {search.work}."
         )
     int8_path = fp32_path.with_name(INT8_FILE)
-    shutil.copyfile(search.work / f"{best.name}.onnx", int8_path)
+    chosen = search.work / f"{best.name}.onnx"
+    ensure_free_space(int8_path, chosen.stat().st_size, "the chosen INT8 model")
+    shutil.copyfile(chosen, int8_path)
     for path in search.work.glob("*.onnx"):
         path.unlink()  # the chosen one is copied; the table keeps the rest's figures
     log.info("INT8: chose %s of %d recipes", best.name, len(table))

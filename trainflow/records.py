@@ -155,6 +155,7 @@ class RegistryEvent(_Row, kind="registry"):
     who: str
     at: str
     detail: str = ""
+    manifest_sha256: str | None = None  # the package's SHA256SUMS digest when this happened
 
 
 ROW_TYPES: dict[str, type[_Row]] = {
@@ -291,9 +292,10 @@ WHERE model_name = ? AND version = ?
 
 LINEAGE_OWNERS = "SELECT DISTINCT model_name FROM lineage WHERE version = ?"
 
-REGISTRY_EVENTS = (
-    'SELECT seq, model_name, version, action, from_stage, to_stage, who, "at", detail FROM registry ORDER BY seq'
-)
+REGISTRY_EVENTS = """
+SELECT seq, model_name, version, action, from_stage, to_stage, who, "at", detail, manifest_sha256
+FROM registry ORDER BY seq
+"""
 
 
 def recent_runs(artifact_root: Path, limit: int) -> tuple[list[str], list[tuple]]:

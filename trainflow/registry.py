@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,10 +30,11 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from trainflow.config import RegistryConfig
-from trainflow.errors import MetadataError, PackageVerificationError, RegistryError
-from trainflow.io import atomic_write_json
+from trainflow.errors import MetadataError, PackageVerificationError, PublishError, RegistryError
+from trainflow.faults import fault_window
+from trainflow.io import atomic_write_json, fsync_dir
 from trainflow.metadata import Metrics, PackageMetadata, read_metadata
-from trainflow.package import MANIFEST, verify_package
+from trainflow.package import MANIFEST, Assembled, check_name, read_manifest, verify_package
 from trainflow.records import RegistryEvent, write_rows
 
 Event = RegistryEvent  # the registry's changes are its Parquet records
@@ -42,6 +44,7 @@ STATE_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
 LOCK_TIMEOUT_S = 120.0
 Stage = Literal["staging", "production", "archived", "deleted"]
+Listed = Literal["staging", "production", "archived", "deleted", "unregistered"]
 PROTECTED: tuple[Stage, ...] = ("production", "archived")
 
 
@@ -54,7 +57,7 @@ def actor() -> str:
 class VersionInfo:
     model_name: str
     version: str
-    stage: Stage
+    stage: Listed
     path: str
     present: bool
     created_at: str | None
@@ -95,12 +98,16 @@ class RegistryState:
         return self.raw["models"].setdefault(model_name, {"versions": {}, "production_history": []})
 
     def stage(self, model_name: str, version: str) -> Stage | None:
-        """The version's stage; `staging` for a package on disk the registry has not seen yet;
-        None if neither knows it."""
-        recorded = self.recorded_stage(model_name, version)
-        if recorded:
-            return recorded
-        return "staging" if (self.root / model_name / version / MANIFEST).is_file() else None
+        """The version's recorded stage; None for a version the registry never saw (a folder on
+        disk it did not publish is unregistered: it is never promoted, rolled back to or deleted)."""
+        return self.recorded_stage(model_name, version)
+
+    def digests(self, model_name: str, version: str) -> tuple[dict[str, str], str] | None:
+        """({file: sha256}, manifest sha256) recorded when the version was published, if any."""
+        entry = self.raw["models"].get(model_name, {}).get("versions", {}).get(version) or {}
+        if "files" not in entry or "manifest_sha256" not in entry:
+            return None
+        return dict(entry["files"]), str(entry["manifest_sha256"])
 
     def production(self, model_name: str) -> str | None:
         history = self.raw["models"].get(model_name, {}).get("production_history", [])
@@ -114,15 +121,29 @@ class RegistryState:
         return entry["stage"] if entry else None
 
     def set_stage(
-        self, model_name: str, version: str, to: Stage, *, action: str, detail: str = "", new: bool = False
+        self,
+        model_name: str,
+        version: str,
+        to: Stage,
+        *,
+        action: str,
+        detail: str = "",
+        new: bool = False,
+        digests: tuple[dict[str, str], str] | None = None,
     ) -> Event:
-        """Move a version to `to` and collect the event; `new` records it as coming from no stage."""
+        """Move a version to `to` and collect the event; `new` records it as coming from no
+        stage; `digests` ({file: sha256}, manifest sha256) are recorded with it (at publish)."""
         before = None if new else self.stage(model_name, version)
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         who = actor()
-        self._model(model_name)["versions"][version] = {"stage": to, "changed_at": now, "changed_by": who}
+        versions = self._model(model_name)["versions"]
+        entry = {**versions.get(version, {}), "stage": to, "changed_at": now, "changed_by": who}
+        if digests is not None:
+            entry.update(files=dict(digests[0]), manifest_sha256=digests[1])
+        versions[version] = entry
         self.raw["seq"] = int(self.raw.get("seq", 0)) + 1
-        event = Event(self.raw["seq"], model_name, version, action, before, to, who, now, detail)
+        event = Event(self.raw["seq"], model_name, version, action, before, to, who, now, detail,
+                      entry.get("manifest_sha256"))  # fmt: skip
         self.events.append(event)
         return event
 
@@ -172,7 +193,9 @@ def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[R
 
 
 def resolve_model(*, artifact_root: Path, version: str, model_name: str | None = None) -> str:
-    """The model a version belongs to. Raises RegistryError if no or several models have it."""
+    """The model a version belongs to. Raises RegistryError if no or several models have it, or
+    if a name is not one plain path component."""
+    check_names(version=version, model_name=model_name)
     if model_name is not None:
         return model_name
     owners = [m for m, versions in packages_on_disk(artifact_root).items() if version in versions]
@@ -192,16 +215,57 @@ def _single_model(artifact_root: Path, state: RegistryState, model_name: str | N
     return models[0]
 
 
-def _verified(artifact_root: Path, model_name: str, version: str, doing: str) -> Path:
-    package = artifact_root / model_name / version
-    try:
-        verify_package(package)
-    except PackageVerificationError as err:
-        problems = "; ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or str(err)
+def check_names(*, version: str | None = None, model_name: str | None = None) -> None:
+    """RegistryError unless each given name is one plain path component (the config's `name`
+    pattern): `..`, `../x` or `a/b` never reach a path."""
+    for what, value in (("version", version), ("model name", model_name)):
+        if value is None:
+            continue
+        try:
+            check_name(value, what)
+        except PublishError as err:
+            raise RegistryError(str(err)) from None
+
+
+def _problems(err: PackageVerificationError) -> str:
+    return "; ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or str(err)
+
+
+def verify_version(state: RegistryState, model_name: str, version: str) -> dict[str, str]:
+    """Verify a package against its manifest and the digests recorded when it was published.
+
+    Raises:
+        RegistryError: the registry never saw the version (unregistered), or it fails
+            verification (the message names each file that differs).
+    """
+    package = state.root / model_name / version
+    if state.recorded_stage(model_name, version) is None:
         raise RegistryError(
-            f"refusing to {doing} {model_name} {version}: package fails verification: {problems}"
-        ) from None
-    return package
+            f"{model_name} {version} is unregistered: the registry at {state.root} never saw it, so nothing vouches"
+            f" for {package}; publish it with the pipeline, or adopt it as it is with `trainflow register {version}`"
+        )
+    recorded = state.digests(model_name, version)
+    try:
+        if recorded is None:  # registered before digests were recorded: the manifest is all there is
+            return verify_package(package)
+        return verify_package(package, expected=recorded[0], expected_manifest=recorded[1])
+    except PackageVerificationError as err:
+        raise RegistryError(f"{model_name} {version} fails verification: {_problems(err)}") from None
+
+
+def _verified(state: RegistryState, model_name: str, version: str, doing: str) -> Path:
+    try:
+        verify_version(state, model_name, version)
+    except RegistryError as err:
+        raise RegistryError(f"refusing to {doing} {model_name} {version}: {err}") from None
+    return state.root / model_name / version
+
+
+def verify(*, artifact_root: Path, model_name: str, version: str) -> dict[str, str]:
+    """`verify_version` under the registry lock (the CLI and the package loader)."""
+    check_names(version=version, model_name=model_name)
+    with locked(artifact_root) as state:
+        return verify_version(state, model_name, version)
 
 
 def _test_metric(meta: PackageMetadata, split: Literal["fp32", "int8"], metric: str, who: str) -> float:
@@ -234,20 +298,56 @@ def _metadata(package: Path, doing: str) -> PackageMetadata:
         raise RegistryError(f"refusing to {doing}: {err}") from None
 
 
+def install(*, artifact_root: Path, assembled: Assembled) -> Event:
+    """Move an assembled package into place and register it as `staging` with its digests, in
+    one hold of the registry lock: no moment where a published package is unregistered (and so
+    invisible to retention's rules or deletable as an old one).
+
+    Raises:
+        PublishError: the version appeared meanwhile (versions are immutable).
+    """
+    model_name, version = assembled.target.parent.name, assembled.target.name
+    try:
+        with locked(artifact_root) as state:
+            if assembled.target.exists() or state.recorded_stage(model_name, version) not in (None, "deleted"):
+                raise PublishError(f"package {assembled.target} exists already; versions are immutable")
+            fault_window("publish-install")
+            os.rename(assembled.tmp, assembled.target)
+            fsync_dir(assembled.target.parent)
+            new = state.recorded_stage(model_name, version) is None
+            return state.set_stage(model_name, version, "staging", action="publish", new=new,
+                                   digests=(assembled.files, assembled.manifest_sha256))  # fmt: skip
+    except BaseException:
+        shutil.rmtree(assembled.tmp, ignore_errors=True)
+        raise
+    finally:
+        assembled.release()
+
+
 def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
-    """Record a newly published package as `staging`."""
+    """Adopt a package folder the registry never saw as `staging`, recording its digests as they
+    are now (the package must be self-consistent). For folders published by other means."""
+    check_names(version=version, model_name=model_name)
     with locked(artifact_root) as state:
-        if not (artifact_root / model_name / version / MANIFEST).is_file():
-            raise RegistryError(f"cannot register {model_name} {version}: no package at {artifact_root / model_name}")
+        package = artifact_root / model_name / version
+        if not (package / MANIFEST).is_file():
+            raise RegistryError(f"cannot register {model_name} {version}: no package at {package}")
         recorded = state.recorded_stage(model_name, version)
         if recorded not in (None, "deleted"):
             raise RegistryError(f"{model_name} {version} is registered already (stage {recorded})")
-        return state.set_stage(model_name, version, "staging", action="publish", new=recorded is None)
+        try:
+            files = verify_package(package)
+        except PackageVerificationError as err:
+            raise RegistryError(f"cannot register {model_name} {version}: {_problems(err)}") from None
+        manifest = read_manifest(package)[1]
+        return state.set_stage(model_name, version, "staging", action="register", new=recorded is None,
+                               digests=(files, manifest))  # fmt: skip
 
 
 def ensure_registered(*, artifact_root: Path, model_name: str, version: str) -> Event | None:
-    """`register` unless the version is recorded already (a repeated publish of one run after
-    `resume`); returns the new event, or None."""
+    """`register` unless the version is recorded already: a package in place that an earlier
+    attempt of this run published before registration was part of the rename. The new event,
+    or None."""
     with locked(artifact_root) as state:
         if state.recorded_stage(model_name, version) not in (None, "deleted"):
             return None
@@ -264,11 +364,13 @@ def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_
     model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model_name)
     with locked(artifact_root) as state:
         stage = state.stage(model_name, version)
+        if stage is None and (artifact_root / model_name / version / MANIFEST).is_file():
+            verify_version(state, model_name, version)  # raises: unregistered
         if stage is None or stage == "deleted":
             raise RegistryError(f"cannot promote {model_name} {version}: no such package (stage {stage})")
         if stage == "production":
             raise RegistryError(f"{model_name} {version} is production already")
-        package = _verified(artifact_root, model_name, version, "promote")
+        package = _verified(state, model_name, version, "promote")
         current = state.production(model_name)
         detail = f"previous production: {current}" if current else "first production version"
         if current is not None:
@@ -291,6 +393,7 @@ def rollback(*, artifact_root: Path, model_name: str | None = None) -> list[Even
     Raises:
         RegistryError: no earlier production version, or its package fails verification.
     """
+    check_names(model_name=model_name)
     with locked(artifact_root) as state:
         model_name = _single_model(artifact_root, state, model_name)
         history = state.history(model_name)
@@ -299,7 +402,7 @@ def rollback(*, artifact_root: Path, model_name: str | None = None) -> list[Even
                 f"{model_name} has no previous production version to roll back to (history: {history or 'empty'})"
             )
         current, previous = history[-1], history[-2]
-        _verified(artifact_root, model_name, previous, "roll back to")
+        _verified(state, model_name, previous, "roll back to")
         state.set_stage(model_name, current, "archived", action="rollback", detail=f"rolled back to {previous}")
         state.set_stage(model_name, previous, "production", action="rollback", detail=f"replaces {current}")
         history.pop()
@@ -321,7 +424,8 @@ def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
                 VersionInfo(
                     model_name=model,
                     version=version,
-                    stage=state.stage(model, version) or "deleted",
+                    stage=state.stage(model, version)
+                    or ("unregistered" if (package / MANIFEST).is_file() else "deleted"),
                     path=str(package),
                     present=(package / MANIFEST).is_file(),
                     created_at=meta.created_at if meta else None,

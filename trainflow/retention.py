@@ -106,7 +106,9 @@ def _plan(
 ) -> list[Deletion]:
     plan = []
     for model, versions in packages_on_disk(artifact_root).items():
-        staging = [v for v in versions if state.stage(model, v) == "staging"]
+        # Only versions the registry records as staging: an unregistered folder (or one being
+        # published: it is hidden until registered) is never a candidate.
+        staging = [v for v in versions if state.recorded_stage(model, v) == "staging"]
         metas = {v: metadata_or_none(artifact_root / model / v) for v in staging}
         ages = {v: ((m.created_at if m else None) or "", v) for v, m in metas.items()}
         newest_first = sorted(staging, key=lambda v: ages[v], reverse=True)
@@ -176,7 +178,7 @@ def apply_retention(
         for item in plan:
             try:
                 if item.kind == "version":
-                    stage = state.stage(item.model_name or "", item.version or "")
+                    stage = state.recorded_stage(item.model_name or "", item.version or "")
                     if stage in PROTECTED or stage != "staging":
                         failure = f"refusing to delete {item.path}: its stage is {stage}, not staging"
                         break

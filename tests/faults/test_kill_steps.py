@@ -38,7 +38,7 @@ import pytest
 from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
 from trainflow.errors import PackageVerificationError
-from trainflow.faults import MARKER_ENV, PAUSE_ENV
+from trainflow.faults import MARKER_ENV, PAUSE_ENV, TEST_MODE_ENV
 from trainflow.package import verify_package
 from trainflow.records import query
 
@@ -87,6 +87,7 @@ def test_kill_9_in_every_step_then_resume_publishes_once(tmp_path: Path, tiny_mo
     env = {**os.environ, "METAFLOW_USER": "faults", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
            "WANDB_MODE": "offline", **PLANTED}  # fmt: skip
     env.pop(PAUSE_ENV, None)
+    env[TEST_MODE_ENV] = "1"  # the pause hook works only in test mode
     flow = [PY, str(ROOT / "flows" / "train_flow.py")]
     runs: list[str] = []  # run ids in order: each one resumes the one before
     for point in POINTS:

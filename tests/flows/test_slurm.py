@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
 from trainflow.package import verify_package
 from trainflow.records import query
@@ -80,7 +81,9 @@ def test_trials_run_as_slurm_jobs_and_publish_the_same_package(
     cluster, tmp_path, tiny_model_dir, tiny_flow_run
 ) -> None:
     """The same tiny config as the shared local run (`tiny_flow_run`), with the trials on SLURM."""
-    env = cluster["env"]
+    # A W&B key planted in the submitting environment must reach no file: not the job scripts
+    # (metaflow-slurm writes `export NAME='value'` lines for the step's @environment), not the run.
+    env = {**cluster["env"], "WANDB_API_KEY": PLANTED["WANDB_API_KEY"]}
     assert cluster["startup_s"] < 60
     t0 = time.perf_counter()
     proc = _run_flow(tmp_path, tiny_model_dir, env, compute__backend="slurm", tracking__wandb_mode="offline")
@@ -95,6 +98,10 @@ def test_trials_run_as_slurm_jobs_and_publish_the_same_package(
         assert info["TimeLimit"] == "01:00:00", "compute.time_minutes reaches sbatch as minutes"
     jobcomp = (cluster["state"] / "log" / "jobcomp.log").read_text()
     assert all(f"JobId={j} " in jobcomp for j in jobs)
+    scripts = sorted((cluster["state"] / "workdir").glob("*.sh"))
+    assert scripts, "the job scripts are kept in the remote workdir"
+    leaks = files_containing([tmp_path, cluster["state"] / "workdir"], {"WANDB_API_KEY": PLANTED["WANDB_API_KEY"]})
+    assert not leaks, leaks
 
     packages = [next((d / "artifacts" / "tiny").iterdir()) for d in (tmp_path, tiny_flow_run.root)]
     files = [set(verify_package(p)) for p in packages]

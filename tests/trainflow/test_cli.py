@@ -198,7 +198,8 @@ def test_commands_on_an_empty_root_fail_with_one_line(tmp_path: Path, capsys) ->
 
 def test_shipped_config_drives_promote(published: Published, tmp_path: Path, capsys) -> None:
     root = tmp_path / "art"
-    shutil.copytree(published.root / "tiny", root / "tiny")
+    for folder in ("tiny", "_registry"):  # the package and the registry that vouches for it
+        shutil.copytree(published.root / folder, root / folder)
     config = ROOT / "config" / "default.yaml"
     assert cli(["promote", "v1", "--artifact-root", str(root), "--config", str(config)]) == 0
     assert "tiny v1: staging → production" in capsys.readouterr().out

@@ -83,13 +83,17 @@ def test_promote_archive_and_rollback_with_events(tmp_path: Path, src: Path, mon
     assert {v: s["stage"] for v, s in state["models"]["m"]["versions"].items()} == stages_of(root)
 
 
-def test_a_package_published_before_the_registry_is_staging(tmp_path: Path, src: Path) -> None:
+def test_a_package_the_registry_never_saw_is_adopted_only_by_register(tmp_path: Path, src: Path) -> None:
     root = tmp_path / "art"
     make_package(root, src, "old", registered=False)
-    assert stages_of(root) == {"old": "staging"}
+    assert stages_of(root) == {"old": "unregistered"}
+    with pytest.raises(RegistryError, match="m old is unregistered"):
+        promote(artifact_root=root, version="old", policy=POLICY)
+    register(artifact_root=root, model_name="m", version="old")
     promote(artifact_root=root, version="old", policy=POLICY)
     assert stages_of(root) == {"old": "production"}
-    assert [(e.from_stage, e.to_stage) for e in registry_events(artifact_root=root)] == [("staging", "production")]
+    assert [(e.action, e.from_stage, e.to_stage) for e in registry_events(artifact_root=root)] == [
+        ("register", None, "staging"), ("promote", "staging", "production")]  # fmt: skip
 
 
 @pytest.mark.parametrize("what", ["candidate", "rollback target"])
@@ -100,7 +104,7 @@ def test_a_tampered_package_is_refused(tmp_path: Path, src: Path, what: str) -> 
     promote(artifact_root=root, version="v1", policy=POLICY)
     if what == "candidate":
         tamper(root / "m" / "v2" / "model.onnx")
-        with pytest.raises(RegistryError, match=r"refusing to promote m v2: package fails verification: model.onnx"):
+        with pytest.raises(RegistryError, match=r"refusing to promote m v2: m v2 fails verification: model.onnx"):
             promote(artifact_root=root, version="v2", policy=POLICY)
         expected = {"v1": "production", "v2": "staging"}
     else:
