@@ -23,10 +23,12 @@ Run:  python flows/train_flow.py run                      (config/default.yaml)
 from __future__ import annotations
 
 import json
-import logging
+import time
 from pathlib import Path
 
 import trainflow_cards as cards
+import trainflow_errors as errors
+import trainflow_logs
 from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
 from trainflow_timings import task_timings
@@ -40,11 +42,25 @@ from stages.select import select_best
 from stages.summary import summarize
 from trainflow import reports
 from trainflow.config import RunConfig, metaflow_config_parser
+from trainflow.runs import write_run_status
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-for _name in ("trainflow", "stages"):
-    logging.getLogger(_name).setLevel(logging.INFO)
+trainflow_logs.configure()
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
+
+
+def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None:
+    """The run's `runs` record says failed, with the step and the error line."""
+    try:
+        cfg = flow.cfg
+    except Exception:  # noqa: BLE001 - no valid config: nothing to record under
+        return
+    ctx = getattr(flow, "ctx", None)
+    write_run_status(cfg, current.run_id, pathspec=current.pathspec, status="failed",
+                     started_at=ctx.started_at if ctx else time.time(), failure=(step_name, errors.one_line(err)),
+                     dataset_version=ctx.snapshot.version if ctx else None)  # fmt: skip
+
+
+fails_in_one_line = errors.one_line_errors(_record_failure)
 
 
 @ComputeBackend
@@ -53,16 +69,19 @@ class TrainFlow(FlowSpec):
     package. Steps: start -> train (foreach worker) -> join -> export -> quantize -> publish -> end;
     each step calls one function of `stages/` and stores its result (see the module docstring)."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser=metaflow_config_parser)
+    config = Config(
+        "config", default=DEFAULT_CONFIG, parser=errors.config_parser(metaflow_config_parser, DEFAULT_CONFIG)
+    )
 
     @property
     def cfg(self) -> RunConfig:
         return RunConfig.model_validate(dict(self.config))
 
     @step
+    @fails_in_one_line
     def start(self):
         """Validate the config, snapshot and split the data, create the study (stages/prepare.py)."""
-        self.ctx = prepare_run(cfg=self.cfg, run_key=current.run_id)
+        self.ctx = prepare_run(cfg=self.cfg, run_key=current.run_id, pathspec=current.pathspec)
         self.workers = list(range(self.cfg.hpo.n_workers))
         self.next(self.train, foreach="workers")
 
@@ -78,6 +97,7 @@ class TrainFlow(FlowSpec):
         memory=config_expr("config.compute.memory_mb"),
     )
     @step
+    @fails_in_one_line
     def train(self):
         """One foreach worker: its quota of trials from the shared study (stages/hpo_worker.py);
         metaflow-checkpoint saves each checkpoint and restores the latest on @retry."""
@@ -98,6 +118,7 @@ class TrainFlow(FlowSpec):
 
     @card
     @step
+    @fails_in_one_line
     def join(self, inputs):
         """The best complete trial (stages/select.py); the card shows the Optuna history."""
         self.merge_artifacts(inputs, include=["ctx"])
@@ -114,6 +135,7 @@ class TrainFlow(FlowSpec):
         self.next(self.export)
 
     @step
+    @fails_in_one_line
     def export(self):
         """ONNX export and the parity gate (stages/export.py)."""
         self.exported = export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
@@ -121,6 +143,7 @@ class TrainFlow(FlowSpec):
 
     @card
     @step
+    @fails_in_one_line
     def quantize(self):
         """INT8 recipe search behind the accuracy gate (stages/quantize.py)."""
         self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
@@ -128,6 +151,7 @@ class TrainFlow(FlowSpec):
         self.next(self.publish)
 
     @step
+    @fails_in_one_line
     def publish(self):
         """Package, registry, lineage, cost and records (stages/publish.py), priced from the run's
         task timings (flows/trainflow_timings.py)."""
@@ -145,6 +169,7 @@ class TrainFlow(FlowSpec):
 
     @card
     @step
+    @fails_in_one_line
     def end(self):
         """Print where the package is and its headline metrics (stages/summary.py)."""
         summary = summarize(self.package.path)
@@ -154,4 +179,4 @@ class TrainFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    TrainFlow()
+    errors.main(TrainFlow)

@@ -1,4 +1,4 @@
-"""Step `start`: snapshot and split the dataset, create the Optuna study."""
+"""Step `start`: the pre-flight check, the dataset snapshot and split, the Optuna study."""
 
 from __future__ import annotations
 
@@ -6,25 +6,32 @@ import logging
 import time
 from pathlib import Path
 
+from trainflow.check import check_environment
 from trainflow.config import RunConfig
 from trainflow.context import RunContext
 from trainflow.data import snapshot_dataset
 from trainflow.faults import fault_window
 from trainflow.hpo import open_study
+from trainflow.runs import write_run_status
 from trainflow.tracking import log_lineage_link
 
 log = logging.getLogger(__name__)
 
 
-def prepare_run(*, cfg: RunConfig, run_key: str) -> RunContext:
-    """Snapshot and split the data, create the Optuna study. Raises DatasetError on bad data."""
+def prepare_run(*, cfg: RunConfig, run_key: str, pathspec: str = "") -> RunContext:
+    """Record the run as running, run the pre-flight check (`trainflow check`: base model,
+    storage variables, every data problem at once), snapshot and split the data, create the
+    Optuna study. Raises DatasetError on bad data (nothing trains), ConfigError, ModelLoadError."""
+    started = time.time()
+    write_run_status(cfg, run_key, pathspec=pathspec, status="running", started_at=started)
+    check_environment(cfg)
     run_dir = (Path(cfg.publish.run_root) / cfg.name / run_key).resolve()
     snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / "data")
     storage = cfg.hpo.storage or str(run_dir / "optuna.journal")
     study_name = f"{cfg.name}-{run_key}"
     open_study(cfg, storage, study_name)
     log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.rows, snapshot.splits)
-    ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, time.time())
+    ctx = RunContext(run_key, str(run_dir), storage, study_name, snapshot, started)
     log_lineage_link(cfg=cfg, run_key=run_key, directory=ctx.path, job_type="dataset", kind="dataset",
                      path=snapshot.directory, version=snapshot.version, sha256=snapshot.sha256)  # fmt: skip
     fault_window("start")

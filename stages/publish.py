@@ -42,6 +42,7 @@ from trainflow.package import (
 from trainflow.quantize import QuantizeResult
 from trainflow.records import PackageRow, RunRow, TrialRow, as_json, write_rows
 from trainflow.registry import metadata_or_none
+from trainflow.runs import run_record_key
 from trainflow.tracking import lineage_ref, log_lineage_link
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def _package_row(cfg: RunConfig, meta: PackageMetadata, package: PackageResult, 
         int8_accuracy_drop=m.int8_accuracy_drop, majority_baseline_accuracy=m.test_majority_baseline["accuracy"],
         parity_max_abs_diff=m.parity.max_abs_diff, n_trials=meta.hpo.n_trials, git_commit=meta.git_commit,
         pathspec=meta.metaflow.pathspec, created_at=meta.created_at,
+        labels=as_json(cfg.task.labels),
     )  # fmt: skip
 
 
@@ -250,7 +252,7 @@ def _write_records(
     root: Path, cfg: RunConfig, run: RunOutputs, meta: PackageMetadata, package: PackageResult,
     run_cost: RunCost | None, pathspec: str,
 ) -> None:  # fmt: skip
-    key = f"{cfg.name}-{run.ctx.run_key}"
+    key = run_record_key(cfg.name, run.ctx.run_key)
     nodes = [lineage.Node(**n) for n in meta.lineage.nodes]
     write_rows(
         root, f"{cfg.name}-{meta.version}", lineage.to_rows(model_name=cfg.name, version=meta.version, nodes=nodes)

@@ -1,7 +1,8 @@
 """`trainflow`: runs, trials, leaderboard, lineage, cost, package verification, registry and
 retention over an artifact root.
 
-trainflow runs                      recent runs: status, start/end, duration, cost, package
+trainflow check --config FILE       the config and its data, checked as a run would, nothing written
+trainflow runs                      recent runs: status (failed ones with step and error), duration, cost
 trainflow trials RUN                a run's Optuna trials
 trainflow leaderboard               packages ranked by test metric, per task and metric
 trainflow lineage VERSION           dataset -> checkpoints -> best model -> ONNX -> INT8, re-hashed
@@ -20,6 +21,7 @@ and exit 1 (usage errors exit 2).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -90,6 +92,31 @@ def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConf
     return cfg.registry, cfg.retention
 
 
+# --- check -------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML to check (extends: applied).")],
+) -> None:
+    """Check a config and its data as a run would, in seconds, without creating a run: every
+    config problem and every data problem (per kind, with row numbers) at once."""
+    from trainflow.check import check_run
+
+    try:
+        report = check_run(load_config(config))
+    except TrainflowError as err:  # every problem, one per line (the run would refuse the same)
+        lines = str(err).splitlines()
+        Console(stderr=True, width=_width(sys.stderr), highlight=False).print(
+            "\n".join([f"error: {lines[0]}", *lines[1:]]), markup=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
+    out = _out()
+    for line in report.lines():
+        out.print(line, markup=False, soft_wrap=True)
+    out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
+
+
 # --- runs, trials, leaderboard ---------------------------------------------------------------
 
 
@@ -128,17 +155,21 @@ def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 
         _out().print(f"(no package records under {artifact_root / '_records' / 'packages'})", markup=False)
         return
     cols, rows = package_scores(artifact_root)
-    groups: dict[tuple[str, str], list[tuple]] = {}
+    # One table per task, label set, dataset version and metric: a 5-class news model and a binary
+    # sentiment model are not ranked against each other.
+    groups: dict[tuple[str, str, str, str], list[tuple]] = {}
     for r in rows:
-        groups.setdefault((r[0], r[1]), []).append(r)
+        groups.setdefault((r[0], r[1], str(r[2]), r[3]), []).append(r)
+    test = cols.index("test")
     out = _out()
-    for (task, metric), members in sorted(groups.items()):
+    for (task, labels, dataset, metric), members in sorted(groups.items()):
         higher = METRIC_DIRECTIONS.get(metric, "maximize") == "maximize"
         # Best first; ties: newest first; packages without the metric last.
         ranked = sorted(members, key=lambda r: str(r[-1]), reverse=True)
-        ranked = sorted(ranked, key=lambda r: (r[5] is None, -(r[5] or 0) if higher else (r[5] or 0)))[:limit]
-        title = f"{task} · test {metric} ({'higher' if higher else 'lower'} is better)"
-        out.print(_table(title, ["#", *cols[2:]], [(i + 1, *r[2:]) for i, r in enumerate(ranked)]))
+        ranked = sorted(ranked, key=lambda r: (r[test] is None, -(r[test] or 0) if higher else (r[test] or 0)))[:limit]
+        shown = ", ".join(json.loads(labels)) if labels != "?" else "labels not recorded"
+        title = f"{task} [{shown}] · dataset {dataset} · test {metric} ({'higher' if higher else 'lower'} is better)"
+        out.print(_table(title, ["#", *cols[4:]], [(i + 1, *r[4:]) for i, r in enumerate(ranked)]))
 
 
 # --- lineage, verify, cost -------------------------------------------------------------------

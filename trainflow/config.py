@@ -73,7 +73,10 @@ class DataConfig(_Strict):
     path: str
     text_column: str = "text"
     label_column: str = "label"
-    id_column: str | None = "id"
+    id_column: str | None = Field(
+        None, description="Column of unique row ids; unset: the `id` column when the file has one, else row numbers."
+    )
+    encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSONL files (a UTF-8 BOM is dropped).")
     validation_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     calibration_size: int = Field(64, ge=1)
@@ -563,12 +566,61 @@ def parse_config_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     raise ConfigError(source, problems)
 
 
-def parse_config_text(text: str, source: str = "<text>") -> RunConfig:
+MAX_EXTENDS = 5  # levels of `extends:` (a file, its base, the base's base, ...)
+
+
+def _yaml_mapping(text: str, source: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(source, [f"not valid YAML: {err}"]) from None
-    return parse_config_dict(raw, source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"top level must be a mapping, got {type(raw).__name__}"])
+    return raw
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings are merged key by key, everything else (lists too) replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_extends(raw: dict[str, Any], source: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping with its `extends:` chain applied: `extends: base.yaml` (a path relative to the
+    file) is loaded first and this file merged on top (`deep_merge`).
+
+    Raises:
+        ConfigError: a cycle, more than MAX_EXTENDS levels, or a base that is missing or invalid,
+            with the chain of files named.
+    """
+    chain = (*chain, source)
+    parent = raw.get("extends")
+    if parent is None:
+        return raw
+    here = " -> ".join(chain)
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(source, [f"extends: {parent!r} must be the path of one YAML file"])
+    base_path = (Path(source).parent / parent).resolve() if source not in ("<text>", "<dict>") else Path(parent)
+    if str(base_path) in {str(Path(c).resolve()) for c in chain}:
+        raise ConfigError(source, [f"extends: {parent} makes a cycle ({here} -> {base_path})"])
+    if len(chain) > MAX_EXTENDS:
+        raise ConfigError(
+            source, [f"extends: more than {MAX_EXTENDS} levels ({here} -> {base_path}); flatten the chain"]
+        )
+    if not base_path.is_file():
+        raise ConfigError(source, [f"extends: {parent} ({base_path}) does not exist (chain: {here})"])
+    base = resolve_extends(_yaml_mapping(base_path.read_text(encoding="utf-8"), str(base_path)), str(base_path), chain)
+    own = {k: v for k, v in raw.items() if k != "extends"}
+    return deep_merge({k: v for k, v in base.items() if k != "extends"}, own)
+
+
+def parse_config_text(text: str, source: str = "<text>") -> RunConfig:
+    """Validate YAML text read from `source` (its path: `extends:` is relative to it)."""
+    return parse_config_dict(resolve_extends(_yaml_mapping(text, source), source), source)
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -578,6 +630,7 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config_text(path.read_text(encoding="utf-8"), str(path))
 
 
-def metaflow_config_parser(text: str) -> dict[str, Any]:
-    """Parser for metaflow's `Config(..., parser=...)`: validate, return a plain dict."""
-    return parse_config_text(text, "metaflow Config").model_dump(mode="json")
+def metaflow_config_parser(text: str, source: str = "metaflow Config") -> dict[str, Any]:
+    """Parser for metaflow's `Config(..., parser=...)`: validate, return the resolved config as a
+    plain dict (`extends:` applied). `source` is the YAML file's path, for errors and `extends:`."""
+    return parse_config_text(text, source).model_dump(mode="json")

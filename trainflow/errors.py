@@ -24,8 +24,7 @@ class DatasetError(TrainflowError):
         self.path = str(path)
         self.row = row
         self.problem = problem
-        where = f"{self.path}, row {row}" if row is not None else self.path
-        super().__init__(f"{where}: {problem}")
+        super().__init__(f"{self.path}: {problem}")
 
 
 class ModelLoadError(TrainflowError):

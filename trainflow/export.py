@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> Expo
     # The ONNX file holds the weights once more (plus graph): check before Optimum writes it.
     weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     ensure_free_space(out_dir, int(weights * 1.2) + (8 << 20), "the ONNX export")
+    log.info("exporting %s to ONNX (opset %d)", model_dir, export.opset)
+    t0 = time.perf_counter()
     main_export(
         str(model_dir),
         output=out_dir,
@@ -61,5 +64,6 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> Expo
         inputs=[i.name for i in graph.graph.input],
         outputs=[o.name for o in graph.graph.output],
     )
-    log.info("exported %s (opset %d, inputs %s)", result.onnx_path, opset, result.inputs)
+    log.info("exported %s in %.0f s (opset %d, inputs %s)", result.onnx_path, time.perf_counter() - t0, opset,
+             result.inputs)  # fmt: skip
     return result

@@ -388,9 +388,7 @@ def _run_trial(
     metric = cfg.hpo.metric
 
     def on_eval(step: int, metrics: dict[str, float]) -> None:
-        trial.report(metrics[metric], step)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} ({metric}={metrics[metric]:.4f})")
+        report_and_prune(trial, metric, step, metrics[metric], hparams.max_steps)
 
     out_dir = trial_dir(work_dir, trial.number)
     with trial_run(
@@ -455,6 +453,15 @@ def _record_complete(
         )
     )
     tlog.summary({"state": "COMPLETE", **{f"best/{k}": v for k, v in result.metrics.items()}})
+
+
+def report_and_prune(trial: optuna.Trial, metric: str, step: int, value: float, max_steps: int) -> None:
+    """Report a validation value; raise TrialPruned if the pruner says so. At the last step the
+    trial is done and completes: pruning it there would only discard finished work (the median
+    pruner would otherwise prune every below-median trial at its end)."""
+    trial.report(value, step)
+    if step < max_steps and trial.should_prune():
+        raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} ({metric}={value:.4f})")
 
 
 def best_trial(study: optuna.Study) -> TrialRecord:

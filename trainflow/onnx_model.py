@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -9,6 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+PROGRESS_TEXTS = 2000  # evaluating this many texts or more logs its progress
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,17 @@ class OnnxTextModel:
         self.input_names = [i.name for i in self.session.get_inputs()]  # type: ignore[attr-defined]
 
     def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Outputs for every text, in order. Large inputs (PROGRESS_TEXTS or more) log progress."""
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
+        t0, done, next_report = time.perf_counter(), 0, len(texts) // 4
         for idx, feeds in tokenize_batches(self.tokenizer, texts, self.max_length, batch_size, self.input_names):
             result = self.session.run(["logits"], feeds)[0]  # type: ignore[attr-defined]
             for i, row in zip(idx, result):
                 out[i] = row
+            done += len(idx)
+            if len(texts) >= PROGRESS_TEXTS and done >= next_report and done < len(texts):
+                log.info("%s: %d of %d texts, %.0f s", self.path.name, done, len(texts), time.perf_counter() - t0)
+                next_report += len(texts) // 4
         return np.stack(out)
 
     def batch1_feeds(self, texts: list[str]) -> list[dict[str, np.ndarray]]:

@@ -572,7 +572,12 @@ def quantize_and_gate(
 
     fp32_metrics = evaluate(fp32)
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])
-    metrics = {r.name: search.try_recipe(r, evaluate, fp32_metrics["accuracy"]) for r in recipes}
+    metrics: dict[str, dict[str, float] | None] = {}
+    t0 = time.perf_counter()
+    for i, recipe in enumerate(recipes, start=1):
+        log.info("INT8 search: recipe %d of %d (%s), %.0f s so far", i, len(recipes), recipe.name,
+                 time.perf_counter() - t0)  # fmt: skip
+        metrics[recipe.name] = search.try_recipe(recipe, evaluate, fp32_metrics["accuracy"])
     latency = interleaved_latency_ms({FP32_KEY: fp32, **search.models}, test.texts[:n_latency], rounds=q.latency_rounds)
     table = []
     for recipe in recipes:

@@ -45,7 +45,8 @@ class _Row:
 
 
 class RunRow(_Row, kind="runs"):
-    """One run, written by the publish step."""
+    """One run: written by `start` before anything else (status running), replaced when a step
+    fails (failed, with the step and the error line) or by publish (published)."""
 
     run_key: str
     model_name: str
@@ -63,7 +64,9 @@ class RunRow(_Row, kind="runs"):
     dataset_version: str | None
     package_version: str | None
     best_trial: int | None
-    config: str  # the resolved run config as JSON
+    config: str  # the resolved run config as JSON (URL passwords redacted)
+    failed_step: str | None = None  # status failed: the step that failed
+    error: str | None = None  # status failed: its error, one line
 
 
 class TrialRow(_Row, kind="trials"):
@@ -105,6 +108,7 @@ class PackageRow(_Row, kind="packages"):
     git_commit: str
     pathspec: str
     created_at: str
+    labels: str | None = None  # the task's label names, JSON list (the leaderboard groups by them)
 
 
 class LineageRow(_Row, kind="lineage"):
@@ -259,7 +263,7 @@ def query(artifact_root: Path, sql: str, params: list[Any] | None = None) -> tup
 # --- named queries ------------------------------------------------------------------------------
 
 RECENT_RUNS = """
-SELECT run_key, model_name, status, started_at, finished_at, round(duration_s, 1) AS duration_s,
+SELECT run_key, model_name, status, failed_step AS step, error, started_at, round(duration_s, 1) AS duration_s,
        package_version, round(cost, 4) AS cost, cost_currency
 FROM runs ORDER BY started_at DESC NULLS LAST LIMIT ?
 """
@@ -271,7 +275,7 @@ FROM trials WHERE run_key = ? ORDER BY number LIMIT ?
 
 # Records written before test_metric/int8_metric existed only have the accuracies.
 PACKAGE_SCORES = """
-SELECT task, metric, model_name, version, dataset_version,
+SELECT task, coalesce(labels, '?') AS labels, dataset_version, metric, model_name, version,
        round(coalesce(test_metric, CASE WHEN metric = 'accuracy' THEN test_accuracy END), 4) AS test,
        round(coalesce(int8_metric, CASE WHEN metric = 'accuracy' THEN int8_accuracy END), 4) AS int8,
        round(majority_baseline_accuracy, 4) AS baseline, round(val_metric, 4) AS val_metric, n_trials, created_at

@@ -73,6 +73,9 @@ def test_bad_data_stops_before_any_study_or_training(tmp_path: Path, tiny_cfg: d
     bad.write_text("id,text,label\n1,good,fresh\n2,,rotten\n")
     tiny_cfg["data"]["path"] = str(bad)
     cfg = parse_config_dict(tiny_cfg)
-    with pytest.raises(DatasetError, match=r"bad.csv, row 2: empty text"):
+    with pytest.raises(
+        DatasetError,
+        match=r"bad.csv: 1 problem.s. in 2 rows; nothing was trained:\n  - empty text in column 'text' in 1 row.s.: rows 2",
+    ):
         prepare_run(cfg=cfg, run_key="r2")
     assert not list((tmp_path / "runs").rglob("optuna.journal"))

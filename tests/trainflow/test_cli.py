@@ -178,7 +178,10 @@ def test_runs_trials_leaderboard_verify_registry(published: Published, capsys) -
     assert capsys.readouterr().out.count("COMPLETE") == 2
     assert cli(["leaderboard", *args]) == 0
     out = capsys.readouterr().out
-    assert "classification · test accuracy (higher is better)" in out and "│ 1 " in out and " v1 " in out
+    assert (
+        "classification [rotten, fresh] · dataset rotten_tomatoes-" in out and "test accuracy (higher is better)" in out
+    )
+    assert "│ 1 " in out and " v1 " in out
     assert cli(["verify", "v1", *args]) == 0
     assert "files match SHA256SUMS" in capsys.readouterr().out
     assert cli(["registry", *args]) == 0

@@ -87,3 +87,46 @@ def test_cross_field_problems_are_reported_with_an_invalid_field(tiny_cfg: dict)
     with pytest.raises(ConfigError) as info:
         parse_config_dict(tiny_cfg)
     assert not any("train.device" in p for p in info.value.problems)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text("# test overlay\n" + text)
+    return path
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path: Path, tiny_cfg: dict) -> None:
+    (tmp_path / "conf").mkdir()
+    _write(tmp_path / "conf" / "base.yaml", yaml.safe_dump(tiny_cfg))
+    child = _write(tmp_path / "conf" / "child.yaml", "extends: base.yaml\nname: child\ntrain: {max_steps: 9}\n"
+                   "task: {labels: [a, b, c]}\n")  # fmt: skip
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.train.max_steps == 9
+    assert cfg.train.batch_size == tiny_cfg["train"]["batch_size"], "a mapping is merged key by key"
+    assert cfg.task.labels == ["a", "b", "c"] and cfg.task.type == "classification", "a list is replaced whole"
+
+
+def test_extends_cycles_and_deep_chains_are_refused_with_the_chain(tmp_path: Path, tiny_cfg: dict) -> None:
+    _write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    _write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends: a.yaml makes a cycle \(.*a.yaml -> .*b.yaml -> .*a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "l0.yaml", yaml.safe_dump(tiny_cfg))
+    for i in range(1, 8):
+        _write(tmp_path / f"l{i}.yaml", f"extends: l{i - 1}.yaml\n")
+    load_config(tmp_path / "l5.yaml")  # five levels below it: fine
+    with pytest.raises(ConfigError, match=r"more than 5 levels \(.*l6.yaml -> .*l5.yaml"):
+        load_config(tmp_path / "l6.yaml")
+    _write(tmp_path / "orphan.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends: nowhere.yaml .* does not exist"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_the_shipped_overlays_resolve_onto_the_base() -> None:
+    base, default = load_config(CONFIG_DIR / "base.yaml"), load_config(CONFIG_DIR / "default.yaml")
+    assert default == base, "make run's config is the base as it is"
+    dev, prod = load_config(CONFIG_DIR / "dev.yaml"), load_config(CONFIG_DIR / "prod.yaml")
+    assert dev.data.max_rows == 1200 and dev.retention.environment == "dev" and dev.task == base.task
+    assert prod.hpo.n_trials > base.hpo.n_trials and prod.retention.environment == "prod"
+    assert (
+        metaflow_config_parser((CONFIG_DIR / "dev.yaml").read_text(), str(CONFIG_DIR / "dev.yaml"))["name"] == dev.name
+    )

@@ -92,3 +92,23 @@ def test_sigusr1_and_sigterm_request_a_stop() -> None:
             os.kill(os.getpid(), sig)
             assert stop_requested()
         assert signal.getsignal(sig) is before, "handlers are restored"
+
+
+def test_a_trial_that_reaches_its_last_step_completes_not_pruned(tmp_path, tiny_cfg) -> None:
+    import optuna
+
+    from trainflow.hpo import report_and_prune
+
+    cfg = parse_config_dict(tiny_cfg)
+    study = open_study(cfg, str(tmp_path / "j.journal"), "s")
+    first = study.ask()
+    for step in (3, 6):
+        first.report(0.9, step)
+    study.tell(first, 0.9)
+    worse = study.ask()
+    report_and_prune(worse, "accuracy", 6, 0.1, max_steps=6)  # below the median, but the last step
+    study.tell(worse, 0.1)
+    assert study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    early = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="pruned at step 3"):
+        report_and_prune(early, "accuracy", 3, 0.1, max_steps=6)

@@ -70,12 +70,12 @@ def test_versions_are_immutable_and_incomplete_sources_are_refused(tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "art" / "m").iterdir()) == ["v1"]
 
 
-def _package_row(version: str, acc: float) -> PackageRow:
+def _package_row(version: str, acc: float, labels: str = '["neg", "pos"]') -> PackageRow:
     return PackageRow(
         model_name="m", version=version, path=f"/p/{version}", task="classification", dataset_version="d-1",
         metric="accuracy", val_metric=acc, test_accuracy=acc, test_metric=acc, int8_metric=acc - 0.01,
         int8_accuracy=acc - 0.01, int8_accuracy_drop=0.01, majority_baseline_accuracy=0.5, parity_max_abs_diff=0.0,
-        n_trials=4, git_commit="abc", pathspec="TrainFlow/1/publish/1", created_at="2026-01-01",
+        n_trials=4, git_commit="abc", pathspec="TrainFlow/1/publish/1", created_at="2026-01-01", labels=labels,
     )  # fmt: skip
 
 
@@ -98,3 +98,16 @@ def test_records_and_leaderboard_through_duckdb(tmp_path: Path, capsys) -> None:
     assert cli(["trials", "r1", "--artifact-root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.index(" b ") < out.index(" a ") and "COMPLETE" in out
+
+
+def test_the_leaderboard_never_ranks_different_label_sets_together(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "art"
+    write_rows(root, "sent", [_package_row("sent", 0.8)])
+    write_rows(root, "news", [_package_row("news", 0.9, labels='["business", "sport", "tech"]')])
+    assert cli(["leaderboard", "--artifact-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "classification [business, sport, tech] · dataset d-1" in out
+        and "classification [neg, pos] · dataset d-1" in out
+    )
+    assert out.count("│ 1 ") == 2, "each package ranks first in a table of its own"

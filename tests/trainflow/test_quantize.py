@@ -4,6 +4,7 @@ keeps a passing one, and the gate fails the run (listing every recipe) when none
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -313,16 +314,18 @@ def test_gate_fails_the_run_when_no_recipe_passes(fragile: tuple[Path, object, S
     assert (model.parent / SEARCH_DIR / "naive.onnx").is_file(), "candidates kept for inspection"
 
 
-def test_search_false_tries_only_the_first_recipe(tmp_path: Path, tiny_onnx: Path) -> None:
+def test_search_false_tries_only_the_first_recipe(tmp_path: Path, tiny_onnx: Path, caplog) -> None:
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(tiny_onnx, onnx_dir)
     tok = AutoTokenizer.from_pretrained(onnx_dir)
     labels = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEST_TEXTS).argmax(1)
     q = QuantizeConfig(max_accuracy_drop=1.0, search=False, **FAST)
-    result = quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification",
-                               n_classes=2, cutpoints=None, calibration=_split(CALIBRATION, [0] * 16),
-                               test=_split(TEST_TEXTS, labels), max_length=32, q=q)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="trainflow.quantize"):
+        result = quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification",
+                                   n_classes=2, cutpoints=None, calibration=_split(CALIBRATION, [0] * 16),
+                                   test=_split(TEST_TEXTS, labels), max_length=32, q=q)  # fmt: skip
     assert [row["name"] for row in result.search] == [default_recipes()[0].name] == [result.chosen]
+    assert f"INT8 search: recipe 1 of 1 ({result.chosen})" in caplog.text, "long steps show their progress"
     assert Path(result.int8_path).name == INT8_FILE
 
 

@@ -1,0 +1,20 @@
+"""ONNX Runtime sessions over text: evaluation of a large split logs its progress."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import AutoTokenizer
+
+import trainflow.onnx_model as onnx_model
+from tests.tiny import rt_texts
+
+
+def test_a_large_evaluation_logs_progress(tiny_onnx, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(onnx_model, "PROGRESS_TEXTS", 40)  # a "large" split, kept small for the test
+    model = onnx_model.OnnxTextModel(tiny_onnx / "model.onnx", AutoTokenizer.from_pretrained(tiny_onnx), 32)
+    with caplog.at_level(logging.INFO, logger="trainflow.onnx_model"):
+        logits = model.logits(rt_texts(40), batch_size=4)
+    assert logits.shape[0] == 40
+    progress = [r.getMessage() for r in caplog.records if "texts" in r.getMessage()]
+    assert progress[0].startswith("model.onnx: ") and " of 40 texts" in progress[0] and len(progress) == 3
