@@ -30,7 +30,9 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
     # A folder per attempt: a resumed export never overwrites the ONNX file that an earlier
     # attempt's package (and its lineage) points to.
     onnx_dir = ctx.path / "onnx" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    result = export_onnx(model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export)
+    result = export_onnx(
+        model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export, max_length=cfg.model.max_length
+    )
     test = load_split(ctx.snapshot, "test")
     parity = check_parity(
         model_dir=Path(model_dir),

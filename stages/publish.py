@@ -17,6 +17,7 @@ from trainflow.context import RunContext
 from trainflow.cost import RunCost, TaskTiming, declared_resources, price_tasks
 from trainflow.data import load_split
 from trainflow.faults import fault_window
+from trainflow.heads import majority_baseline
 from trainflow.hpo import TrialRecord
 from trainflow.io import sha256_file
 from trainflow.metadata import (
@@ -30,7 +31,7 @@ from trainflow.metadata import (
     RunRef,
     read_metadata,
 )
-from trainflow.modeling import checksum_model_dir, count_parameters, majority_baseline, read_head, resolve_base_model
+from trainflow.modeling import checksum_model_dir, count_parameters, read_head, resolve_base_model
 from trainflow.package import (
     PackageResult,
     git_commit,
@@ -85,8 +86,9 @@ def _quantization(cfg: RunConfig, quant: QuantizeResult) -> QuantizationInfo:
         node_counts=quant.node_counts,
         chosen_recipe=quant.chosen,
         max_accuracy_drop=cfg.quantize.max_accuracy_drop,
-        selection="fastest batch-1 p50 among recipes within max_accuracy_drop of FP32 ONNX test accuracy;"
-        f" p50s within {cfg.quantize.latency_tie:.0%} tie, then the smaller drop wins",
+        selection="the first recipe, in the configured order (fastest expected first), whose test accuracy is within"
+        " max_accuracy_drop of FP32 ONNX and whose batch-1 p50 beats FP32's; recipes are screened on"
+        f" {cfg.quantize.screen_samples} test texts first",
         graph_optimization=quant.graph_optimization,
         session_options=quant.session_options,
         search=quant.search,
@@ -157,6 +159,7 @@ def build_metadata(*, cfg: RunConfig, run: RunOutputs, pathspec: str, version: s
         packages=package_versions(),
         config=cfg.public_dump(),
         cost=cost,
+        serving=run.quant.serving,
     )
 
 

@@ -77,6 +77,7 @@ class DataConfig(_Strict):
         None, description="Column of unique row ids; unset: the `id` column when the file has one, else row numbers."
     )
     encoding: str = Field("utf-8", description="Text encoding of CSV/TSV/JSONL files (a UTF-8 BOM is dropped).")
+    license: str | None = Field(None, description="The data's licence, for the package's model card.")
     validation_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     calibration_size: int = Field(64, ge=1)
@@ -197,14 +198,25 @@ class ExportConfig(_Strict):
     parity_samples: int = Field(64, ge=1)
 
 
-class RecipeConfig(_Strict):
-    """One static QDQ INT8 recipe the quantize step may try (`trainflow/quantize.py`).
+GraphLevel = Literal["attention", "fused", "basic", "none"]
 
-    Only nodes of `op_types` are quantized (with `weight_ops_only`, only those with a weight
-    input), so LayerNorm, GELU, residual Add and Softmax stay FP32 unless listed here.
+
+class RecipeConfig(_Strict):
+    """One INT8 recipe the quantize step may try (`trainflow/quantize.py`, `trainflow/int8.py`).
+
+    `mode: static` (QDQ with calibrated activation ranges): only nodes of `op_types` are
+    quantized (with `weight_ops_only`, only those with a weight input), so LayerNorm, GELU,
+    residual Add and Softmax stay FP32 unless listed. `mode: dynamic`: weights quantized now,
+    activations per batch at run time; on the attention-fused graph this covers Attention and the
+    embedding tables too (QAttention, QEmbedLayerNormalization).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    mode: Literal["static", "dynamic"] = "static"
+    graph: GraphLevel | None = Field(
+        None,
+        description="Graph the recipe quantizes; default: quantize.graph_optimization (static), attention (dynamic).",
+    )
     # x86 ONNX Runtime fuses QDQ into integer kernels only for uint8 activations (U8S8); int8
     # activations fall back to dequantize + FP32 MatMul there (fast on ARM). See README.
     activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
@@ -223,15 +235,26 @@ class RecipeConfig(_Strict):
         0, ge=0, description="Also keep the k weight nodes with the largest per-layer INT8 output error in FP32."
     )
 
+    def graph_level(self, default: GraphLevel) -> GraphLevel:
+        return self.graph or ("attention" if self.mode == "dynamic" else default)
+
 
 # BERT's second feed-forward MatMul reads GELU outputs with large outliers.
 FF2_PATTERN = r"layer\.\d+/output/dense/MatMul$"
+DYNAMIC_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
 
 
 def default_recipes() -> list[RecipeConfig]:
-    """Ordered from the fastest on x86 to the most conservative; the search keeps the fastest
-    that passes the gate. Calibration ranges are shared between recipes of one method."""
+    """Ordered by expected speed on x86 CPUs, fastest first (measured on an AMD AVX2 server and an
+    Intel AVX-512 VNNI/AMX server; benchmarks/RESULTS.md); the search stops at the first that
+    passes the accuracy gate and is faster than FP32. The dynamic recipes also quantize the
+    embedding tables (the INT8 file is about a quarter of the FP32 one); the static ones keep
+    them FP32 (quantized by QDQ, their dequantization ran at every call and halved the speed)."""
     return [
+        RecipeConfig(name="dyn-u8s8", mode="dynamic", op_types=DYNAMIC_OPS),
+        RecipeConfig(
+            name="dyn-u8s8-ff2-fp32", mode="dynamic", op_types=DYNAMIC_OPS, exclude_node_patterns=[FF2_PATTERN]
+        ),
         RecipeConfig(name="u8s8-minmax"),
         RecipeConfig(name="u8s8-percentile", calibration_method="percentile"),
         RecipeConfig(name="u8s8-minmax-ff2-fp32", exclude_node_patterns=[FF2_PATTERN]),
@@ -242,21 +265,30 @@ def default_recipes() -> list[RecipeConfig]:
 
 class QuantizeConfig(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="Fraction, 0.01 = 1 point.")
-    search: bool = Field(True, description="Try every recipe and keep the fastest that passes; false = first only.")
+    search: bool = Field(
+        True,
+        description="Try the recipes in order until one passes the gate and is faster than FP32; false = first only.",
+    )
     recipes: list[RecipeConfig] = Field(default_factory=default_recipes, min_length=1)
     graph_optimization: Literal["none", "basic", "fused"] = Field(
-        "basic",
-        description="Graph rewrite before quantizing: none; basic = ORT basic level (constant folding, redundant"
+        "fused",
+        description="Graph the static recipes quantize: none; basic = ORT basic level (constant folding, redundant"
         " nodes); fused = basic + ORT transformer fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm). Applied only"
         " if FP32 logits stay within graph_optimization_atol, else the next lower level is used.",
     )
     graph_optimization_atol: float = Field(1e-4, gt=0)
-    intra_op_threads: int = Field(0, ge=0, description="ORT threads for the latency check; 0 = all cores.")
-    latency_samples: int = Field(64, ge=1, description="Test texts timed at batch 1, every model turn about.")
-    latency_rounds: int = Field(2, ge=1)
-    latency_tie: float = Field(
-        0.03, ge=0, description="Recipes within this fraction of the fastest p50 tie; the smaller drop wins."
+    screen_samples: int = Field(128, ge=1, description="Test texts a recipe is screened on before the full test split.")
+    screen_margin: float = Field(
+        0.03,
+        ge=0,
+        description="A recipe is screened out when its drop on the screening texts exceeds the gate by more.",
     )
+    intra_op_threads: int = Field(0, ge=0, description="ORT threads for the latency check; 0 = the physical cores.")
+    threads: list[int] | None = Field(
+        None, description="Thread counts measured for the package; default 1, 2, 4, ... up to the physical cores."
+    )
+    latency_samples: int = Field(32, ge=1, description="Test texts timed at batch 1, every model turn about.")
+    latency_rounds: int = Field(2, ge=1)
     sensitivity_samples: int = Field(16, ge=1, description="Calibration texts used to rank per-layer INT8 error.")
 
     @model_validator(mode="after")
@@ -266,19 +298,19 @@ class QuantizeConfig(_Strict):
         if len(set(names)) != len(names):
             problems.append(f"quantize.recipes: names {names} repeat; give each recipe a unique name")
         for i, r in enumerate(self.recipes):
+            where = f"quantize.recipes[{i}] ({r.name})"
             if r.activation_type == "QInt8" and r.weight_type == "QUInt8":
-                problems.append(
-                    f"quantize.recipes[{i}] ({r.name}): QInt8 activations with QUInt8 weights is not supported by"
-                    " ONNX Runtime; use weight_type QInt8"
-                )
+                problems.append(f"{where}: QInt8 activations with QUInt8 weights is not supported by ONNX Runtime;"
+                                " use weight_type QInt8")  # fmt: skip
+            if r.mode == "dynamic" and (r.keep_fp32_top_k or r.activation_type != "QUInt8"):
+                problems.append(f"{where}: a dynamic recipe quantizes activations to uint8 at run time and ranks no"
+                                " layers; drop keep_fp32_top_k and activation_type, or use mode: static")  # fmt: skip
             for pattern in r.exclude_node_patterns:
                 try:
                     re.compile(pattern)
                 except re.error as err:
-                    problems.append(
-                        f"quantize.recipes[{i}] ({r.name}).exclude_node_patterns: {pattern!r} is not a valid"
-                        f" regular expression ({err})"
-                    )
+                    problems.append(f"{where}.exclude_node_patterns: {pattern!r} is not a valid regular expression"
+                                    f" ({err})")  # fmt: skip
         if problems:
             raise ValueError("\n".join(problems))
         return self

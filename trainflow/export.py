@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -12,6 +13,7 @@ import onnx
 
 from trainflow.config import ExportConfig
 from trainflow.diskspace import ensure_free_space
+from trainflow.io import atomic_write_json, atomic_write_text
 from trainflow.modeling import HEAD_FILE
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,29 @@ class ExportResult:
     outputs: list[str]
 
 
-def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> ExportResult:
-    """Export `model_dir` (a folder from `save_model`) to `out_dir/model.onnx`.
+def configure_tokenizer(folder: Path, max_length: int) -> None:
+    """Make the package's tokenizer files say how the model was trained and exported:
+    `tokenizer.json` truncates to `max_length` and pads a batch to its longest text (so a consumer
+    with only the `tokenizers` library gets the right inputs), and `tokenizer_config.json`'s
+    `model_max_length` is `max_length` too."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    pad_token = config.get("pad_token") or "[PAD]"
+    pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
+    pad_id = tok.token_to_id(pad_token)
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token=pad_token)
+    atomic_write_text(path, tok.to_str())
+    atomic_write_json(config_path, {**config, "model_max_length": max_length})
+
+
+def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig, max_length: int = 512) -> ExportResult:
+    """Export `model_dir` (a folder from `save_model`) to `out_dir/model.onnx`, with tokenizer
+    files configured for `max_length` (`configure_tokenizer`).
 
     The folder holds a stock `AutoModelForSequenceClassification`, which is what Optimum can
     export faithfully (a custom class would be silently rebuilt with a random head). Ordinal
@@ -56,6 +79,7 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig) -> Expo
         library_name="transformers",
     )
     shutil.copy2(model_dir / HEAD_FILE, out_dir / HEAD_FILE)
+    configure_tokenizer(out_dir, max_length)
     graph = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False)
     opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     result = ExportResult(

@@ -6,7 +6,9 @@ the run summary and the package loader (`read_metadata`). Schema versions:
   1  packages published before this model existed (no `schema_version` key; the INT8 recipe's
      fields were spread into `quantization`). They are read, with the recipe gathered into
      `quantization.recipe`.
-  2  this model.
+  2  typed metadata; read with `serving` empty (no thread sweep was recorded then).
+  3  this model: `serving` holds the primary model (int8 or fp32), the latencies measured at each
+     thread count and batch size on the machine that built the package, and the best settings.
 
 A file with a newer `schema_version` than this code knows, or one that does not match the
 model, raises `MetadataError` naming the file and the version.
@@ -25,7 +27,7 @@ from trainflow.errors import MetadataError
 from trainflow.io import atomic_write_text
 
 METADATA = "metadata.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class _Model(BaseModel):
@@ -137,6 +139,12 @@ class PackageMetadata(_Model):
     packages: dict[str, str]
     config: dict[str, Any]
     cost: dict[str, Any]
+    serving: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def primary_file(self) -> str:
+        """The model file the package serves by default."""
+        return "model.onnx" if self.serving.get("primary") == "fp32" else "model_int8.onnx"
 
     @property
     def labels(self) -> list[str]:
@@ -169,7 +177,7 @@ def parse_metadata(raw: Any, source: str) -> PackageMetadata:
             f"{source}: metadata schema version {version!r} is not supported (this trainflow reads 1 to"
             f" {SCHEMA_VERSION}); upgrade trainflow to read it"
         )
-    data = _upgrade_v1(raw) if version == 1 else raw
+    data = _upgrade_v1(raw) if version == 1 else {**raw, "schema_version": SCHEMA_VERSION}
     try:
         return PackageMetadata.model_validate(data)
     except ValidationError as err:

@@ -120,3 +120,74 @@ def interleaved_latency_ms(models: dict[str, OnnxTextModel], texts: list[str], r
         arr = np.asarray(t)
         out[n] = {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)), "n": len(arr)}
     return out
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyperthread siblings counted once; never more than
+    the CPUs in its affinity mask). Falls back to the logical count where the topology is unknown."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            return len(allowed)
+    return max(1, len(cores))
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU a measurement ran on: model name, logical and physical cores, the SIMD features
+    that decide INT8 speed (AVX2, AVX-512 VNNI, AMX)."""
+    model, flags = "unknown", set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"model": model, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "features": [f for f in wanted if f in flags]}  # fmt: skip
+
+
+def thread_sweep(
+    paths: dict[str, Path],
+    tokenizer: object,
+    max_length: int,
+    texts: list[str],
+    *,
+    threads: list[int],
+    batch_sizes: tuple[int, ...],
+    rounds: int = 1,
+) -> list[dict[str, object]]:
+    """p50/p95 latency of each model at each thread count and batch size (tokenization excluded;
+    a batch of b is the next b texts, padded to its longest). The models take turns per batch."""
+    rows: list[dict[str, object]] = []
+    for n in threads:
+        models = {
+            name: OnnxTextModel(path, tokenizer, max_length, settings=SessionSettings(n))
+            for name, path in paths.items()
+        }
+        for batch in batch_sizes:
+            feeds = [
+                f
+                for _, f in tokenize_batches(
+                    tokenizer, texts, max_length, batch, next(iter(models.values())).input_names
+                )
+            ]
+            for m in models.values():
+                m.session.run(["logits"], feeds[0])  # type: ignore[attr-defined]
+            times: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(rounds):
+                for f in feeds:
+                    for name, m in models.items():
+                        t0 = time.perf_counter()
+                        m.session.run(["logits"], f)  # type: ignore[attr-defined]
+                        times[name].append((time.perf_counter() - t0) * 1000)
+            for name, t in times.items():
+                rows.append({"model": name, "threads": n, "batch": batch, "p50_ms": float(np.percentile(t, 50)),
+                             "p95_ms": float(np.percentile(t, 95)), "n": len(t)})  # fmt: skip
+    return rows

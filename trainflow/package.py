@@ -23,13 +23,17 @@ import uuid
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from trainflow.diskspace import ensure_free_space
 from trainflow.errors import PackageVerificationError, PublishError
 from trainflow.faults import fault_window
 from trainflow.io import fsync_tree, sha256_file
 from trainflow.metadata import METADATA, PackageMetadata
+from trainflow.modelcard import CARD
+from trainflow.modelcard import render as render_card
 
 MANIFEST = "SHA256SUMS"
 PACKAGE_FILES = (
@@ -168,6 +172,8 @@ def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: Pack
             shutil.copy2(src, tmp / name)
         fault_window("publish")
         metadata.write(tmp)
+        others = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / CARD).write_text(render_card(metadata, others), encoding="utf-8")
         digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = "".join(f"{d}  {n}\n" for n, d in digests.items()).encode()
         (tmp / MANIFEST).write_bytes(manifest)
@@ -260,3 +266,109 @@ def verify_package(
     if problems:
         raise PackageVerificationError(f"{path} failed verification:\n" + "\n".join(f"  - {p}" for p in problems))
     return listed
+
+
+# --- the loader -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probabilities: dict[str, float]
+
+
+class PackageModel:
+    """A verified package with an ONNX Runtime session: `predict(texts)` returns label names,
+    indices and class probabilities; `logits(texts)` the raw outputs. Made by `load`."""
+
+    def __init__(self, path: Path, metadata: PackageMetadata, file: str, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.path, self.metadata, self.file, self.threads = path, metadata, file, threads
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        # Packages built before the tokenizer carried them: truncation and padding from the metadata.
+        if self.tokenizer.truncation is None:
+            self.tokenizer.enable_truncation(max_length=metadata.onnx.max_length)
+        if self.tokenizer.padding is None:
+            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path / file), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata.labels
+
+    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(texts[start : start + batch_size])
+            arrays = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
+                      "token_type_ids": [e.type_ids for e in enc]}  # fmt: skip
+            feeds = {n: np.asarray(arrays[n], dtype=np.int64) for n in self.input_names}
+            out.append(self.session.run(None, feeds)[0])
+        return np.concatenate(out) if out else np.empty((0, len(self.labels)))
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
+        from trainflow.heads import ordinal_probabilities, predict_classes
+
+        logits = self.logits(texts, batch_size)
+        cut = None if self.metadata.cutpoints is None else np.asarray(self.metadata.cutpoints)
+        if self.metadata.task == "ordinal":
+            probs = ordinal_probabilities(logits.reshape(-1), cut)  # type: ignore[arg-type]
+        else:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        classes = predict_classes(self.metadata.task, logits, cut)
+        return [
+            Prediction(self.labels[int(k)], int(k), {name: float(p) for name, p in zip(self.labels, row)})
+            for k, row in zip(classes, probs)
+        ]
+
+
+def _registry_root(path: Path) -> Path | None:
+    """The artifact root whose registry vouches for `path` (`<root>/<model>/<version>`), if any."""
+    root = path.parent.parent
+    return root if (root / "_registry" / "registry.json").is_file() else None
+
+
+def load(
+    path: str | Path, *, model: Literal["primary", "int8", "fp32"] = "primary", threads: int | None = None
+) -> PackageModel:
+    """Verify a package, then open it for predictions (no torch is imported).
+
+    Every file is checked against SHA256SUMS (only plain, regular, listed files), and, when the
+    package lies in an artifact root with a registry, against the digests the registry recorded
+    at publish (an unregistered folder there is refused); only then is a session created. The
+    model is the package's primary one (INT8, or FP32 if no INT8 was faster where it was built)
+    unless `model` says otherwise; `threads` defaults to the thread count measured best for batch 1
+    there, never more than this machine's physical cores.
+
+    Raises:
+        PackageVerificationError: a file is changed, missing, extra or not what the registry
+            recorded (named), or the manifest is forged.
+    """
+    path = Path(path).resolve()
+    root = _registry_root(path)
+    if root is not None:
+        from trainflow.errors import RegistryError
+        from trainflow.registry import verify as verify_registered
+
+        try:
+            verify_registered(artifact_root=root, model_name=path.parent.name, version=path.name)
+        except RegistryError as err:
+            raise PackageVerificationError(str(err)) from None
+    else:
+        verify_package(path)
+    from trainflow.metadata import read_metadata
+    from trainflow.onnx_model import physical_cores
+
+    meta = read_metadata(path)
+    file = {"primary": meta.primary_file, "int8": "model_int8.onnx", "fp32": "model.onnx"}[model]
+    measured = meta.serving.get("best", {}).get("batch1", {}).get("threads")
+    chosen = min(threads or measured or physical_cores(), physical_cores())
+    return PackageModel(path, meta, file, chosen)

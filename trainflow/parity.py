@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from trainflow.errors import ParityError
-from trainflow.modeling import load_model, predict_classes
+from trainflow.heads import predict_classes
+from trainflow.modeling import load_model
 from trainflow.onnx_model import OnnxTextModel, tokenize_batches
 
 

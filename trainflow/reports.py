@@ -292,23 +292,35 @@ def training_report(*, storage: str, study_name: str, trials: Sequence[TrialReco
 
 
 def recipe_table(search: Sequence[dict[str, Any]], chosen: str) -> Table:
-    """One row per INT8 recipe of the search (QuantizeResult.search)."""
+    """One row per INT8 recipe of the search (QuantizeResult.search), in the order tried: its
+    status (chosen, passed, failed, screened-out, error, not-tried) and what was measured."""
     rows = []
     for o in search:
         drop = o.get("accuracy_drop")
         size = o.get("size_bytes")
+        status = "error" if o.get("error") else o.get("status") or ("PASS" if o.get("passed") else "FAIL")
         rows.append(
             [
                 f"{o['name']}{' (chosen)' if o['name'] == chosen else ''}",
-                "error" if o.get("error") else ("PASS" if o.get("passed") else "FAIL"),
+                status,
+                o.get("mode", "static"),
+                _fmt(o.get("screen_accuracy")),
                 _fmt(o.get("accuracy")),
                 "-" if drop is None else f"{drop * 100:+.2f}",
                 "-" if o.get("p50_ms") is None else f"{o['p50_ms']:.2f}",
-                "-" if o.get("p95_ms") is None else f"{o['p95_ms']:.2f}",
+                "-" if o.get("fp32_p50_ms") is None else f"{o['fp32_p50_ms']:.2f}",
                 "-" if size is None else f"{size / 1e6:.2f}",
             ]
         )
-    return Table(["recipe", "passed", "accuracy", "drop (points)", "p50 ms", "p95 ms", "size MB"], rows)
+    return Table(["recipe", "status", "mode", "screening acc", "accuracy", "drop (points)", "p50 ms", "FP32 p50 ms",
+                  "size MB"], rows)  # fmt: skip
+
+
+def serving_table(serving: dict[str, Any]) -> Table:
+    """The thread sweep: p50 of each model per thread count and batch size."""
+    rows = [[str(r["model"]), str(r["threads"]), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}"]
+            for r in serving.get("table", [])]  # fmt: skip
+    return Table(["model", "threads", "batch", "p50 ms", "p95 ms"], rows)
 
 
 def parity_histogram_spec(histogram: Sequence[tuple[int, int]], atol: float, n_samples: int) -> dict[str, Any]:
@@ -357,6 +369,13 @@ def quantize_report(*, parity: ParityResult, quant: QuantizeResult) -> list[Bloc
         ),
         Markdown("### Recipe search"),
         recipe_table(quant.search, chosen),
+        Markdown(
+            f"### Serving settings\n\nPrimary model **{quant.primary}**; best batch-1 threads"
+            f" {quant.serving.get('best', {}).get('batch1', {}).get('threads', '-')}, batch-32 threads"
+            f" {quant.serving.get('best', {}).get('batch32', {}).get('threads', '-')}"
+            f" ({quant.serving.get('cpu', {}).get('model', 'unknown CPU')})."
+        ),
+        serving_table(quant.serving),
         Markdown(
             f"### Export parity\n\nmax |diff| {parity.max_abs_diff:.3g}, mean {parity.mean_abs_diff:.3g}"
             f" (atol {parity.atol:.0e}); predicted class agrees on {parity.prediction_agreement:.1%}"

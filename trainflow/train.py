@@ -42,8 +42,9 @@ from trainflow.config import RunConfig
 from trainflow.data import SplitData
 from trainflow.diskspace import ensure_free_space
 from trainflow.errors import TrainingInterrupted, TrainingResourceError
+from trainflow.heads import compute_metrics, predict_classes
 from trainflow.io import VersionedDir
-from trainflow.modeling import TextModel, build_model, compute_metrics, predict_classes, resolve_base_model, save_model
+from trainflow.modeling import TextModel, build_model, resolve_base_model, save_model
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from tests.tiny import ROOT
 from trainflow.config import parse_config_dict
 from trainflow.data import load_split
 from trainflow.errors import DatasetError
+from trainflow.heads import ordinal_probabilities, predict_classes
 from trainflow.hpo import run_worker
-from trainflow.modeling import ordinal_probabilities, predict_classes
 from trainflow.onnx_model import OnnxTextModel
-from trainflow.package import verify_package
+from trainflow.package import load, verify_package
 
 
 def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:
@@ -66,6 +66,11 @@ def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, t
     probs = ordinal_probabilities(scores[:, 0], cut)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     assert meta["lineage"]["dataset_sha256"] == ctx.snapshot.sha256
+    # The loader applies the cutpoints: label names of the number of cutpoints below each score.
+    loaded = load(path, model="fp32").predict(test.texts)
+    assert [p.index for p in loaded] == preds.tolist()
+    assert [p.label for p in loaded] == [meta["label_map"][str(k)] for k in preds]
+    np.testing.assert_allclose([list(p.probabilities.values()) for p in loaded], probs, atol=1e-5)
 
 
 def test_bad_data_stops_before_any_study_or_training(tmp_path: Path, tiny_cfg: dict) -> None:

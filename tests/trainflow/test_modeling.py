@@ -5,14 +5,12 @@ import pytest
 import torch
 
 from trainflow.errors import ModelLoadError
+from trainflow.heads import compute_metrics, ordinal_probabilities, predict_classes
 from trainflow.modeling import (
     Cutpoints,
     build_model,
-    compute_metrics,
     cumulative_link_nll,
     load_model,
-    ordinal_probabilities,
-    predict_classes,
     resolve_base_model,
     save_model,
 )

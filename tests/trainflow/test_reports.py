@@ -128,18 +128,20 @@ def _quant(search: list[dict]) -> QuantizeResult:
 
 def test_quantize_report_table_and_parity_histogram() -> None:
     search = [
-        {"name": "minmax", "passed": True, "accuracy": 0.79, "accuracy_drop": 0.01, "p50_ms": 2.0, "p95_ms": 2.5,
+        {"name": "minmax", "passed": True, "status": "chosen", "mode": "dynamic", "screen_accuracy": 0.8,
+         "accuracy": 0.79, "accuracy_drop": 0.01, "p50_ms": 2.0, "p95_ms": 2.5, "fp32_p50_ms": 5.0,
          "size_bytes": 23_000_000, "error": None},
-        {"name": "entropy", "passed": False, "accuracy": 0.7, "accuracy_drop": 0.1, "p50_ms": 2.1, "p95_ms": 2.9,
+        {"name": "entropy", "passed": False, "status": "failed", "accuracy": 0.7, "accuracy_drop": 0.1,
          "size_bytes": 23_000_000, "error": None},
-        {"name": "broken", "passed": False, "error": "boom"},
+        {"name": "broken", "passed": False, "status": "error", "error": "boom"},
     ]  # fmt: skip
     parity = ParityResult(32, 2e-6, 3e-7, 1.0, 1e-4, error_histogram=[(-8, 10), (-7, 40), (-6, 14)])
     blocks = reports.quantize_report(parity=parity, quant=_quant(search))
     table = next(b for b in blocks if isinstance(b, reports.Table))
-    assert table.headers == ["recipe", "passed", "accuracy", "drop (points)", "p50 ms", "p95 ms", "size MB"]
-    assert table.rows[0] == ["minmax (chosen)", "PASS", "0.79", "+1.00", "2.00", "2.50", "23.00"]
-    assert table.rows[1][1] == "FAIL" and table.rows[2][1:3] == ["error", "-"]
+    assert table.headers == ["recipe", "status", "mode", "screening acc", "accuracy", "drop (points)", "p50 ms",
+                             "FP32 p50 ms", "size MB"]  # fmt: skip
+    assert table.rows[0] == ["minmax (chosen)", "chosen", "dynamic", "0.8", "0.79", "+1.00", "2.00", "5.00", "23.00"]
+    assert table.rows[1][1] == "failed" and table.rows[2][1:3] == ["error", "static"]
     spec = next(b for b in blocks if isinstance(b, reports.Chart)).spec
     bars, rule = spec["layer"]
     assert [v["count"] for v in bars["data"]["values"]] == [10, 40, 14]
