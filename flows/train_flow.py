@@ -12,7 +12,7 @@ Steps:
             the run's cost from its task timings, Parquet records
   end       print where the package is and the best trial's metrics
 
-Cards (`python flows/train_flow.py card view RUN/STEP/TASK`, or `card server`): train shows each
+Cards (`python flows/train_flow.py card view RUN/STEP/TASK --id report`, or `card server`): train shows each
 trial's loss and validation curves, join the Optuna history, parameter importances and trials,
 quantize the INT8 recipe table and the parity error histogram, end the package summary.
 
@@ -31,19 +31,12 @@ import trainflow_errors as errors
 import trainflow_logs
 from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
-from trainflow_timings import task_timings
 
-from stages.export import export_and_check
-from stages.hpo_worker import run_trials
-from stages.prepare import prepare_run
-from stages.publish import publish_run
-from stages.quantize import quantize_model
-from stages.select import select_best
-from stages.summary import summarize
-from trainflow import reports
 from trainflow.config import RunConfig, metaflow_config_parser
-from trainflow.runs import write_run_status
 
+# Each step imports its own stage: every task, and every card, starts a Python process that
+# imports this file, and the stages' libraries (torch, transformers, onnx, pyarrow) take seconds
+# to load; a step that only reads a study or writes a card starts in a fraction of that.
 trainflow_logs.configure()
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "default.yaml")
 
@@ -54,6 +47,8 @@ def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None
         cfg = flow.cfg
     except Exception:  # noqa: BLE001 - no valid config: nothing to record under
         return
+    from trainflow.runs import write_run_status
+
     ctx = getattr(flow, "ctx", None)
     write_run_status(cfg, current.run_id, pathspec=current.pathspec, status="failed",
                      started_at=ctx.started_at if ctx else time.time(), failure=(step_name, errors.one_line(err)),
@@ -81,11 +76,14 @@ class TrainFlow(FlowSpec):
     @fails_in_one_line
     def start(self):
         """Validate the config, snapshot and split the data, create the study (stages/prepare.py)."""
+        from stages.hpo_worker import task_slots
+        from stages.prepare import prepare_run
+
         self.ctx = prepare_run(cfg=self.cfg, run_key=current.run_id, pathspec=current.pathspec)
-        self.workers = list(range(self.cfg.hpo.n_workers))
+        self.workers = task_slots(self.cfg)  # one per worker, or per GPU slot with hpo.workers_per_gpu
         self.next(self.train, foreach="workers")
 
-    @card
+    @card(type="blank", id=cards.CARD_ID)
     @checkpoint(show_card=False)
     @retry(
         times=config_expr("config.compute.retries"),
@@ -101,6 +99,9 @@ class TrainFlow(FlowSpec):
     def train(self):
         """One foreach worker: its quota of trials from the shared study (stages/hpo_worker.py);
         metaflow-checkpoint saves each checkpoint and restores the latest on @retry."""
+        from stages.hpo_worker import run_trials
+        from trainflow import reports
+
         loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
         self.trials = run_trials(
             cfg=self.cfg,
@@ -116,11 +117,14 @@ class TrainFlow(FlowSpec):
         )
         self.next(self.join)
 
-    @card
+    @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
     def join(self, inputs):
         """The best complete trial (stages/select.py); the card shows the Optuna history."""
+        from stages.select import select_best
+        from trainflow import reports
+
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = select_best(cfg=self.cfg, ctx=self.ctx)
         cards.show(
@@ -138,14 +142,19 @@ class TrainFlow(FlowSpec):
     @fails_in_one_line
     def export(self):
         """ONNX export and the parity gate (stages/export.py)."""
+        from stages.export import export_and_check
+
         self.exported = export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
         self.next(self.quantize)
 
-    @card
+    @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
     def quantize(self):
         """INT8 recipe search behind the accuracy gate (stages/quantize.py)."""
+        from stages.quantize import quantize_model
+        from trainflow import reports
+
         self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
         cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
@@ -155,6 +164,10 @@ class TrainFlow(FlowSpec):
     def publish(self):
         """Package, registry, lineage, cost and records (stages/publish.py), priced from the run's
         task timings (flows/trainflow_timings.py)."""
+        from trainflow_timings import task_timings
+
+        from stages.publish import publish_run
+
         self.package = publish_run(
             cfg=self.cfg,
             ctx=self.ctx,
@@ -167,11 +180,14 @@ class TrainFlow(FlowSpec):
         )
         self.next(self.end)
 
-    @card
+    @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
     def end(self):
         """Print where the package is and its headline metrics (stages/summary.py)."""
+        from stages.summary import summarize
+        from trainflow import reports
+
         summary = summarize(self.package.path)
         print("Published package:", self.package.path)
         print(json.dumps(summary, indent=2))

@@ -1,4 +1,5 @@
-"""Metaflow card glue: turn the plain blocks of trainflow/reports.py into card components.
+"""Metaflow card glue: turn the plain blocks (trainflow/blocks.py) that trainflow/reports.py
+builds into card components.
 
 This is the only place that knows Metaflow's card API; what a card shows is decided (and
 tested) in trainflow/reports.py.
@@ -13,30 +14,33 @@ from collections.abc import Callable, Iterable
 from metaflow import current
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 
-from trainflow import reports
+from trainflow import blocks
 
 
-def component(block: reports.Block):
-    if isinstance(block, reports.Markdown):
+def component(block: blocks.Block):
+    if isinstance(block, blocks.Markdown):
         return Markdown(block.text)
-    if isinstance(block, reports.Chart):
+    if isinstance(block, blocks.Chart):
         return VegaChart(block.spec)
-    if isinstance(block, reports.Table):
+    if isinstance(block, blocks.Table):
         return Table(block.rows, headers=block.headers)
-    if isinstance(block, reports.Progress):
+    if isinstance(block, blocks.Progress):
         return ProgressBar(max=block.max, value=block.value, label=block.label)
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def show(build: Callable[[], Iterable[reports.Block]]) -> None:
+CARD_ID = "report"  # `card get RUN/STEP/TASK --id report` (train also holds the checkpoint plugin's card)
+
+
+def show(build: Callable[[], Iterable[blocks.Block]]) -> None:
     """Append the blocks `build()` returns to the step's card (the step must have @card).
 
     A card is a view, not a gate: if building it fails, the card says so (with the traceback)
     and the step goes on, so a reporting bug never costs a finished training run."""
     try:
-        blocks = list(build())
+        shown = list(build())
     except Exception as err:  # noqa: BLE001 - any failure of the view is reported on the card
         logging.getLogger(__name__).warning("card for %s not built: %s", current.pathspec, err)
-        blocks = [reports.Markdown(f"**This card could not be built:**\n\n```\n{traceback.format_exc()}\n```")]
-    for block in blocks:
-        current.card.append(component(block))
+        shown = [blocks.Markdown(f"**This card could not be built:**\n\n```\n{traceback.format_exc()}\n```")]
+    for block in shown:
+        current.card[CARD_ID].append(component(block))

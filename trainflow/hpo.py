@@ -36,20 +36,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from trainflow.checkpoints import checkpoint_candidates, read_one_checkpoint
 from trainflow.config import HpoConfig, RunConfig, expand_env
 from trainflow.data import SplitData
 from trainflow.errors import ConfigError
 from trainflow.journal import HeartbeatJournalStorage, journal_storage
 from trainflow.tracking import TrialLogger, lineage_artifact, lineage_ref, trial_run
-from trainflow.train import CHECKPOINT_DIR, Hyperparams, TrainResult, cpu_threads, train_model
+
+if TYPE_CHECKING:
+    from trainflow.train import Hyperparams, TrainResult
+
+# trainflow.train (torch, transformers: ~2 s to import) is imported where a trial trains, so the
+# steps and tools that only read a study (join, cards, the CLI) start without it.
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ def open_study(
 
 def suggest(trial: optuna.Trial, cfg: RunConfig) -> Hyperparams:
     """The search space, declared inline; a continued trial gets its stored values back."""
+    from trainflow.train import Hyperparams
+
     space = cfg.hpo.search_space
     return Hyperparams(
         learning_rate=trial.suggest_float("learning_rate", *space.learning_rate, log=True),
@@ -186,6 +191,10 @@ def run_worker(
     trial save a checkpoint and raise TrainingInterrupted; the trial stays RUNNING and the
     next attempt of this worker continues it. `resume_dir` is a checkpoint loaded by the caller
     (metaflow-checkpoint); local checkpoints under `work_dir` are found without it."""
+    import torch
+
+    from trainflow.train import cpu_threads
+
     torch.set_num_threads(cpu_threads(cfg.train.num_threads, cfg.hpo.n_workers))
     with stop_on_signals() as stop_requested:
         study = open_study(cfg, open_storage(storage, cfg.hpo), study_name, sampler_seed=worker)
@@ -280,6 +289,9 @@ def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, load
     Workaround: metaflow-checkpoint 0.2.14's default load_policy "fresh" loads nothing in a resumed
     run, and "eager" makes a new run load the previous run's final checkpoint; no upstream issue
     was found (https://github.com/outerbounds/metaflow-checkpoint), so the local copy is used."""
+    from trainflow.checkpoints import checkpoint_candidates, read_one_checkpoint
+    from trainflow.train import CHECKPOINT_DIR
+
     lineage = {trial.number, *_retry_history(trial)}
     roots = [loaded, *(trial_dir(work_dir, n) / CHECKPOINT_DIR for n in sorted(lineage))]
     folders = [f for root in roots if root is not None and root.is_dir() for f in checkpoint_candidates(root)]
@@ -384,6 +396,8 @@ def _run_trial(
     on_checkpoint: Any,
     stop_requested: Callable[[], bool],
 ) -> None:
+    from trainflow.train import train_model
+
     hparams = suggest(trial, cfg)
     metric = cfg.hpo.metric
 

@@ -1,7 +1,7 @@
 """What the flow's cards show, built from plain data (no Metaflow here).
 
-Each `*_report` function returns a list of blocks (`Markdown`, `Chart` with a Vega-Lite spec,
-`Table`, `Progress`); the flow's card adapter (flows/trainflow_cards.py) turns each block into a
+Each `*_report` function returns a list of blocks (trainflow/blocks.py: `Markdown`, `Chart` with a
+Vega-Lite spec, `Table`, `Progress`); the flow's card adapter (flows/trainflow_cards.py) turns each block into a
 Metaflow card component. Everything here can be built and checked without a flow.
 """
 
@@ -9,49 +9,27 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
+from trainflow.blocks import Block, Chart, Markdown, Progress, Table
 from trainflow.config import HpoConfig
 from trainflow.hpo import CURVES_ATTR, TrialRecord, open_storage
-from trainflow.package import PackageResult
-from trainflow.parity import ParityResult
-from trainflow.quantize import QuantizeResult
+
+if TYPE_CHECKING:  # the results the cards show: their modules (torch, onnx) are loaded by the steps
+    from trainflow.package import PackageResult
+    from trainflow.parity import ParityResult
+    from trainflow.quantize import QuantizeResult
+
+__all__ = ["Block", "Chart", "Markdown", "Progress", "Table"]
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
 VALUE_AXIS = {"format": ".4~g"}  # a flat series gets one tick: show it as 0.6415, not 1
 # Importances from fewer complete trials say more about the sampler than about the parameters.
 MIN_TRIALS_FOR_IMPORTANCE = 4
-
-
-@dataclass(frozen=True)
-class Markdown:
-    text: str
-
-
-@dataclass(frozen=True)
-class Chart:
-    spec: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Table:
-    headers: list[str]
-    rows: list[list[str]]
-
-
-@dataclass(frozen=True)
-class Progress:
-    label: str
-    value: int
-    max: int
-
-
-Block = Markdown | Chart | Table | Progress
 
 
 def integer_axis(values: Sequence[int]) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def card_html(flow_run, task, out: Path) -> Path:
     pathspec = "/".join(task.pathspec.split("/")[1:])
     done = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "train_flow.py"), "--config", "config", str(flow_run.root / "cfg.yaml"),
-         "card", "get", pathspec, str(out), "--type", "default"],
+         "card", "get", pathspec, str(out), "--id", "report"],
         cwd=flow_run.root, env=flow_run.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0 and out.is_file(), done.stderr[-3000:]
