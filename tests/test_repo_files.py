@@ -34,13 +34,17 @@ def _sections(text: str) -> tuple[dict[str, str], dict[str, str]]:
 def test_apptainer_definition_parses_and_runs_the_flow() -> None:
     header, sections = _sections((ROOT / "container" / "apptainer.def").read_text())
     assert header["Bootstrap"] == "docker"
-    assert header["From"].startswith("pytorch/pytorch:")
+    assert header["From"].startswith("python:3.11"), "a base image with a torch of its own runs a torch no test used"
     assert {"files", "post", "environment", "runscript", "test"} <= set(sections)
     for line in sections["files"].split("\n"):
         if line.strip():
             src = line.split()[0]
             assert (ROOT / src).exists(), f"%files names missing {src}"
-    assert "requirements" in sections["post"] and "pip install" in sections["post"]
+    post = sections["post"]
+    assert "pip install --no-cache-dir -r requirements.txt" in post, "torch too must come from the pins"
+    assert "grep -v" not in post and "torch" not in post.replace("import", ""), "no pin filtered or overridden"
+    for part in ("post", "test"):
+        assert "trainflow check-pins --requirements requirements.txt --cuda" in sections[part]
     entry = re.search(r"exec python (\S+)", sections["runscript"])
     assert entry and (ROOT / entry.group(1)).is_file() and entry.group(1) == "flows/train_flow.py"
 

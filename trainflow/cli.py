@@ -117,6 +117,33 @@ def check(
     out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
 
 
+@app.command("check-pins")
+def check_pins_command(
+    requirements: Annotated[Path, typer.Option("--requirements", help="The pins (name==version lines).")] = Path(
+        "requirements.txt"
+    ),
+    cuda: Annotated[bool, typer.Option("--cuda", help="Also require a CUDA build of torch (GPU images).")] = False,
+) -> None:
+    """Check that this Python runs exactly the pinned packages (the container build runs this):
+    every pin installed at its version; a local build label such as +cu128 is shown, not refused."""
+    from trainflow.pins import check_pins, read_pins, torch_cuda_build
+
+    if not requirements.is_file():
+        raise CliFailure(f"{requirements}: no such requirements file")
+    try:
+        report = check_pins(read_pins(requirements))
+    except ValueError as err:
+        raise CliFailure(str(err)) from None
+    out = _out()
+    for line in report.lines():
+        out.print(line, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise CliFailure(f"{len(report.missing) + len(report.wrong)} package(s) differ from {requirements}")
+    if cuda and torch_cuda_build() is None:
+        raise CliFailure("torch is a CPU build; this image needs the CUDA build of the pinned torch")
+    out.print(f"OK: {len(read_pins(requirements))} packages match {requirements}", markup=False)
+
+
 # --- runs, trials, leaderboard ---------------------------------------------------------------
 
 
