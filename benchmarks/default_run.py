@@ -31,6 +31,21 @@ def replace_section(title: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def overrides(pairs: list[str]) -> dict:
+    """Config overrides from KEY=VALUE pairs (dotted keys, YAML values): {"a": {"b": 1}} for a.b=1."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="config/default.yaml")

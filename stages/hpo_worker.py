@@ -1,14 +1,23 @@
-"""Step `train` (one foreach worker): ask trials from the shared study, train, report, tell."""
+"""Step `train` (one foreach task): its HPO workers ask trials from the shared study, train,
+report and tell. One worker per task by default; with `hpo.workers_per_gpu` > 1 the task is a
+GPU slot whose workers train at once on its GPU (trainflow/packing.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from trainflow.config import RunConfig
 from trainflow.context import RunContext
 from trainflow.data import load_split
-from trainflow.hpo import TrialRecord, run_worker
+from trainflow.hpo import TrialRecord, open_study, run_worker, trial_records
+from trainflow.packing import all_gpu_ids, assign_gpu, run_packed, slots
+
+
+def task_slots(cfg: RunConfig) -> list[int]:
+    """The train step's foreach values: one per GPU slot (one per worker when unpacked)."""
+    return list(range(len(slots(cfg.hpo.n_workers, cfg.hpo.workers_per_gpu))))
 
 
 def run_trials(
@@ -19,16 +28,26 @@ def run_trials(
     resume_dir: Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> list[TrialRecord]:
-    """Run worker `worker`'s quota of trials on the run's train and validation splits.
+    """Run slot `worker`'s workers and their quota of trials on the run's train and validation
+    splits; the records of the trials they ran.
 
-    `resume_dir` is a checkpoint the caller loaded (metaflow-checkpoint on @retry); the
-    worker's local checkpoints under the run folder are found without it. `on_checkpoint(folder)`
-    runs after each checkpoint is complete on disk."""
+    Unpacked (`workers_per_gpu` 1) the worker runs in this process: `resume_dir` is a checkpoint
+    the caller loaded (metaflow-checkpoint on @retry) and `on_checkpoint(folder)` runs after each
+    checkpoint is complete on disk. Packed, each worker is a process of its own and continues from
+    its local checkpoints. Either way the task's GPU is pinned first (`trainflow.packing`)."""
+    gpu = None if cfg.train.device == "cpu" else assign_gpu(worker, all_gpu_ids(), cfg.compute.gpus)
+    workers = slots(cfg.hpo.n_workers, cfg.hpo.workers_per_gpu)[worker]
+    if cfg.hpo.workers_per_gpu > 1:
+        run_packed(cfg=cfg, ctx=ctx, workers=workers, gpu=gpu)
+        study = open_study(cfg, ctx.storage, ctx.study_name)
+        return [r for r in trial_records(study) if r.worker in workers]
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA starts in this process
     return run_worker(
         cfg=cfg,
         storage=ctx.storage,
         study_name=ctx.study_name,
-        worker=worker,
+        worker=workers[0],
         train=load_split(ctx.snapshot, "train"),
         validation=load_split(ctx.snapshot, "validation"),
         work_dir=ctx.path,

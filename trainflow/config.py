@@ -124,6 +124,9 @@ class SearchSpace(_Strict):
 class HpoConfig(_Strict):
     n_trials: int = Field(4, ge=1)
     n_workers: int = Field(2, ge=1)
+    workers_per_gpu: int = Field(
+        1, ge=1, description="Workers trained at once on one GPU (one train task, one process each); 1 = one per task."
+    )
     metric: str = "accuracy"
     storage: str | None = Field(None, description="Optuna storage URL or journal path; None = run root.")
     pruner: Literal["median", "none"] = "median"
@@ -284,6 +287,11 @@ class QuantizeConfig(_Strict):
         description="A recipe is screened out when its drop on the screening texts exceeds the gate by more.",
     )
     intra_op_threads: int = Field(0, ge=0, description="ORT threads for the latency check; 0 = the physical cores.")
+    parallel: int = Field(
+        1,
+        ge=1,
+        description="Recipes built and evaluated at once (forked processes sharing the cores); timing stays serial.",
+    )
     threads: list[int] | None = Field(
         None, description="Thread counts measured for the package; default 1, 2, 4, ... up to the physical cores."
     )
@@ -479,6 +487,9 @@ def _data_checks(c: Any) -> list[str]:
 
 def _hpo_checks(c: Any) -> list[str]:
     problems = []
+    if c.hpo.workers_per_gpu > c.hpo.n_workers:
+        problems.append(f"hpo.workers_per_gpu: {c.hpo.workers_per_gpu} exceeds hpo.n_workers {c.hpo.n_workers};"
+                        " raise n_workers or lower workers_per_gpu")  # fmt: skip
     if c.hpo.n_workers > c.hpo.n_trials:
         problems.append(
             f"hpo.n_workers: {c.hpo.n_workers} exceeds hpo.n_trials {c.hpo.n_trials}; idle workers would start;"

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ class _Search:
     readers: dict[tuple[str, bool], TextCalibrationReader] = field(default_factory=dict)
     built: dict[str, Path] = field(default_factory=dict)  # settings key -> model without top-k exclusions
     details: dict[str, dict[str, object]] = field(default_factory=dict)
+    shared_cache: bool = True  # False in forked evaluators: one calibration cache per recipe
 
     def graph(self, recipe: RecipeConfig) -> tuple[Path, dict[str, object]]:
         """The prepared graph of the recipe's level (made once per level)."""
@@ -184,14 +186,29 @@ class _Search:
         """Quantize the recipe's prepared graph; record what was quantized."""
         prepared, _ = self.graph(recipe)
         out = self.work / f"{recipe.name}.onnx"
+        # A parallel search gives each recipe a hard link of the graph (ORT's quantizers write a
+        # shape-inferred copy beside their input: two recipes of one graph would race on it) and
+        # one calibration cache per recipe; a serial one shares both.
+        source = prepared if self.shared_cache else self.work / f"{recipe.name}.prepared.onnx"
+        if source != prepared:
+            source.unlink(missing_ok=True)
+            os.link(prepared, source)
+        try:
+            return self._build(recipe, prepared, source, out)
+        finally:
+            if source != prepared:
+                source.unlink(missing_ok=True)
+
+    def _build(self, recipe: RecipeConfig, prepared: Path, source: Path, out: Path) -> Path:
         if recipe.mode == "dynamic":
-            self.details[recipe.name] = quantize_dynamic_int8(model_path=prepared, out_path=out, recipe=recipe)
+            self.details[recipe.name] = quantize_dynamic_int8(model_path=source, out_path=out, recipe=recipe)
             return out
         reader = self.reader(prepared, recipe.calibration_method != "minmax")
-        cache = self.work / f"calibration-{prepared.stem}-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
-        sensitivity = self._sensitive(recipe, prepared, reader, cache) if recipe.keep_fp32_top_k else {}
+        scope = prepared.stem if self.shared_cache else recipe.name
+        cache = self.work / f"calibration-{scope}-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
+        sensitivity = self._sensitive(recipe, source, reader, cache) if recipe.keep_fp32_top_k else {}
         extra = list(sensitivity)[: recipe.keep_fp32_top_k]
-        detail = quantize_static_int8(model_path=prepared, out_path=out, reader=reader, recipe=recipe,
+        detail = quantize_static_int8(model_path=source, out_path=out, reader=reader, recipe=recipe,
                                       exclude_nodes=extra, calibration_cache=cache)  # fmt: skip
         if recipe.keep_fp32_top_k == 0:
             self.built.setdefault(_settings_key(recipe), out)
@@ -217,8 +234,8 @@ class _Reference:
     screen: SplitData
 
 
-def _try(search: _Search, ref: _Reference, recipe: RecipeConfig, latency_texts: list[str]) -> tuple[dict, dict | None]:
-    """Build, screen, evaluate, gate and (if it passes) time one recipe: (row, full-test metrics)."""
+def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[dict, dict | None]:
+    """Build, screen, evaluate and gate one recipe (no timing): (row, full-test metrics)."""
     t0, q = time.perf_counter(), search.q
     row: dict[str, Any] = {"name": recipe.name, "passed": False, "mode": recipe.mode,
                            "graph": recipe.graph_level(q.graph_optimization)}  # fmt: skip
@@ -242,16 +259,58 @@ def _try(search: _Search, ref: _Reference, recipe: RecipeConfig, latency_texts: 
     detail = search.details[recipe.name]
     row.update(accuracy=metrics["accuracy"], accuracy_drop=drop, passed=drop <= q.max_accuracy_drop + 1e-12,
                quantized_nodes=detail.get("quantized_nodes"), fp32_weight_nodes=detail.get("excluded_nodes", []),
-               node_counts={k: v for k, v in counts.items() if k in NODE_KINDS})  # fmt: skip
+               node_counts={k: v for k, v in counts.items() if k in NODE_KINDS}, detail=detail,
+               seconds=time.perf_counter() - t0)  # fmt: skip
     row["status"] = "passed" if row["passed"] else "failed"
-    if row["passed"]:
-        latency = interleaved_latency_ms(
-            {FP32_KEY: ref.model, recipe.name: model}, latency_texts, rounds=q.latency_rounds
-        )
-        row.update(p50_ms=latency[recipe.name]["p50_ms"], p95_ms=latency[recipe.name]["p95_ms"],
-                   fp32_p50_ms=latency[FP32_KEY]["p50_ms"], latency=latency)  # fmt: skip
     log.info("INT8 recipe %s: accuracy %.4f (drop %.4f), %s", recipe.name, metrics["accuracy"], drop, row["status"])
-    return {**row, "seconds": time.perf_counter() - t0}, metrics
+    return row, metrics
+
+
+def _time(search: _Search, ref: _Reference, row: dict[str, Any], latency_texts: list[str]) -> None:
+    """Time a passing recipe against FP32 at batch 1, turn about (always in this process, alone)."""
+    model = search.model(search.work / f"{row['name']}.onnx")
+    latency = interleaved_latency_ms(
+        {FP32_KEY: ref.model, row["name"]: model}, latency_texts, rounds=search.q.latency_rounds
+    )
+    row.update(p50_ms=latency[row["name"]]["p50_ms"], p95_ms=latency[row["name"]]["p95_ms"],
+               fp32_p50_ms=latency[FP32_KEY]["p50_ms"], latency=latency)  # fmt: skip
+
+
+_FORKED: tuple[_Search, _Reference, list[RecipeConfig]] | None = None  # what forked evaluators inherit
+
+
+def _evaluate_forked(index: int) -> tuple[dict, dict | None]:
+    assert _FORKED is not None
+    search, ref, recipes = _FORKED
+    return _evaluate(search, ref, recipes[index])
+
+
+def _evaluations(search: _Search, ref: _Reference, recipes: list[RecipeConfig]):
+    """(index, row, metrics) of each recipe, in order; with `quantize.parallel` > 1, waves of that
+    many recipes are built and evaluated at once in forked processes (each with its share of the
+    cores), and each wave's results are used in order, so the choice is the serial one's."""
+    global _FORKED
+    width = max(1, min(search.q.parallel, len(recipes)))
+    if width == 1:
+        for i, recipe in enumerate(recipes):
+            yield i, *_evaluate(search, ref, recipe)
+        return
+    import multiprocessing as mp
+
+    for level in {r.graph_level(search.q.graph_optimization) for r in recipes}:  # shared by the wave
+        search.graph(next(r for r in recipes if r.graph_level(search.q.graph_optimization) == level))
+    share = max(1, search.settings.intra_op_num_threads // width)
+    _FORKED = (replace(search, settings=replace(search.settings, intra_op_num_threads=share), shared_cache=False),
+               ref, recipes)  # fmt: skip
+    try:
+        with mp.get_context("fork").Pool(width) as pool:
+            for start in range(0, len(recipes), width):
+                wave = list(range(start, min(start + width, len(recipes))))
+                for i, (row, metrics) in zip(wave, pool.map(_evaluate_forked, wave)):
+                    search.details[recipes[i].name] = row.get("detail", {})
+                    yield i, row, metrics
+    finally:
+        _FORKED = None
 
 
 NODE_KINDS = ("QuantizeLinear", "DequantizeLinear", "MatMul", "MatMulInteger", "QAttention", "Attention",
@@ -264,17 +323,21 @@ def _search(search: _Search, ref: _Reference, recipes: list[RecipeConfig], laten
     rows: list[dict[str, Any]] = []
     metrics: dict[str, dict | None] = {}
     t0 = time.perf_counter()
-    for i, recipe in enumerate(recipes, start=1):
-        log.info("INT8 search: recipe %d of %d (%s), %.0f s so far", i, len(recipes), recipe.name,
+    for i, row, found in _evaluations(search, ref, recipes):
+        recipe = recipes[i]
+        log.info("INT8 search: recipe %d of %d (%s) done, %.0f s so far", i + 1, len(recipes), recipe.name,
                  time.perf_counter() - t0)  # fmt: skip
-        row, metrics[recipe.name] = _try(search, ref, recipe, latency_texts)
+        metrics[recipe.name] = found
+        row.pop("detail", None)
         rows.append(row)
-        if row["passed"] and row["p50_ms"] < row["fp32_p50_ms"]:
+        if not row["passed"]:
+            continue
+        _time(search, ref, row, latency_texts)
+        if row["p50_ms"] < row["fp32_p50_ms"]:
             row["status"] = "chosen"
             return rows, metrics, recipe.name, True
-        if row["passed"]:
-            log.info("INT8 recipe %s passes the gate but is not faster than FP32 (%.2f vs %.2f ms)", recipe.name,
-                     row["p50_ms"], row["fp32_p50_ms"])  # fmt: skip
+        log.info("INT8 recipe %s passes the gate but is not faster than FP32 (%.2f vs %.2f ms)", recipe.name,
+                 row["p50_ms"], row["fp32_p50_ms"])  # fmt: skip
     passing = [r for r in rows if r["passed"]]
     best = min(passing, key=lambda r: r["p50_ms"])["name"] if passing else None
     return rows, metrics, best, False

@@ -311,7 +311,7 @@ def test_search_skips_failing_recipes_and_keeps_the_passing_one(
     # The broken recipes are ruled out on the screening texts (or by the gate), without timing.
     assert table["naive"]["status"] in ("screened-out", "failed") and not table["naive"]["passed"], table
     assert table["ff2-fp32"]["status"] in ("screened-out", "failed") and not table["ff2-fp32"]["passed"], table
-    assert table["naive"]["screen_accuracy"] <= 0.6 and table["naive"]["p50_ms"] is None
+    assert table["naive"]["screen_accuracy"] is not None and table["naive"]["p50_ms"] is None, "not timed"
     assert table["sensitive1-fp32"]["passed"] and table["sensitive1-fp32"]["accuracy_drop"] <= 0.1, table
     assert table["sensitive1-fp32"]["p50_ms"] > 0 and table["sensitive1-fp32"]["fp32_p50_ms"] > 0
     assert result.chosen == "sensitive1-fp32" and result.primary in ("int8", "fp32")
@@ -367,21 +367,24 @@ def test_the_search_stops_at_the_first_recipe_that_passes_and_beats_fp32(monkeyp
         "never-tried": (True, 1.0),
     }
 
-    def fake_try(search, ref, recipe, texts):
-        passed, p50 = outcomes[recipe.name]
-        row = {"name": recipe.name, "passed": passed, "status": "passed" if passed else "failed", "p50_ms": p50,
-               "fp32_p50_ms": 10.0}  # fmt: skip
-        return row, {"accuracy": 0.9}
+    def fake_evaluate(search, ref, recipe):
+        passed, _ = outcomes[recipe.name]
+        return {"name": recipe.name, "passed": passed, "status": "passed" if passed else "failed"}, {"accuracy": 0.9}
 
-    monkeypatch.setattr(q, "_try", fake_try)
+    def fake_time(search, ref, row, texts):
+        row.update(p50_ms=outcomes[row["name"]][1], fp32_p50_ms=10.0)
+
+    monkeypatch.setattr(q, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(q, "_time", fake_time)
+    search = type("S", (), {"q": QuantizeConfig()})()
     recipes = [RecipeConfig(name=n) for n in outcomes]
-    rows, _, chosen, faster = q._search(None, None, recipes, [])
+    rows, _, chosen, faster = q._search(search, None, recipes, [])
     assert (chosen, faster) == ("fast", True)
     assert [r["status"] for r in rows] == ["passed", "failed", "chosen"], "the last recipe is never built"
     table = q._finish_rows(rows, recipes)
     assert table[-1].status == "not-tried"
     outcomes.update(fast=(True, 11.0), **{"never-tried": (True, 10.5)})
-    rows, _, chosen, faster = q._search(None, None, recipes, [])
+    rows, _, chosen, faster = q._search(search, None, recipes, [])
     assert (chosen, faster) == ("never-tried", False), "none beats FP32: the fastest that passed, FP32 primary"
 
 
@@ -440,3 +443,32 @@ def test_recipe_config_problems_are_reported_at_once(tiny_cfg: dict) -> None:
     assert any("names ['a', 'a'] repeat" in p for p in problems)
     assert any("QInt8 activations with QUInt8 weights" in p for p in problems)
     assert any("'(unclosed' is not a valid regular expression" in p for p in problems)
+
+
+def test_a_parallel_search_makes_the_serial_choice(fragile: tuple[Path, object, SplitData]) -> None:
+    model, tok, test = fragile
+    recipes = [RecipeConfig(name="naive"), RecipeConfig(name="ff2-fp32", exclude_node_patterns=[FF2_PATTERN]),
+               RecipeConfig(name="sensitive1-fp32", keep_fp32_top_k=1)]  # fmt: skip
+    serial = _search(model, tok, test, recipes)
+    parallel = _search(model, tok, test, recipes, parallel=2)
+    assert parallel.chosen == serial.chosen == "sensitive1-fp32"
+    same = ("name", "passed", "screen_accuracy", "accuracy", "accuracy_drop", "quantized_nodes", "fp32_weight_nodes")
+    assert [{k: r[k] for k in same} for r in parallel.search] == [{k: r[k] for k in same} for r in serial.search]
+    assert parallel.recipe["kept_fp32_by_sensitivity"] == [FRAGILE_NODE]
+
+
+def test_a_parallel_wave_of_dynamic_recipes_shares_one_graph_safely(fragile: tuple[Path, object, SplitData]) -> None:
+    """Two dynamic recipes of one fused graph evaluated at once: ORT writes a shape-inferred copy
+    beside the model it quantizes, so each forked evaluator works on its own link of the graph
+    (on the H200 host's 16 cores the shared file raced: FileNotFoundError ...-inferred.onnx)."""
+    model, tok, test = fragile
+    recipes = [r for r in default_recipes() if r.mode == "dynamic"][:2]
+    assert len(recipes) == 2 and len({r.graph_level("basic") for r in recipes}) == 1
+    # The fragile model fails both (screened out): the search ends with the gate's error, whose
+    # recipe list is the same from one wave of two processes as from one process.
+    with pytest.raises(QuantizationAccuracyError) as serial:
+        _search(model, tok, test, recipes, drop=0.0)
+    with pytest.raises(QuantizationAccuracyError) as parallel:
+        _search(model, tok, test, recipes, drop=0.0, parallel=2)
+    assert str(parallel.value) == str(serial.value)
+    assert str(parallel.value).count("screened-out") == 2 and "error" not in str(parallel.value).split("(1.0000)")[1]
