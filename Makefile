@@ -13,11 +13,13 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	npm ci --no-audit --no-fund --loglevel=error
+	npm run --silent bundle
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -29,6 +31,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check trainflow stages flows tests benchmarks scripts
 	$(VENV)/bin/ruff format --check trainflow stages flows tests benchmarks scripts
+	npm run --silent lint
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -37,4 +40,4 @@ leaderboard: $(STAMP)
 	$(VENV)/bin/trainflow leaderboard
 
 clean:
-	rm -rf runs artifacts .metaflow wandb
+	rm -rf runs artifacts .metaflow wandb dashboard

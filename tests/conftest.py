@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.tiny import build_tiny_bert, rt_texts, tiny_config
+from tests.tiny import ROOT, build_tiny_bert, rt_texts, tiny_config
 
 os.environ.setdefault("METAFLOW_USER", "trainflow-test")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -85,3 +86,16 @@ def tiny_flow_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         run = running.run
         assert run.successful, running.stderr
     return FlowRun(run.pathspec, root, env)
+
+
+CHROMIUM_INSTALL = ROOT / "scripts" / "install_chromium.sh"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser's path: found, or installed by scripts/install_chromium.sh (apt-get)."""
+    done = subprocess.run([str(CHROMIUM_INSTALL)], capture_output=True, text=True, timeout=900)
+    path = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if done.returncode != 0 or not os.access(path, os.X_OK):
+        pytest.fail(f"no headless Chromium and {CHROMIUM_INSTALL} could not install one:\n{done.stderr[-2000:]}")
+    return path

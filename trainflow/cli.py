@@ -117,6 +117,42 @@ def check(
     out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
 
 
+@app.command()
+def dashboard(
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    out: Annotated[Path, typer.Option("--out", help="Folder the static site is written to (replaced).")] = Path(
+        "dashboard"
+    ),
+    serve: Annotated[bool, typer.Option("--serve", help="Serve it on 127.0.0.1 until Ctrl-C.")] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 8765,
+) -> None:
+    """Write a static dashboard of the records (DuckDB-WASM in the browser: leaderboard, runs,
+    Optuna history, INT8 recipes, registry, lineage) and optionally serve it."""
+    from trainflow.dashboard import build_site, server
+
+    site = build_site(artifact_root, out)
+    console = _out()
+    counts = ", ".join(f"{n} {kind}" for kind, n in site.files.items())
+    console.print(f"dashboard written to {site.folder} (record files: {counts})", markup=False, soft_wrap=True)
+    for line in site.notes:
+        console.print(f"note: {line}", markup=False, soft_wrap=True)
+    if not serve:
+        console.print(f"view it with: trainflow dashboard --out {out} --serve (browsers do not run its WebAssembly"
+                      " from file://)", markup=False, soft_wrap=True)  # fmt: skip
+        return
+    httpd = server(site.folder, port)
+    host, bound = httpd.server_address[0], httpd.server_address[1]
+    host = host.decode() if isinstance(host, bytes) else host
+    console.print(f"serving http://{host}:{bound}/ (Ctrl-C stops)", markup=False)
+    sys.stdout.flush()
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
 @app.command("check-pins")
 def check_pins_command(
     requirements: Annotated[Path, typer.Option("--requirements", help="The pins (name==version lines).")] = Path(

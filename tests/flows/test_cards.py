@@ -17,28 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import _browser_args
 from tests.tiny import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-INSTALL = ROOT / "scripts" / "install_chromium.sh"
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The browser's path: found, or installed by scripts/install_chromium.sh (apt-get)."""
-    done = subprocess.run([str(INSTALL)], capture_output=True, text=True, timeout=900)
-    path = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode != 0 or not os.access(path, os.X_OK):
-        pytest.fail(f"no headless Chromium and {INSTALL} could not install one:\n{done.stderr[-2000:]}")
-    return path
-
-
-def _browser_args(chromium: str, profile: Path) -> list[str]:
-    return [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-        f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw",
-    ]  # fmt: skip
 
 
 def rendered_dom(chromium: str, page: Path, tmp: Path) -> str:
