@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stages.export import ExportOutcome
 from trainflow.config import RunConfig
 from trainflow.context import RunContext
 from trainflow.data import load_split
 from trainflow.faults import fault_window
-from trainflow.modeling import read_head
+from trainflow.heads import read_head
+from trainflow.onnx_model import FolderTokenizer
 from trainflow.quantize import QuantizeResult, quantize_and_gate
+
+if TYPE_CHECKING:  # the export stage imports torch; this step needs only ONNX Runtime
+    from stages.export import ExportOutcome
 
 
 def quantize_model(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> QuantizeResult:
     """INT8 recipe search and the accuracy gate (raises QuantizationAccuracyError if no recipe passes)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(exported.onnx_dir)
+    tokenizer = FolderTokenizer(Path(exported.onnx_dir))
     head = read_head(Path(exported.onnx_dir))
     result = quantize_and_gate(
         fp32_path=Path(exported.onnx_path),

@@ -3,7 +3,16 @@ package loader and a consumer use exactly what training and the gates use."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+HEAD_FILE = "head.json"  # the head's task, labels and ordinal cutpoints beside a saved model
+
+
+def read_head(folder: Path) -> dict:
+    return json.loads((Path(folder) / HEAD_FILE).read_text())
 
 
 def ordinal_probabilities(score: np.ndarray, cutpoints: np.ndarray) -> np.ndarray:

@@ -22,8 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainflow.errors import ModelLoadError
-
-HEAD_FILE = "head.json"
+from trainflow.heads import HEAD_FILE, read_head  # noqa: F401  (read_head: part of this module's API)
 
 
 def resolve_base_model(base: str) -> str:
@@ -220,10 +219,6 @@ def count_parameters(folder: Path) -> int:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 total += math.prod(f.get_slice(name).get_shape())
     return total + len(read_head(folder).get("cutpoints_raw") or [])
-
-
-def read_head(folder: Path) -> dict:
-    return json.loads((Path(folder) / HEAD_FILE).read_text())
 
 
 def load_model(folder: Path) -> tuple[TextModel, object]:

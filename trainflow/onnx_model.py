@@ -64,6 +64,49 @@ def tokenize_batches(
         yield idx, {name: enc[name].astype(np.int64) for name in input_names}
 
 
+class FolderTokenizer:
+    """A model folder's `tokenizer.json` through the `tokenizers` library alone (no transformers,
+    so no torch import: the quantize step loads in a fraction of the time), called like a Hugging
+    Face fast tokenizer for what tokenize_batches and the calibration reader ask: truncation to
+    max_length (special tokens included, as transformers does), padding to the longest text or to
+    max_length with the pad id, numpy arrays of input_ids, attention_mask and token_type_ids."""
+
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tok.no_padding()
+        config = folder / "tokenizer_config.json"
+        pad = json.loads(config.read_text()).get("pad_token", "[PAD]") if config.is_file() else "[PAD]"
+        pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
+        self.pad_token_id = int(self._tok.token_to_id(pad) or 0)
+
+    def __call__(
+        self,
+        texts: list[str],
+        truncation: bool = True,
+        max_length: int | None = None,
+        padding: bool | str = True,
+        return_tensors: str = "np",
+    ) -> dict[str, np.ndarray]:
+        if truncation and max_length:
+            self._tok.enable_truncation(max_length=max_length)
+        else:
+            self._tok.no_truncation()
+        encs = self._tok.encode_batch(list(texts))
+        width = max_length if padding == "max_length" and max_length else max((len(e.ids) for e in encs), default=0)
+        ids = np.full((len(encs), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        types = np.zeros((len(encs), width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            n = len(e.ids)
+            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
 @dataclass
 class OnnxTextModel:
     path: Path

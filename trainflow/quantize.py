@@ -286,9 +286,11 @@ def _evaluate_forked(index: int) -> tuple[dict, dict | None]:
 
 
 def _evaluations(search: _Search, ref: _Reference, recipes: list[RecipeConfig]):
-    """(index, row, metrics) of each recipe, in order; with `quantize.parallel` > 1, waves of that
-    many recipes are built and evaluated at once in forked processes (each with its share of the
-    cores), and each wave's results are used in order, so the choice is the serial one's."""
+    """(index, row, metrics) of each recipe, in order; with `quantize.parallel` > 1, that many
+    recipes are built and evaluated at once in forked processes (each with its share of the cores)
+    and their results are used in order, so the choice is the serial one's. When a recipe passes
+    the gate the pool is stopped before the caller times it (its timing runs alone); if the caller
+    asks for more (the recipe was not faster than FP32), a new pool goes on after it."""
     global _FORKED
     width = max(1, min(search.q.parallel, len(recipes)))
     if width == 1:
@@ -303,12 +305,26 @@ def _evaluations(search: _Search, ref: _Reference, recipes: list[RecipeConfig]):
     _FORKED = (replace(search, settings=replace(search.settings, intra_op_num_threads=share), shared_cache=False),
                ref, recipes)  # fmt: skip
     try:
-        with mp.get_context("fork").Pool(width) as pool:
-            for start in range(0, len(recipes), width):
-                wave = list(range(start, min(start + width, len(recipes))))
-                for i, (row, metrics) in zip(wave, pool.map(_evaluate_forked, wave)):
+        start = 0
+        while start < len(recipes):
+            # A pool left by a passing recipe was killed mid-work: its unfinished recipes start
+            # afresh (their calibration caches, one per recipe here, may be half written).
+            for recipe in recipes[start:]:
+                for stale in search.work.glob(f"calibration-{recipe.name}-*.json"):
+                    stale.unlink()
+            passing = None
+            with mp.get_context("fork").Pool(width) as pool:
+                todo = range(start, len(recipes))
+                for i, (row, metrics) in zip(todo, pool.imap(_evaluate_forked, todo)):
                     search.details[recipes[i].name] = row.get("detail", {})
+                    start = i + 1
+                    if row["passed"]:
+                        passing = (i, row, metrics)
+                        break  # leaving the block stops the pool: the caller times this recipe alone
                     yield i, row, metrics
+            if passing is None:
+                return
+            yield passing
     finally:
         _FORKED = None
 
