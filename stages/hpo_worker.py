@@ -4,7 +4,6 @@ GPU slot whose workers train at once on its GPU (trainflow/packing.py)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from trainflow.config import RunConfig
 from trainflow.context import RunContext
 from trainflow.data import load_split
 from trainflow.hpo import TrialRecord, open_study, run_worker, trial_records
-from trainflow.packing import all_gpu_ids, assign_gpu, run_packed, slots
+from trainflow.packing import all_gpu_ids, assign_gpu, pin_gpu, run_packed, slots
 
 
 def task_slots(cfg: RunConfig) -> list[int]:
@@ -38,16 +37,28 @@ def run_trials(
     gpu = None if cfg.train.device == "cpu" else assign_gpu(worker, all_gpu_ids(), cfg.compute.gpus)
     workers = slots(cfg.hpo.n_workers, cfg.hpo.workers_per_gpu)[worker]
     if cfg.hpo.workers_per_gpu > 1:
-        run_packed(cfg=cfg, ctx=ctx, workers=workers, gpu=gpu)
+        run_packed(target=run_one_worker, workers=workers, gpu=gpu, cfg=cfg, ctx=ctx)
         study = open_study(cfg, ctx.storage, ctx.study_name)
         return [r for r in trial_records(study) if r.worker in workers]
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA starts in this process
+    pin_gpu(gpu)  # before CUDA starts in this process
+    return run_one_worker(cfg=cfg, ctx=ctx, worker=workers[0], resume_dir=resume_dir, on_checkpoint=on_checkpoint)
+
+
+def run_one_worker(
+    *,
+    cfg: RunConfig,
+    ctx: RunContext,
+    worker: int,
+    resume_dir: Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> list[TrialRecord]:
+    """HPO worker `worker`'s quota of trials on the run's train and validation splits, in this
+    process (a packed worker runs this in a process of its own)."""
     return run_worker(
         cfg=cfg,
         storage=ctx.storage,
         study_name=ctx.study_name,
-        worker=workers[0],
+        worker=worker,
         train=load_split(ctx.snapshot, "train"),
         validation=load_split(ctx.snapshot, "validation"),
         work_dir=ctx.path,

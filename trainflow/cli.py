@@ -167,9 +167,10 @@ def check_pins_command(
     if not requirements.is_file():
         raise CliFailure(f"{requirements}: no such requirements file")
     try:
-        report = check_pins(read_pins(requirements))
+        pins = read_pins(requirements)
     except ValueError as err:
         raise CliFailure(str(err)) from None
+    report = check_pins(pins)
     out = _out()
     for line in report.lines():
         out.print(line, markup=False, soft_wrap=True)
@@ -177,7 +178,7 @@ def check_pins_command(
         raise CliFailure(f"{len(report.missing) + len(report.wrong)} package(s) differ from {requirements}")
     if cuda and torch_cuda_build() is None:
         raise CliFailure("torch is a CPU build; this image needs the CUDA build of the pinned torch")
-    out.print(f"OK: {len(read_pins(requirements))} packages match {requirements}", markup=False)
+    out.print(f"OK: {len(pins)} packages match {requirements}", markup=False)
 
 
 # --- runs, trials, leaderboard ---------------------------------------------------------------

@@ -22,6 +22,7 @@ newer schema than this trainflow reads are left out and named in a note on the p
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from trainflow.config import METRIC_DIRECTIONS
 from trainflow.errors import TrainflowError
-from trainflow.records import KINDS, RECORDS, ROW_TYPES, SCHEMA_VERSION, arrow_schema, files_of
+from trainflow.records import KINDS, RECORDS, ROW_TYPES, SCHEMA_VERSION, arrow_schema, files_of, schema_version_of
 
 SITE = Path(__file__).with_name("dashboard_site")
 REPO = Path(__file__).resolve().parent.parent
@@ -105,20 +106,13 @@ def _write_arrow(table: pa.Table, path: Path) -> None:
         writer.write_table(table)
 
 
-def _newest_version(path: Path) -> int:
-    if "schema_version" not in pq.read_schema(path).names:
-        return 1
-    values = [v for v in pq.read_table(path, columns=["schema_version"])["schema_version"].to_pylist() if v]
-    return max(values, default=1)
-
-
-def _recipes(artifact_root: Path) -> list[dict]:
-    """The INT8 search table of every package the packages records name."""
+def _recipes(artifact_root: Path, packages: list[pa.Table]) -> list[dict]:
+    """The INT8 search table of every package these packages records name."""
     from trainflow.metadata import read_metadata
 
     rows: list[dict] = []
-    for f in files_of(artifact_root, "packages"):
-        for pkg in pq.read_table(f, columns=["model_name", "version"]).to_pylist():
+    for table in packages:
+        for pkg in table.select(["model_name", "version"]).to_pylist():
             folder = artifact_root / pkg["model_name"] / pkg["version"]
             try:
                 search = read_metadata(folder).quantization.search
@@ -135,18 +129,16 @@ def _recipes(artifact_root: Path) -> list[dict]:
     return rows
 
 
-def _trial_params(files: list[Path]) -> list[dict]:
+def _trial_params(trials: list[pa.Table]) -> list[dict]:
     """One row per numeric trial parameter; parameters sampled on a log scale (all positive,
     spanning at least a factor 10) as their natural log, so that a correlation reads them as searched."""
     rows: list[dict] = []
-    for f in files:
-        for t in pq.read_table(f, columns=["run_key", "number", "params"]).to_pylist():
+    for table in trials:
+        for t in table.select(["run_key", "number", "params"]).to_pylist():
             for name, value in json.loads(t["params"] or "{}").items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     rows.append({"run_key": t["run_key"], "number": t["number"], "name": name, "value": float(value),
                                  "schema_version": SCHEMA_VERSION})  # fmt: skip
-    import math
-
     by_name: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         by_name.setdefault((r["run_key"], r["name"]), []).append(r)
@@ -176,13 +168,14 @@ def build_site(artifact_root: Path, out: Path) -> Site:
     schema: dict[str, list[list[str]]] = {}
     schemas = {kind: arrow_schema(row_type) for kind, row_type in ROW_TYPES.items()}
     schemas.update(recipes=RECIPES_SCHEMA, trial_params=TRIAL_PARAMS_SCHEMA)
-    kept_trials: list[Path] = []
+    kept: dict[str, list[pa.Table]] = {}  # kind -> the tables of the files copied
     for kind in KINDS:
-        files[kind] = []
+        files[kind], kept[kind] = [], []
         (data / kind).mkdir(parents=True)
         for i, f in enumerate(files_of(artifact_root, kind)):
             try:
-                version = _newest_version(f)
+                table = pq.read_table(f)
+                version = schema_version_of(table)
             except (OSError, pa.ArrowException) as err:
                 notes.append(f"{f} left out: not a readable Parquet file ({err})")
                 continue
@@ -192,11 +185,11 @@ def build_site(artifact_root: Path, out: Path) -> Site:
                 continue
             rel = f"data/{kind}/{i:05d}"
             shutil.copyfile(f, staging / f"{rel}.parquet")
-            _write_arrow(pq.read_table(f), staging / f"{rel}.arrow")
+            _write_arrow(table, staging / f"{rel}.arrow")
             files[kind].append(f"{rel}.arrow")
-            if kind == "trials":
-                kept_trials.append(f)
-    for kind, rows in (("recipes", _recipes(artifact_root)), ("trial_params", _trial_params(kept_trials))):
+            kept[kind].append(table)
+    derived_rows = {"recipes": _recipes(artifact_root, kept["packages"]), "trial_params": _trial_params(kept["trials"])}
+    for kind, rows in derived_rows.items():
         files[kind] = []
         if rows:
             (data / kind).mkdir(parents=True)

@@ -15,7 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -55,31 +55,28 @@ def all_gpu_ids() -> list[str]:
         return []
 
 
-def _worker_main(payload: dict[str, Any]) -> None:
-    """One packed worker (a spawned process): pin the GPU before CUDA starts, then run."""
-    if payload["gpu"] is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = payload["gpu"]
-    from trainflow.config import RunConfig
-    from trainflow.data import load_split
-    from trainflow.hpo import run_worker
-
-    cfg = RunConfig.model_validate(payload["cfg"])
-    ctx = payload["ctx"]
-    run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=payload["worker"],
-               train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
-               work_dir=ctx.path, group=ctx.run_key)  # fmt: skip
+def pin_gpu(gpu: str | None) -> None:
+    """Make `gpu` the only GPU of this process; call before CUDA starts in it."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
-def run_packed(*, cfg: Any, ctx: Any, workers: Sequence[int], gpu: str | None) -> None:
-    """Run `workers` at once, one spawned process each, on `gpu`; wait for all. A stop signal
-    (SIGTERM, SIGUSR1) reaches every worker (each checkpoints and stops).
+def _pinned(gpu: str | None, target: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """One packed worker (a spawned process): pin the GPU, then run."""
+    pin_gpu(gpu)
+    target(**kwargs)
+
+
+def run_packed(*, target: Callable[..., Any], workers: Sequence[int], gpu: str | None, **kwargs: Any) -> None:
+    """Run `target(worker=w, **kwargs)` for each of `workers` at once, one spawned process each
+    (`target` a module-level function), on `gpu`; wait for all. A stop signal (SIGTERM, SIGUSR1)
+    reaches every worker (each checkpoints and stops).
 
     Raises:
         RuntimeError: a worker process failed (its trial stays RUNNING; a retry continues it).
     """
     spawn = mp.get_context("spawn")
-    procs = [spawn.Process(target=_worker_main, name=f"worker-{w}",
-                           kwargs={"payload": {"cfg": cfg.model_dump(mode="json"), "ctx": ctx, "worker": w, "gpu": gpu}})
+    procs = [spawn.Process(target=_pinned, name=f"worker-{w}", args=(gpu, target, {**kwargs, "worker": w}))
              for w in workers]  # fmt: skip
     log.info("GPU %s: training workers %s at once", gpu, list(workers))
 

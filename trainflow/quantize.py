@@ -199,13 +199,18 @@ class _Search:
             if source != prepared:
                 source.unlink(missing_ok=True)
 
+    def calibration_cache(self, recipe: RecipeConfig, prepared: Path) -> Path:
+        """Where the recipe's calibration ranges are kept: one file per graph, method and op types
+        (shared by the recipes that agree on them), or one per recipe in a parallel search."""
+        scope = prepared.stem if self.shared_cache else recipe.name
+        return self.work / f"calibration-{scope}-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
+
     def _build(self, recipe: RecipeConfig, prepared: Path, source: Path, out: Path) -> Path:
         if recipe.mode == "dynamic":
             self.details[recipe.name] = quantize_dynamic_int8(model_path=source, out_path=out, recipe=recipe)
             return out
         reader = self.reader(prepared, recipe.calibration_method != "minmax")
-        scope = prepared.stem if self.shared_cache else recipe.name
-        cache = self.work / f"calibration-{scope}-{recipe.calibration_method}-{'-'.join(recipe.op_types)}.json"
+        cache = self.calibration_cache(recipe, prepared)
         sensitivity = self._sensitive(recipe, source, reader, cache) if recipe.keep_fp32_top_k else {}
         extra = list(sensitivity)[: recipe.keep_fp32_top_k]
         detail = quantize_static_int8(model_path=source, out_path=out, reader=reader, recipe=recipe,
@@ -299,19 +304,18 @@ def _evaluations(search: _Search, ref: _Reference, recipes: list[RecipeConfig]):
         return
     import multiprocessing as mp
 
-    for level in {r.graph_level(search.q.graph_optimization) for r in recipes}:  # shared by the wave
-        search.graph(next(r for r in recipes if r.graph_level(search.q.graph_optimization) == level))
+    for recipe in recipes:  # each level's graph once, here, for every forked evaluator
+        search.graph(recipe)
     share = max(1, search.settings.intra_op_num_threads // width)
-    _FORKED = (replace(search, settings=replace(search.settings, intra_op_num_threads=share), shared_cache=False),
-               ref, recipes)  # fmt: skip
+    forked = replace(search, settings=replace(search.settings, intra_op_num_threads=share), shared_cache=False)
+    _FORKED = (forked, ref, recipes)
     try:
         start = 0
         while start < len(recipes):
             # A pool left by a passing recipe was killed mid-work: its unfinished recipes start
             # afresh (their calibration caches, one per recipe here, may be half written).
             for recipe in recipes[start:]:
-                for stale in search.work.glob(f"calibration-{recipe.name}-*.json"):
-                    stale.unlink()
+                forked.calibration_cache(recipe, forked.graph(recipe)[0]).unlink(missing_ok=True)
             passing = None
             with mp.get_context("fork").Pool(width) as pool:
                 todo = range(start, len(recipes))

@@ -215,14 +215,21 @@ def has_records(artifact_root: Path, kind: str) -> bool:
     return bool(files_of(artifact_root, kind))
 
 
-def _check_versions(kind: str, files: list[Path]) -> None:
+def schema_version_of(table: pa.Table) -> int:
+    """The newest schema version among `table`'s rows (1: written before the column existed)."""
     import pyarrow.compute as pc
 
+    if "schema_version" not in table.column_names:
+        return 1
+    newest = pc.max(table["schema_version"]).as_py()
+    return 1 if newest is None else int(newest)
+
+
+def _check_versions(kind: str, files: list[Path]) -> None:
     for f in files:
-        if "schema_version" not in pq.read_schema(f).names:
-            continue  # version 1
-        newest = pc.max(pq.read_table(f, columns=["schema_version"])["schema_version"]).as_py()
-        if newest is not None and newest > SCHEMA_VERSION:
+        columns = ["schema_version"] if "schema_version" in pq.read_schema(f).names else []
+        newest = schema_version_of(pq.read_table(f, columns=columns))
+        if newest > SCHEMA_VERSION:
             raise RecordsError(
                 f"{f}: {kind} records of schema version {newest}; this trainflow reads up to {SCHEMA_VERSION}"
             )

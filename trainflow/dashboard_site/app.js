@@ -74,10 +74,24 @@ function whereMissing(kind) {
 }
 
 // Rows of records written before the schema_version column (version 1) read NULL there.
-async function olderNote(body, kind, count) {
+function olderNote(body, kind, count) {
   if (count > 0) {
     note(body, `${count} ${kind} row(s) come from records of an older schema (version 1): columns they lack show as –.`);
   }
+}
+
+// The note a panel draws instead of its tables: no records of `kind` (or `absent`, when given),
+// or nothing of `what` ("run", "package") selected. True when it drew one.
+function unavailable(body, kind, selected, what, absent) {
+  if (missing(kind)) {
+    note(body, absent || whereMissing(kind));
+    return true;
+  }
+  if (!selected) {
+    note(body, `No ${what} matches the filters.`);
+    return true;
+  }
+  return false;
 }
 
 // --- filters --------------------------------------------------------------------------------------
@@ -173,7 +187,7 @@ async function leaderboard(body) {
     const columns = ["#", "model_name", "version", "test", "int8", "baseline", "val_metric", "n_trials", "created_at"];
     body.append(table(columns, ranked, title));
   }
-  await olderNote(body, "package", rows.filter((r) => r.schema_version === null).length);
+  olderNote(body, "package", rows.filter((r) => r.schema_version === null).length);
 }
 
 const RUNS = `
@@ -191,7 +205,7 @@ async function runs(body) {
   }
   const columns = ["run_key", "model_name", "status", "step", "error", "started_at", "duration_s", "package_version", "cost", "cost_currency"];
   body.append(table(columns, rows, "runs"));
-  await olderNote(body, "run", rows.filter((r) => r.schema_version === null).length);
+  olderNote(body, "run", rows.filter((r) => r.schema_version === null).length);
 }
 
 async function runDirection(run) {
@@ -207,11 +221,8 @@ async function runDirection(run) {
 
 async function history(body) {
   const run = $("f-run").value;
-  if (missing("trials")) {
-    return note(body, whereMissing("trials"));
-  }
-  if (!run) {
-    return note(body, "No run matches the filters.");
+  if (unavailable(body, "trials", run, "run")) {
+    return;
   }
   const rows = await query(
     "SELECT number, state, round(value, 4) AS value, round(duration_s, 1) AS seconds FROM trials WHERE run_key = ? ORDER BY number",
@@ -256,11 +267,8 @@ async function history(body) {
 
 async function states(body) {
   const run = $("f-run").value;
-  if (missing("trials")) {
-    return note(body, whereMissing("trials"));
-  }
-  if (!run) {
-    return note(body, "No run matches the filters.");
+  if (unavailable(body, "trials", run, "run")) {
+    return;
   }
   const counts = await query("SELECT state, count(*) AS trials FROM trials WHERE run_key = ? GROUP BY state ORDER BY state", run);
   body.append(table(["state", "trials"], counts, "trial states"));
@@ -282,11 +290,9 @@ async function states(body) {
 
 async function recipes(body) {
   const chosen = selectedPackage();
-  if (missing("recipes")) {
-    return note(body, "No INT8 recipe table: no package's metadata.json under the artifact root lists its INT8 search (packages before schema 2, or none published).");
-  }
-  if (!chosen) {
-    return note(body, "No package matches the filters.");
+  const absent = "No INT8 recipe table: no package's metadata.json under the artifact root lists its INT8 search (packages before schema 2, or none published).";
+  if (unavailable(body, "recipes", chosen, "package", absent)) {
+    return;
   }
   const rows = await query(
     `SELECT recipe, status, screen_accuracy, accuracy, accuracy_drop_points, p50_ms, fp32_p50_ms, size_mb, seconds
@@ -322,11 +328,8 @@ async function registry(body) {
 
 async function lineage(body) {
   const chosen = selectedPackage();
-  if (missing("lineage")) {
-    return note(body, whereMissing("lineage"));
-  }
-  if (!chosen) {
-    return note(body, "No package matches the filters.");
+  if (unavailable(body, "lineage", chosen, "package")) {
+    return;
   }
   const nodes = await query(
     "SELECT node_id, kind, path, sha256, parents, package_file, trial FROM lineage WHERE model_name = ? AND version = ?",
