@@ -276,7 +276,7 @@ class QuantizeConfig(_Strict):
     graph_optimization: Literal["none", "basic", "fused"] = Field(
         "fused",
         description="Graph the static recipes quantize: none; basic = ORT basic level (constant folding, redundant"
-        " nodes); fused = basic + ORT transformer fusions (SkipLayerNorm, BiasGelu, EmbedLayerNorm). Applied only"
+        " nodes); fused = basic + ORT transformer fusions (BiasGelu, EmbedLayerNorm, LayerNorm). Applied only"
         " if FP32 logits stay within graph_optimization_atol, else the next lower level is used.",
     )
     graph_optimization_atol: float = Field(1e-4, gt=0)
