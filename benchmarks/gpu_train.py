@@ -2,7 +2,7 @@
 
 On a CUDA machine (the lent H100/H200; needs torch, transformers, safetensors and pydantic):
 
-    PYTHONPATH=. python3 benchmarks/gpu_train.py --out DIR [--plan full|workers|graphs|e2e] [--smoke]
+    PYTHONPATH=. python3 benchmarks/gpu_train.py --out DIR [--plan full|workers|graphs|e2e|checkpoint|mfu] [--smoke]
 
 Here, afterwards (no GPU needed):
 
@@ -19,8 +19,12 @@ BertConfig: throughput does not depend on the weights) and batch size:
   c           b + torch.compile (dynamic shapes) with CUDA graphs: train.compile='on'
   b2, c2      b and c with 2 loader worker processes (ablation)
   c_nographs  b + torch.compile without CUDA graphs, 2 workers (ablation)
-Plans: full (a, t, b, c), workers (a, t, b2, b, c_nographs), graphs (a, b2, c2, c), and e2e
-(trainflow.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes).
+Plans: full (a, t, b, c), workers (a, t, b2, b, c_nographs), graphs (a, b2, c2, c), e2e
+(trainflow.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes),
+checkpoint (the cost of checkpoints at the CUDA defaults) and mfu (BERT-base at batch 256: b and c
+in one process, then packed: K processes training at once on the one GPU, as hpo.workers_per_gpu
+packs trials, b at K = 2 and 4, c at K = 2; aggregate MFU = the work of all K / the longest timed
+window, the windows starting together after every process has warmed up and compiled).
 Each variant runs the same operations as train_model's loop (forward under autocast, loss in
 fp32, GradScaler pass-through, clip at 1.0, AdamW, LR schedule; dropout on; embeddings frozen
 as in config/default.yaml). Data: 16,384 synthetic samples whose token lengths are drawn from
@@ -273,9 +277,11 @@ def measure(
     profile_batches: tuple[int, ...],
     checkpoint_dir: Path | None,
     rows: list[dict[str, Any]],
+    before_timing: Callable[[], object] | None = None,
 ) -> None:
     """Build one model, then time `variant` at each batch size (same model, one compile);
-    append one row per batch size to `rows` as soon as it is measured."""
+    append one row per batch size to `rows` as soon as it is measured. `before_timing` runs
+    between the warm-up (compilation included) and the timed steps (packed runs: a barrier)."""
     import torch
 
     from trainflow import accel
@@ -321,6 +327,8 @@ def measure(
                 real += s
                 flops += 6 * n_enc * s + 6 * n_head + 12 * n_layers * hidden * s * s
         sync()
+        if before_timing is not None:
+            before_timing()
         t0 = time.perf_counter()
         steps = run_steps(model, fast, opt, sched, scaler, stream)
         sync()
@@ -770,21 +778,79 @@ def render_checkpoint(results: dict[str, Any]) -> str:
 
 def profiled(plan_name: str) -> tuple[str, ...]:
     """The variants profiled in a plan."""
-    return {"full": ("b", "c"), "workers": ("b2", "c_nographs"), "graphs": ("c2",)}[plan_name]
+    return {"full": ("b", "c"), "workers": ("b2", "c_nographs"), "graphs": ("c2",), "mfu": ("c",)}[plan_name]
+
+
+PACKED = (("b", 2), ("b", 4), ("c", 2))  # plan mfu: (variant, processes at once)
+
+
+def capabilities() -> Any:
+    from trainflow import accel
+
+    if DEVICE == "cuda":
+        return accel.probe_capabilities("cuda")
+    return accel.Capabilities(cuda=True, compute_capability=(9, 0), device_name="dry run", cpu_count=16)
+
+
+def _packed_child(rank: int, device: str, job: dict[str, Any], barrier: Any, queue: Any) -> None:
+    """One of K processes of a packed measurement (spawned): warm up, wait for the others, time."""
+    global DEVICE
+    DEVICE = device
+    sys.path.insert(0, str(ROOT))
+    rows: list[dict[str, Any]] = []
+    try:
+        measure(
+            model_name=job["model"], variant=job["variant"], fast=variants(capabilities())[job["variant"]],
+            batch_sizes=[job["batch"]], data=synthetic_data(job["samples"], seed=rank),
+            sample_budget=job["sample_budget"], peak_tflops=job["peak"], layers=job["layers"], profile_dir=None,
+            profile_batches=(), checkpoint_dir=None, rows=rows, before_timing=lambda: barrier.wait(timeout=900),
+        )  # fmt: skip
+        queue.put((rank, rows[0]))
+    except Exception as err:  # the parent records it; the others must not wait for this one
+        barrier.abort()
+        queue.put((rank, {"error": repr(err)}))
+
+
+def measure_packed(*, model_name: str, variant: str, k: int, batch: int, smoke: bool, peak: float) -> dict[str, Any]:
+    """K spawned processes train `variant` at once on the one GPU; the aggregate throughput."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(k), ctx.Queue()
+    job = {"model": model_name, "variant": variant, "batch": batch, "samples": 2048 if smoke else 16_384,
+           "sample_budget": 1024 if smoke else 8192, "peak": peak, "layers": 2 if smoke else None}  # fmt: skip
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_packed_child, args=(r, DEVICE, job, barrier, queue)) for r in range(k)]
+    for proc in procs:
+        proc.start()
+    rows = dict(queue.get(timeout=1800) for _ in procs)
+    for proc in procs:
+        proc.join()
+    errors = [r["error"] for r in rows.values() if "error" in r]
+    if errors:
+        raise RuntimeError(f"packed {variant} x{k}: {errors[0]}")
+    window = max(r["seconds"] for r in rows.values())
+    tflop = sum(r["tflops"] * r["seconds"] for r in rows.values())
+    samples = sum(r["samples_per_s"] * r["seconds"] for r in rows.values())
+    row = {
+        "model": model_name, "variant": variant, "batch": batch, "processes": k, "window_s": window,
+        "samples_per_s": samples / window, "tflops": tflop / window, "mfu": tflop / window / peak,
+        "per_process_step_ms": [rows[r]["step_ms"] for r in sorted(rows)],
+        "peak_mem_gib_per_process": max(r["peak_mem_gib"] for r in rows.values()),
+        "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
+    log(f"{model_name:10s} {variant}x{k} bs={batch:5d} {row['samples_per_s']:10.0f} samples/s (all {k}) "
+        f"MFU {100 * row['mfu']:5.1f}% (steps {', '.join(f'{x:.1f}' for x in row['per_process_step_ms'])} ms)")  # fmt: skip
+    return row
 
 
 def gpu_main(out: Path, smoke: bool, plan_name: str = "full") -> None:
     import torch
     import transformers
 
-    from trainflow import accel
 
     out.mkdir(parents=True, exist_ok=True)
-    caps = (
-        accel.probe_capabilities("cuda")
-        if DEVICE == "cuda"
-        else accel.Capabilities(cuda=True, compute_capability=(9, 0), device_name="dry run", cpu_count=16)
-    )
+    caps = capabilities()
     env = {
         "device": caps.device_name,
         "capability": caps.compute_capability,
@@ -822,6 +888,8 @@ def gpu_main(out: Path, smoke: bool, plan_name: str = "full") -> None:
     elif plan_name == "graphs":  # CUDA graphs with and without loader workers
         plan = [(m, v, [32, 256]) for m in MODELS for v in ("a", "b2")]
         plan += [(m, "c2", sizes[m]) for m in MODELS] + [(m, "c", [32]) for m in MODELS]
+    elif plan_name == "mfu":  # BERT-base at 256, one process; the packed runs follow the loop
+        plan = [("BERT-base", v, [256]) for v in ("b", "c")]
     if smoke:
         plan = [("MiniLM-L6", v, [32]) for v in ("a", "b", "c")]
     for model_name, variant, batch_sizes in plan:
@@ -848,6 +916,17 @@ def gpu_main(out: Path, smoke: bool, plan_name: str = "full") -> None:
             results.setdefault("errors", []).append({"model": model_name, "variant": variant, "error": repr(err)})
         log(f"  ({model_name} {variant}: {time.perf_counter() - t0:.0f} s in all)")
         (out / "gpu_train.json").write_text(json.dumps(results, indent=1, default=str))
+    if plan_name == "mfu":
+        model_name, batch = ("MiniLM-L6", 32) if smoke else ("BERT-base", 256)
+        for variant, k in PACKED:
+            try:
+                results.setdefault("packed", []).append(
+                    measure_packed(model_name=model_name, variant=variant, k=k, batch=batch, smoke=smoke, peak=peak)
+                )
+            except Exception as err:
+                results.setdefault("errors", []).append({"model": model_name, "variant": f"{variant}x{k}",
+                                                         "error": repr(err)})  # fmt: skip
+            (out / "gpu_train.json").write_text(json.dumps(results, indent=1, default=str))
     table = render(results)
     (out / "gpu_train.md").write_text(table)
     log("\n" + table)
@@ -901,6 +980,16 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['model']} | {r['variant']} | {r['batch']} | {p['kernels_per_step']:.0f} | {100 * p['gpu_busy']:.0f}% |"
             )
+    if results.get("packed"):
+        lines += ["", "Packed: K processes training at once on the one GPU (aggregate over the longest timed window):",
+                  "", "| model | variant | batch | processes | samples/s (all) | TFLOP/s | MFU | step ms per process |"
+                  " peak mem GiB per process |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in results["packed"]:
+            steps = ", ".join(f"{x:.1f}" for x in r["per_process_step_ms"])
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {r['batch']} | {r['processes']} | {r['samples_per_s']:,.0f} | "
+                f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% | {steps} | {r['peak_mem_gib_per_process']:.2f} |"
+            )
     for e in results.get("errors", []):
         lines.append(f"\nFAILED: {e['model']} {e['variant']}: {e['error'][:120]}")
     return "\n".join(lines) + "\n"
@@ -944,7 +1033,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check that every path runs")
     ap.add_argument(
         "--plan",
-        choices=("full", "workers", "graphs", "e2e", "checkpoint"),
+        choices=("full", "workers", "graphs", "e2e", "checkpoint", "mfu"),
         default="full",
         help="which variants to run",
     )

@@ -310,6 +310,9 @@ class QuantizeConfig(_Strict):
             if r.activation_type == "QInt8" and r.weight_type == "QUInt8":
                 problems.append(f"{where}: QInt8 activations with QUInt8 weights is not supported by ONNX Runtime;"
                                 " use weight_type QInt8")  # fmt: skip
+            if r.mode == "static" and r.graph == "attention":
+                problems.append(f"{where}: graph attention is for dynamic recipes (static QDQ has no Attention"
+                                " support); use graph fused, or mode: dynamic")  # fmt: skip
             if r.mode == "dynamic" and (r.keep_fp32_top_k or r.activation_type != "QUInt8"):
                 problems.append(f"{where}: a dynamic recipe quantizes activations to uint8 at run time and ranks no"
                                 " layers; drop keep_fp32_top_k and activation_type, or use mode: static")  # fmt: skip

@@ -23,7 +23,8 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,11 @@ def prepare_graph(
     *, fp32_path: Path, out_path: Path, level: str, tokenizer: object, texts: list[str], max_length: int, atol: float
 ) -> dict[str, object]:
     """Write the graph the recipes quantize: `level` of graph optimization (see the module
-    docstring) plus ONNX Runtime's shape inference. A level is kept only if FP32 logits on `texts`
-    stay within `atol` of the exported model (the parity gate of the fusions); otherwise the next
-    lower level is tried. Returns what was done, the fusions applied included."""
+    docstring) plus ONNX Runtime's shape inference (`quant_pre_process`, which the static QDQ
+    quantizer needs; the `attention` level is quantized only dynamically, which infers what it
+    needs itself: the same model, 3 s less). A level is kept only if FP32 logits on `texts` stay
+    within `atol` of the exported model (the parity gate of the fusions); otherwise the next lower
+    level is tried. Returns what was done, the fusions applied included."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     reference = OnnxTextModel(fp32_path, tokenizer, max_length).logits(texts)
@@ -137,9 +140,12 @@ def prepare_graph(
         if candidate in ("attention", "fused"):
             source = out_path.with_name(f"{out_path.stem}.fused.onnx")
             fusions = _fuse_transformer(fp32_path, source, attention=candidate == "attention")
-        quant_pre_process(str(source), str(out_path), skip_optimization=candidate == "none", auto_merge=True)
-        if source != fp32_path:
-            source.unlink()
+        if candidate == "attention":
+            source.replace(out_path)
+        else:
+            quant_pre_process(str(source), str(out_path), skip_optimization=candidate == "none", auto_merge=True)
+            if source != fp32_path:
+                source.unlink()
         diff = float(np.abs(OnnxTextModel(out_path, tokenizer, max_length).logits(texts) - reference).max())
         tried.append({"level": candidate, "max_abs_diff": diff, "fusions": fusions})
         if diff <= atol or candidate == "none":
@@ -277,6 +283,23 @@ def restore_fp32_consumers(path: Path, quantized: set[str]) -> int:
     return restored
 
 
+class _DropPreprocessAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "consider to run pre-processing" not in record.getMessage()
+
+
+@contextmanager
+def _without_preprocess_advice() -> Iterator[None]:
+    """ORT's quantizer warns on the root logger that a graph was not pre-processed; the dynamic
+    recipes need no pre-processing (prepare_graph), so that advice would only mislead."""
+    drop = _DropPreprocessAdvice()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
+
+
 def quantize_dynamic_int8(
     *, model_path: Path, out_path: Path, recipe: RecipeConfig, exclude_nodes: Sequence[str] = ()
 ) -> dict[str, object]:
@@ -288,17 +311,18 @@ def quantize_dynamic_int8(
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     excluded = sorted(set(matching_nodes(graph, recipe.exclude_node_patterns)) | set(exclude_nodes))
-    quantize_dynamic(
-        str(model_path),
-        str(out_path),
-        weight_type=getattr(QuantType, recipe.weight_type),
-        per_channel=recipe.per_channel,
-        reduce_range=recipe.reduce_range,
-        op_types_to_quantize=list(recipe.op_types),
-        nodes_to_exclude=excluded,
-        # A fused graph holds ops whose output types ORT's quantizer cannot infer.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _without_preprocess_advice():
+        quantize_dynamic(
+            str(model_path),
+            str(out_path),
+            weight_type=getattr(QuantType, recipe.weight_type),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            op_types_to_quantize=list(recipe.op_types),
+            nodes_to_exclude=excluded,
+            # A fused graph holds ops whose output types ORT's quantizer cannot infer.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     targets = [n.name for n in graph.node if n.op_type in recipe.op_types and n.name not in excluded]
     return {**recipe.model_dump(), "format": "dynamic", "excluded_nodes": excluded, "quantized_nodes": len(targets)}
 

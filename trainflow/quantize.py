@@ -156,10 +156,12 @@ class _Search:
         level = recipe.graph_level(self.q.graph_optimization)
         if level not in self.graphs:
             path = self.work / f"prepared-{level}.onnx"
+            t0 = time.perf_counter()
             info = prepare_graph(fp32_path=self.fp32_path, out_path=path, level=level, tokenizer=self.tokenizer,
                                  texts=self.parity_texts, max_length=self.max_length,
                                  atol=self.q.graph_optimization_atol)  # fmt: skip
-            log.info("INT8 graph %s: applied %s, fusions %s", level, info["applied"], info["fusions"])
+            log.info("INT8 graph %s: applied %s, fusions %s (%.1f s)", level, info["applied"], info["fusions"],
+                     time.perf_counter() - t0)  # fmt: skip
             self.graphs[level] = (path, info)
         return self.graphs[level]
 
@@ -273,10 +275,13 @@ def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[d
 
 def _time(search: _Search, ref: _Reference, row: dict[str, Any], latency_texts: list[str]) -> None:
     """Time a passing recipe against FP32 at batch 1, turn about (always in this process, alone)."""
+    t0 = time.perf_counter()
     model = search.model(search.work / f"{row['name']}.onnx")
     latency = interleaved_latency_ms(
         {FP32_KEY: ref.model, row["name"]: model}, latency_texts, rounds=search.q.latency_rounds
     )
+    log.info("INT8 recipe %s: p50 %.2f ms against FP32 %.2f ms at batch 1 (timed in %.1f s)", row["name"],
+             latency[row["name"]]["p50_ms"], latency[FP32_KEY]["p50_ms"], time.perf_counter() - t0)  # fmt: skip
     row.update(p50_ms=latency[row["name"]]["p50_ms"], p95_ms=latency[row["name"]]["p95_ms"],
                fp32_p50_ms=latency[FP32_KEY]["p50_ms"], latency=latency)  # fmt: skip
 
@@ -370,7 +375,7 @@ def _finish_rows(rows: list[dict[str, Any]], recipes: list[RecipeConfig]) -> lis
 
 def _sweep(fp32: Path, int8: Path, search: _Search, texts: list[str], q: QuantizeConfig, primary: str) -> dict:
     """Latencies of both models at each thread count and batch size, and the best settings."""
-    cores = physical_cores()
+    cores, t0 = physical_cores(), time.perf_counter()
     threads = q.threads or sorted({*(2**k for k in range(8) if 2**k <= cores), cores})
     table = thread_sweep({"fp32": fp32, "int8": int8}, search.tokenizer, search.max_length, texts, threads=threads,
                          batch_sizes=SWEEP_BATCHES, rounds=q.latency_rounds)  # fmt: skip
@@ -379,6 +384,8 @@ def _sweep(fp32: Path, int8: Path, search: _Search, texts: list[str], q: Quantiz
         mine = [r for r in table if r["model"] == primary and r["batch"] == batch]
         top = min(mine, key=lambda r: float(r["p50_ms"]))  # type: ignore[arg-type]
         best[f"batch{batch}"] = {"threads": top["threads"], "p50_ms": top["p50_ms"]}
+    log.info("INT8: thread sweep %s at batch %s in %.1f s; best %s", threads, list(SWEEP_BATCHES),
+             time.perf_counter() - t0, best)  # fmt: skip
     return {"primary": primary, "threads": threads, "table": table, "best": best, "cpu": cpu_info()}
 
 
@@ -461,9 +468,12 @@ def quantize_and_gate(
     def evaluate(model: OnnxTextModel, split: SplitData) -> dict[str, float]:
         return evaluate_onnx(model, task, split, n_classes, cutpoints)
 
+    t0 = time.perf_counter()
     fp32 = search.model(fp32_path)
     screen = SplitData(test.ids[: q.screen_samples], test.texts[: q.screen_samples], test.labels[: q.screen_samples])
     ref = _Reference(fp32, evaluate(fp32, test), evaluate(fp32, screen)["accuracy"], evaluate, test, screen)
+    log.info("INT8 search: FP32 reference on %d test texts in %.1f s (%d threads)", len(test.texts),
+             time.perf_counter() - t0, settings.intra_op_num_threads)  # fmt: skip
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])
     rows, metrics, chosen, faster = _search(search, ref, recipes, test.texts[:n_latency])
     table = _finish_rows(rows, recipes)

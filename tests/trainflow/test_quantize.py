@@ -468,19 +468,21 @@ def test_recipe_config_problems_are_reported_at_once(tiny_cfg: dict) -> None:
         "recipes": [
             {"name": "a", "activation_type": "QInt8", "weight_type": "QUInt8"},
             {"name": "a", "exclude_node_patterns": ["(unclosed"]},
+            {"name": "c", "graph": "attention"},
             {"name": "b", "calibration": "minmax"},
         ]
     }
     with pytest.raises(ConfigError) as info:
         parse_config_dict(tiny_cfg, "t.yaml")
     msg = str(info.value)
-    assert "quantize.recipes.2.calibration: unknown key" in msg
+    assert "quantize.recipes.3.calibration: unknown key" in msg
     tiny_cfg["quantize"]["recipes"].pop()
     with pytest.raises(ConfigError) as info:
         parse_config_dict(tiny_cfg, "t.yaml")
     problems = info.value.problems
-    assert len(problems) == 3, problems
-    assert any("names ['a', 'a'] repeat" in p for p in problems)
+    assert len(problems) == 4, problems
+    assert any("(c): graph attention is for dynamic recipes" in p for p in problems)
+    assert any("names ['a', 'a', 'c'] repeat" in p for p in problems)
     assert any("QInt8 activations with QUInt8 weights" in p for p in problems)
     assert any("'(unclosed' is not a valid regular expression" in p for p in problems)
 
