@@ -848,7 +848,6 @@ def gpu_main(out: Path, smoke: bool, plan_name: str = "full") -> None:
     import torch
     import transformers
 
-
     out.mkdir(parents=True, exist_ok=True)
     caps = capabilities()
     env = {
