@@ -10,7 +10,8 @@ On the CUDA machine (needs torch, transformers, pydantic; random weights, no mod
 The trial shape is the flow's on config/gpu.yaml: MiniLM-L6, batch 32, the fast path b of
 benchmarks/gpu_train.py (bf16 autocast, TF32, length-bucketed batches, pinned async copies, eager).
 Each trial has its own data order (seed), as trials do. Rows:
-  processes K  K spawned processes, each trains one trial (K = 1: one trial in this process);
+  processes K  K spawned processes, each trains one trial (K = 1 too: one spawned process, first
+               and again last; "this process": one trial in the benchmark's own process);
                aggregate over the longest timed window, the windows starting together
   stacked K    one process; each step collates K batches (one per trial, through the same loader
                as train_model), pads them to the widest, one vmap forward + backward, one AdamW
@@ -131,9 +132,8 @@ def processes_row(model_name: str, k: int, batch: int, smoke: bool, peak: float,
         r = gt.measure_packed(model_name=model_name, variant="b", k=k, batch=batch, smoke=smoke, peak=peak)
         window, steps_ms = r["window_s"], r["per_process_step_ms"]
         samples_per_s, tflops, mem = r["samples_per_s"], r["tflops"], r["peak_mem_gib_per_process"] * k
-    steps = sum(window * 1000 / ms for ms in steps_ms)  # steps each process ran in its window
     return {"model": model_name, "how": "processes" if spawn else "this process", "k": k, "batch": batch,
-            "window_s": window, "step_ms": max(steps_ms), "trial_steps_per_s": steps / window,
+            "window_s": window, "step_ms": max(steps_ms), "trial_steps_per_s": samples_per_s / batch,  # full batches: 16,384 / 32
             "samples_per_s": samples_per_s, "tflops": tflops, "mfu": tflops / peak, "peak_mem_gib": mem,
             "warmup_s": float("nan")}  # fmt: skip
 
@@ -188,7 +188,7 @@ def gpu_main(out: Path, smoke: bool) -> None:
 
 def render(results: dict[str, Any]) -> str:
     env, rows = results["env"], results["rows"]
-    one = next((r for r in rows if r["how"] == "processes" and r["k"] == 1), None)  # the first
+    one = next((r for r in rows if r["how"].startswith("processes") and r["k"] == 1), None)  # the first
     lines = [
         f"{env['device']}, torch {env['torch']}, transformers {env['transformers']}, {env['date']}; bf16 matmul"
         f" peak {env['bf16_peak_tflops']:.0f} TFLOP/s. Trial-steps/s: training steps of all K trials per second.",
