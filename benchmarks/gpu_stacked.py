@@ -44,25 +44,6 @@ SECTION = "GPU trials: packed processes vs torch.func stacking (benchmarks/gpu_s
 HPARAMS = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1}
 
 
-def build_hf(model_name: str, layers: int | None, attn: str) -> Any:
-    """gpu_train.build_model's model (frozen embeddings, random weights) with the given attention."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    shape = dict(gt.MODELS[model_name])
-    if layers is not None:
-        shape["num_hidden_layers"] = layers
-    if gt.DEVICE != "cuda":
-        shape.update(hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    config = BertConfig(vocab_size=gt.VOCAB, max_position_embeddings=512, num_labels=2, **shape)
-    config._attn_implementation = attn
-    torch.manual_seed(0)
-    hf = BertForSequenceClassification(config)
-    for p in hf.bert.embeddings.parameters():
-        p.requires_grad_(False)
-    return hf.to(torch.device(gt.DEVICE))
-
-
 def measure_stacked(*, model_name: str, k: int, batch: int, attn: str, smoke: bool, peak: float) -> dict[str, Any]:
     from stacked_trials import StackedTrials, stack_batches
 
@@ -73,7 +54,8 @@ def measure_stacked(*, model_name: str, k: int, batch: int, attn: str, smoke: bo
     accel.apply_global_settings(fast)
     gt.reset_peak_memory()
     data = [gt.synthetic_data(2048 if smoke else 16_384, seed=t) for t in range(k)]  # each trial its own data
-    hf = build_hf(model_name, 2 if smoke else None, attn)
+    model = gt.build_model(model_name, 2 if smoke else None, attn)
+    hf = model.hf
     per_epoch = -(-len(data[0][0]) // batch)
     warm = 3
     timed = max(8, min(per_epoch, (1024 if smoke else 8192) // batch))
@@ -84,13 +66,9 @@ def measure_stacked(*, model_name: str, k: int, batch: int, attn: str, smoke: bo
         accel.train_batches(fast, steps=range(warm + timed), order=o, encoded=d[0], labels=d[1], collate=coll)
         for o, d in zip(orders, data)
     ]
-    n_enc, n_head, n_layers, hidden = gt.flop_counts(type("M", (), {"hf": hf})())
-    flops = 0.0
-    for o, d in zip(orders, data):
-        for step in range(warm, warm + timed):
-            for i in o(step):
-                s = len(d[0][i])
-                flops += 6 * n_enc * s + 6 * n_head + 12 * n_layers * hidden * s * s
+    counts = gt.flop_counts(model)
+    timed_steps = range(warm, warm + timed)
+    flops = sum(gt.sample_flops(counts, len(d[0][i])) for o, d in zip(orders, data) for s in timed_steps for i in o(s))
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -106,7 +84,7 @@ def measure_stacked(*, model_name: str, k: int, batch: int, attn: str, smoke: bo
     run(timed)
     gt.sync()
     secs = time.perf_counter() - t0
-    samples = sum(len(o(s)) for o in orders for s in range(warm, warm + timed))
+    samples = sum(len(o(s)) for o in orders for s in timed_steps)
     row = {"model": model_name, "how": f"stacked ({attn})", "k": k, "batch": batch,
            "window_s": secs, "step_ms": 1000 * secs / timed, "trial_steps_per_s": k * timed / secs,
            "samples_per_s": samples / secs, "tflops": flops / secs / 1e12, "mfu": flops / secs / 1e12 / peak,

@@ -166,7 +166,8 @@ def bf16_peak(size: int, reps: int) -> float:
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
-def build_model(name: str, layers: int | None) -> Any:
+def build_model(name: str, layers: int | None, attn: str | None = None) -> Any:
+    """`attn`: the attention implementation (None: transformers' default, SDPA)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -178,6 +179,8 @@ def build_model(name: str, layers: int | None) -> Any:
     if DEVICE != "cuda":  # dry run: a toy width, so the CPU gets through it in seconds
         shape.update(hidden_size=32, num_attention_heads=2, intermediate_size=64)
     config = BertConfig(vocab_size=VOCAB, max_position_embeddings=512, num_labels=2, **shape)
+    if attn is not None:
+        config._attn_implementation = attn
     torch.manual_seed(0)
     hf = BertForSequenceClassification(config)
     for p in hf.bert.embeddings.parameters():  # frozen, as model.freeze_embeddings in the configs
@@ -190,6 +193,13 @@ def flop_counts(model: Any) -> tuple[int, int, int, int]:
     n_enc = sum(p.numel() for n, p in model.hf.named_parameters() if ".encoder." in f".{n}")
     n_head = sum(p.numel() for n, p in model.hf.named_parameters() if "pooler" in n or "classifier" in n)
     return n_enc, n_head, model.hf.config.num_hidden_layers, model.hf.config.hidden_size
+
+
+def sample_flops(counts: tuple[int, int, int, int], length: int) -> int:
+    """Useful FLOPs of one training sample of `length` real tokens (the module docstring's formula);
+    `counts` as flop_counts returns them."""
+    n_enc, n_head, layers, hidden = counts
+    return 6 * n_enc * length + 6 * n_head + 12 * layers * hidden * length * length
 
 
 def make_optimizer(model: Any, fast: Any) -> tuple[Any, Any, Any]:
@@ -294,7 +304,7 @@ def measure(
     model = build_model(model_name, layers)
     accel.maybe_compile(model.hf, fast)
     opt, sched, scaler = make_optimizer(model, fast)
-    n_enc, n_head, n_layers, hidden = flop_counts(model)
+    counts = flop_counts(model)
     coll = partial(collate, pad_id=0, pad_to_multiple=fast.pad_to_multiple, max_width=MAX_LENGTH)
     first = len(rows)
     for bs in batch_sizes:
@@ -323,9 +333,8 @@ def measure(
             width = coll([encoded[i] for i in idx], device=torch.device("cpu"))["input_ids"].shape[1]
             padded += width * len(idx)
             for i in idx:
-                s = lengths[i]
-                real += s
-                flops += 6 * n_enc * s + 6 * n_head + 12 * n_layers * hidden * s * s
+                real += lengths[i]
+                flops += sample_flops(counts, lengths[i])
         sync()
         if before_timing is not None:
             before_timing()
@@ -350,7 +359,7 @@ def measure(
             "warmup_s": warm_s,
             "warmup_steps": warm,
             "peak_mem_gib": peak_memory_gib(),
-            "params_enc": n_enc,
+            "params_enc": counts[0],
             "attn": str(model.hf.config._attn_implementation),
         }
         rows.append(row)

@@ -14,7 +14,7 @@ checks that K stacked trials end where K separate train_model-style loops end.
 
 All trainable weights of all trials live in one (K, N) tensor (the per-parameter tensors the
 model sees are views of it), so the optimizer step is a handful of kernels whatever K is, as
-fused AdamW is for one trial. Used by benchmarks/gpu_train.py --plan func.
+fused AdamW is for one trial. Measured by benchmarks/gpu_stacked.py.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from trainflow.train import _lr_lambda
+
 HEAD = ("pooler", "classifier")  # as TextModel.head_parameters
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -34,9 +36,8 @@ EPS = 1e-8
 
 def lr_factors(warmup: int, total: int) -> list[float]:
     """trainflow.train._lr_lambda(warmup, total) at every step 0..total-1."""
-    return [
-        (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)) for s in range(total)
-    ]
+    factor = _lr_lambda(warmup, total)
+    return [factor(s) for s in range(total)]
 
 
 class StackedTrials:

@@ -1,5 +1,5 @@
 """K trials stacked in one process with torch.func (benchmarks/stacked_trials.py, measured by
-benchmarks/gpu_train.py --plan func against packed processes): the stacked update must be the
+benchmarks/gpu_stacked.py against packed processes): the stacked update must be the
 update train_model runs, trial by trial, or its throughput would not be comparable."""
 
 from __future__ import annotations
