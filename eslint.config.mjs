@@ -5,7 +5,7 @@ import globals from "globals";
 export default [
   js.configs.recommended,
   {
-    files: ["trainflow/dashboard_site/**/*.js"],
+    files: ["trainflow/app/dashboard_site/**/*.js"],
     languageOptions: {
       ecmaVersion: 2022,
       sourceType: "module",

@@ -3,7 +3,7 @@ quantize step's search chooses), at every thread count, batch 1 and 32, in one p
 
     .venv/bin/python benchmarks/cpu_inference.py [--run-dir runs/rt-sentiment/<run id>] [--threads 1 2 4 8 16]
 
-Steps: re-run the INT8 recipe search of `trainflow/quantize.py` on a copy of the run's FP32 ONNX
+Steps: re-run the INT8 recipe search of `trainflow/convert/quantize.py` on a copy of the run's FP32 ONNX
 model (same calibration subset and test split, the run's resolved quantize config if its package
 is found, else the defaults) and time it; then, for each thread count (default 1, 2, 4, 8, 16 up
 to the logical cores), time both models at batch 1 x seq 64 and batch 32 x seq 64, the models
@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from default_run import replace_section  # noqa: E402  (benchmarks/ is the script's own folder)
 
-from trainflow.config import QuantizeConfig  # noqa: E402
-from trainflow.data import SplitData  # noqa: E402
-from trainflow.onnx_model import OnnxTextModel, SessionSettings  # noqa: E402
-from trainflow.quantize import evaluate_onnx, quantize_and_gate  # noqa: E402
+from trainflow.convert.onnx_model import OnnxTextModel, SessionSettings  # noqa: E402
+from trainflow.convert.quantize import evaluate_onnx, quantize_and_gate  # noqa: E402
+from trainflow.core.config import QuantizeConfig  # noqa: E402
+from trainflow.data.dataset import SplitData  # noqa: E402
 
 SHAPES = [(1, 64), (32, 64)]
 TARGET_SHAPE = (1, 64)

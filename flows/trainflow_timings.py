@@ -1,12 +1,12 @@
 """Read a run's task timings through the Metaflow client, as plain `TaskTiming`s for
-`trainflow/cost.py` (Metaflow glue: it lives with the flow)."""
+`trainflow/records/cost.py` (Metaflow glue: it lives with the flow)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from trainflow.cost import TaskTiming
-from trainflow.errors import RunMetadataError
+from trainflow.core.errors import RunMetadataError
+from trainflow.records.cost import TaskTiming
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -7,13 +7,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.data import load_split
-from trainflow.export import export_onnx
-from trainflow.faults import fault_window
-from trainflow.parity import ParityResult, check_parity
-from trainflow.tracking import lineage_ref, log_lineage_link
+from trainflow.convert.export import export_onnx
+from trainflow.convert.parity import ParityResult, check_parity
+from trainflow.core.config import RunConfig
+from trainflow.core.faults import fault_window
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import load_split
+from trainflow.records.tracking import lineage_ref, log_lineage_link
 
 
 @dataclass(frozen=True)

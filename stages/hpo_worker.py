@@ -1,17 +1,17 @@
 """Step `train` (one foreach task): its HPO workers ask trials from the shared study, train,
 report and tell. One worker per task by default; with `hpo.workers_per_gpu` > 1 the task is a
-GPU slot whose workers train at once on its GPU (trainflow/packing.py)."""
+GPU slot whose workers train at once on its GPU (trainflow/training/packing.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.data import load_split
-from trainflow.hpo import TrialRecord, open_study, run_worker, trial_records
-from trainflow.packing import all_gpu_ids, assign_gpu, pin_gpu, run_packed, slots
+from trainflow.core.config import RunConfig
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import load_split
+from trainflow.search.study import TrialRecord, open_study, run_worker, trial_records
+from trainflow.training.packing import all_gpu_ids, assign_gpu, pin_gpu, run_packed, slots
 
 
 def task_slots(cfg: RunConfig) -> list[int]:
@@ -33,7 +33,7 @@ def run_trials(
     Unpacked (`workers_per_gpu` 1) the worker runs in this process: `resume_dir` is a checkpoint
     the caller loaded (metaflow-checkpoint on @retry) and `on_checkpoint(folder)` runs after each
     checkpoint is complete on disk. Packed, each worker is a process of its own and continues from
-    its local checkpoints. Either way the task's GPU is pinned first (`trainflow.packing`)."""
+    its local checkpoints. Either way the task's GPU is pinned first (`trainflow.training.packing`)."""
     gpu = None if cfg.train.device == "cpu" else assign_gpu(worker, all_gpu_ids(), cfg.compute.gpus)
     workers = slots(cfg.hpo.n_workers, cfg.hpo.workers_per_gpu)[worker]
     if cfg.hpo.workers_per_gpu > 1:

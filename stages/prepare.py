@@ -6,14 +6,14 @@ import logging
 import time
 from pathlib import Path
 
-from trainflow.check import check_environment
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.data import snapshot_dataset
-from trainflow.faults import fault_window
-from trainflow.hpo import open_study
-from trainflow.runs import write_run_status
-from trainflow.tracking import log_lineage_link
+from trainflow.app.check import check_environment
+from trainflow.core.config import RunConfig
+from trainflow.core.faults import fault_window
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import snapshot_dataset
+from trainflow.records.runs import write_run_status
+from trainflow.records.tracking import log_lineage_link
+from trainflow.search.study import open_study
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stages.export import ExportOutcome
-from trainflow import lineage, registry
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.cost import RunCost, TaskTiming, declared_resources, price_tasks
-from trainflow.data import load_split
-from trainflow.faults import fault_window
-from trainflow.heads import majority_baseline
-from trainflow.hpo import TrialRecord
-from trainflow.io import sha256_file
-from trainflow.metadata import (
+from trainflow.convert.quantize import QuantizeResult
+from trainflow.core.config import RunConfig
+from trainflow.core.faults import fault_window
+from trainflow.core.io import sha256_file
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import load_split
+from trainflow.records.cost import RunCost, TaskTiming, declared_resources, price_tasks
+from trainflow.records.runs import run_record_key
+from trainflow.records.store import PackageRow, RunRow, TrialRow, as_json, write_rows
+from trainflow.records.tracking import lineage_ref, log_lineage_link
+from trainflow.release import lineage, registry
+from trainflow.release.metadata import (
     BaseModelInfo,
     HpoSummary,
     LineageInfo,
@@ -31,8 +33,7 @@ from trainflow.metadata import (
     RunRef,
     read_metadata,
 )
-from trainflow.modeling import checksum_model_dir, count_parameters, read_head, resolve_base_model
-from trainflow.package import (
+from trainflow.release.package import (
     PackageResult,
     git_commit,
     package_versions,
@@ -40,11 +41,10 @@ from trainflow.package import (
     remove_stale_temps,
     verify_package,
 )
-from trainflow.quantize import QuantizeResult
-from trainflow.records import PackageRow, RunRow, TrialRow, as_json, write_rows
-from trainflow.registry import metadata_or_none
-from trainflow.runs import run_record_key
-from trainflow.tracking import lineage_ref, log_lineage_link
+from trainflow.release.registry import metadata_or_none
+from trainflow.search.study import TrialRecord
+from trainflow.tasks.heads import majority_baseline
+from trainflow.training.modeling import checksum_model_dir, count_parameters, read_head, resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _quantization(cfg: RunConfig, quant: QuantizeResult) -> QuantizationInfo:
 
 def _lineage(run: RunOutputs) -> LineageInfo:
     # dataset -> trial checkpoints/models -> best model -> FP32 ONNX -> INT8 ONNX, each with its
-    # file's SHA-256 and its parents' ids and SHA-256s (trainflow/lineage.py).
+    # file's SHA-256 and its parents' ids and SHA-256s (trainflow/release/lineage.py).
     nodes = lineage.build_lineage(
         snapshot=run.ctx.snapshot,
         records=run.records,
@@ -126,7 +126,7 @@ def _onnx_info(cfg: RunConfig, run: RunOutputs) -> OnnxInfo:
 
 
 def build_metadata(*, cfg: RunConfig, run: RunOutputs, pathspec: str, version: str, cost: dict) -> PackageMetadata:
-    """The package's metadata.json (trainflow/metadata.py) from what the run's steps produced."""
+    """The package's metadata.json (trainflow/release/metadata.py) from what the run's steps produced."""
     base_dir = resolve_base_model(cfg.model.base)
     best, records = run.best, run.records
     return PackageMetadata(

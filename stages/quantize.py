@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.data import load_split
-from trainflow.faults import fault_window
-from trainflow.heads import read_head
-from trainflow.onnx_model import FolderTokenizer
-from trainflow.quantize import QuantizeResult, quantize_and_gate
+from trainflow.convert.onnx_model import FolderTokenizer
+from trainflow.convert.quantize import QuantizeResult, quantize_and_gate
+from trainflow.core.config import RunConfig
+from trainflow.core.faults import fault_window
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import load_split
+from trainflow.tasks.heads import read_head
 
 if TYPE_CHECKING:  # the export stage imports torch; this step needs only ONNX Runtime
     from stages.export import ExportOutcome

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from trainflow.config import RunConfig
-from trainflow.context import RunContext
-from trainflow.faults import fault_window
-from trainflow.hpo import TrialRecord, best_trial, open_study, trial_records
-from trainflow.tracking import lineage_ref, log_lineage_link
+from trainflow.core.config import RunConfig
+from trainflow.core.faults import fault_window
+from trainflow.data.context import RunContext
+from trainflow.records.tracking import lineage_ref, log_lineage_link
+from trainflow.search.study import TrialRecord, best_trial, open_study, trial_records
 
 
 def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[TrialRecord]]:

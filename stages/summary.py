@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainflow.metadata import read_metadata
+from trainflow.release.metadata import read_metadata
 
 
 def summarize(package_path: str) -> dict[str, Any]:

@@ -29,9 +29,9 @@ def tiny_cfg(tmp_path: Path, tiny_model_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A tiny classifier saved by `save_model` (random head, a few steps of training)."""
-    from trainflow.config import parse_config_dict
-    from trainflow.data import SplitData
-    from trainflow.train import Hyperparams, train_model
+    from trainflow.core.config import parse_config_dict
+    from trainflow.data.dataset import SplitData
+    from trainflow.training.train import Hyperparams, train_model
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = parse_config_dict(tiny_config(tmp, tiny_model_dir))
@@ -44,8 +44,8 @@ def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Path) -> Path:
-    from trainflow.config import ExportConfig
-    from trainflow.export import export_onnx
+    from trainflow.convert.export import export_onnx
+    from trainflow.core.config import ExportConfig
 
     out = tmp_path_factory.mktemp("onnx") / "onnx"
     export_onnx(model_dir=tiny_trained, out_dir=out, export=ExportConfig())

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainflow.metadata import PackageMetadata
-from trainflow.package import PackageResult, assemble_package, publish_package
+from trainflow.release.metadata import PackageMetadata
+from trainflow.release.package import PackageResult, assemble_package, publish_package
 
 
 def sample_metadata(

@@ -89,8 +89,8 @@ def final_weights(path: Path) -> dict:
     resumed run with an uninterrupted one)."""
     from safetensors.torch import load_file
 
-    from trainflow.checkpoints import find_checkpoint
-    from trainflow.io import VersionedDir
+    from trainflow.core.io import VersionedDir
+    from trainflow.training.checkpoints import find_checkpoint
 
     found = find_checkpoint(path)
     if found is not None:

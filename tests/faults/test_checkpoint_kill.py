@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainflow.checkpoints import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointWriter, step_version
-from trainflow.train import read_checkpoint_meta
+from trainflow.training.checkpoints import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointWriter, step_version
+from trainflow.training.train import read_checkpoint_meta
 
 OPS = ("rename", "replace", "fsync", "mkdir", "unlink", "rmdir", "truncate", "utime", "symlink")
 

@@ -18,12 +18,12 @@ import pytest
 
 from tests.registry_helpers import sample_metadata
 from tests.tiny import rt_texts, tiny_config
-from trainflow.config import parse_config_dict
-from trainflow.data import SplitData
-from trainflow.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
-from trainflow.errors import DiskSpaceError
-from trainflow.package import publish_package, verify_package
-from trainflow.train import Hyperparams, read_checkpoint_meta, train_model
+from trainflow.core.config import parse_config_dict
+from trainflow.core.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
+from trainflow.core.errors import DiskSpaceError
+from trainflow.data.dataset import SplitData
+from trainflow.release.package import publish_package, verify_package
+from trainflow.training.train import Hyperparams, read_checkpoint_meta, train_model
 
 HP = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=8, max_steps=9)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.registry_helpers import make_package, package_sources, sample_metadata
-from trainflow.cli import main as cli
-from trainflow.config import RegistryConfig, RetentionRule
-from trainflow.errors import PackageVerificationError, RegistryError
-from trainflow.package import MANIFEST, assemble_package, remove_stale_temps, verify_package
-from trainflow.records import RunRow, write_rows
-from trainflow.registry import list_versions, promote, rollback
-from trainflow.retention import apply_retention
+from trainflow.app.cli import main as cli
+from trainflow.core.config import RegistryConfig, RetentionRule
+from trainflow.core.errors import PackageVerificationError, RegistryError
+from trainflow.records.store import RunRow, write_rows
+from trainflow.release.package import MANIFEST, assemble_package, remove_stale_temps, verify_package
+from trainflow.release.registry import list_versions, promote, rollback
+from trainflow.release.retention import apply_retention
 
 POLICY = RegistryConfig(max_regression=0.01)
 
@@ -174,7 +174,7 @@ def test_a_published_version_is_recorded_with_its_digests(tmp_path: Path, src: P
     entry = state["models"]["m"]["versions"]["v1"]
     assert entry["files"] == pkg.files
     assert entry["manifest_sha256"] == hashlib.sha256((root / "m" / "v1" / MANIFEST).read_bytes()).hexdigest()
-    from trainflow.registry import registry_events
+    from trainflow.release.registry import registry_events
 
     assert registry_events(artifact_root=root)[0].manifest_sha256 == entry["manifest_sha256"]
     assert not [p for p in (root / "m").iterdir() if p.name.startswith(".")], "no temp folder or lock left"

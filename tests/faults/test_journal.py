@@ -11,11 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from trainflow.cli import main as cli
-from trainflow.config import parse_config_dict
-from trainflow.errors import JournalCorruptError
-from trainflow.hpo import _heartbeat, open_storage, open_study
-from trainflow.journal import CORRUPT_SUFFIX, HeartbeatJournalStorage
+from trainflow.app.cli import main as cli
+from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import JournalCorruptError
+from trainflow.search.journal import CORRUPT_SUFFIX, HeartbeatJournalStorage
+from trainflow.search.study import _heartbeat, open_storage, open_study
 
 
 def _study_with_trials(cfg, journal: Path, n: int = 3) -> optuna.Study:
@@ -37,7 +37,7 @@ def test_a_torn_last_record_is_moved_aside_and_the_study_continues(tmp_path: Pat
     running = open_study(cfg, str(journal), "s").ask()  # this worker is killed while writing
     good = journal.read_bytes()
     journal.write_bytes(good + b'{"op_code": 6, "worker_id": "x", "trial_id": ')  # torn mid-record
-    with caplog.at_level(logging.WARNING, logger="trainflow.journal"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.search.journal"):
         study = open_study(cfg, str(journal), "s")
     assert "was torn" in caplog.text
     (aside,) = tmp_path.glob(f"optuna.journal{CORRUPT_SUFFIX}*")
@@ -95,7 +95,7 @@ def test_a_heartbeat_that_keeps_failing_stops_its_own_trial(tmp_path: Path, cfg,
             raise OSError("Stale file handle")
 
     monkeypatch.setattr(storage, "record_heartbeat", failing)
-    with caplog.at_level(logging.WARNING, logger="trainflow.hpo"), _heartbeat(study, trial, 2) as lost:
+    with caplog.at_level(logging.WARNING, logger="trainflow.search.study"), _heartbeat(study, trial, 2) as lost:
         deadline = time.monotonic() + 10
         while not lost() and time.monotonic() < deadline:
             time.sleep(0.1)

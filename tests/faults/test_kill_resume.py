@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.package import verify_package
-from trainflow.records import query
+from trainflow.records.store import query
+from trainflow.release.package import verify_package
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)

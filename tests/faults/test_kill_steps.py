@@ -1,7 +1,7 @@
 """kill -9 of the whole run inside every step after `train` and in `start` (issue 4), each
 followed by `resume`, all in one chain so that every point runs in CI.
 
-The tiny flow is started held at a point inside `start` (`trainflow/faults.py`: the hook only opens
+The tiny flow is started held at a point inside `start` (`trainflow/core/faults.py`: the hook only opens
 a window, it simulates nothing); the test SIGKILLs the run's whole process group (the runtime and
 the task) and resumes it with `python flows/train_flow.py resume --origin-run-id <id>`, held at
 the next point, and so on: start, join, export, quantize, publish (half-assembled package on
@@ -37,10 +37,10 @@ import pytest
 
 from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.errors import PackageVerificationError
-from trainflow.faults import MARKER_ENV, PAUSE_ENV, TEST_MODE_ENV
-from trainflow.package import verify_package
-from trainflow.records import query
+from trainflow.core.errors import PackageVerificationError
+from trainflow.core.faults import MARKER_ENV, PAUSE_ENV, TEST_MODE_ENV
+from trainflow.records.store import query
+from trainflow.release.package import verify_package
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)

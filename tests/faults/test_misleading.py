@@ -17,13 +17,13 @@ import pytest
 
 from tests.faults.test_disk_full import _fill, small_disk  # noqa: F401 (fixture)
 from tests.tiny import ROOT, rt_texts
-from trainflow.config import ComputeConfig, CostConfig, DataConfig, ExportConfig, QuantizeConfig, TaskConfig
-from trainflow.cost import TaskTiming, declared_resources, price_tasks
-from trainflow.data import SplitData, load_split, snapshot_dataset
-from trainflow.errors import DatasetError, DiskSpaceError
-from trainflow.export import export_onnx
-from trainflow.faults import PAUSE_ENV, TEST_MODE_ENV
-from trainflow.quantize import quantize_and_gate
+from trainflow.convert.export import export_onnx
+from trainflow.convert.quantize import quantize_and_gate
+from trainflow.core.config import ComputeConfig, CostConfig, DataConfig, ExportConfig, QuantizeConfig, TaskConfig
+from trainflow.core.errors import DatasetError, DiskSpaceError
+from trainflow.core.faults import PAUSE_ENV, TEST_MODE_ENV
+from trainflow.data.dataset import SplitData, load_split, snapshot_dataset
+from trainflow.records.cost import TaskTiming, declared_resources, price_tasks
 
 TASK = TaskConfig(type="classification", labels=["neg", "pos"])
 
@@ -97,7 +97,7 @@ def test_clock_skew_between_hosts_is_priced_not_fatal(caplog) -> None:
     rates = CostConfig()
     per_step, default = declared_resources(compute=ComputeConfig(), cost=rates)
     t0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    with caplog.at_level(logging.WARNING, logger="trainflow.cost"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.records.cost"):
         cost = price_tasks(timings=[TaskTiming("train", "2", t0, t0 - timedelta(seconds=3)),
                                     TaskTiming("end", "3", t0, t0 + timedelta(seconds=60))],
                            resources=per_step, default=default, rates=rates, now=t0)  # fmt: skip
@@ -107,7 +107,7 @@ def test_clock_skew_between_hosts_is_priced_not_fatal(caplog) -> None:
 
 def test_the_fault_pause_hook_needs_test_mode(tmp_path: Path) -> None:
     """14. TRAINFLOW_FAULT_PAUSE alone (a stray variable) no longer holds a step for an hour."""
-    code = "from trainflow.faults import fault_window; fault_window('start'); print('went on')"
+    code = "from trainflow.core.faults import fault_window; fault_window('start'); print('went on')"
     env = {**os.environ, PAUSE_ENV: "start", "PYTHONPATH": str(ROOT)}
     env.pop(TEST_MODE_ENV, None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

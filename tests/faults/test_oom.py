@@ -18,12 +18,12 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from tests.tiny import final_weights, rt_texts, tiny_config
-from trainflow import accel
-from trainflow.config import parse_config_dict
-from trainflow.data import SplitData
-from trainflow.errors import TrainingResourceError
-from trainflow.modeling import build_model
-from trainflow.train import (
+from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import TrainingResourceError
+from trainflow.data.dataset import SplitData
+from trainflow.training import accel
+from trainflow.training.modeling import build_model
+from trainflow.training.train import (
     Hyperparams,
     backward_with_oom_backoff,
     collate,
@@ -97,11 +97,11 @@ def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(
 
     hook = MicroBatchLimit(2, error)
     handle = model.hf.register_forward_pre_hook(hook, with_kwargs=True)
-    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.training.train"):
         loss, micro = _step(model, batch, labels, 8)
     handle.remove()
     assert micro == 2 and hook.sizes == [2, 2, 2, 2], "effective batch 8 = 2 x 4 accumulation steps"
-    assert [r.getMessage() for r in caplog.records if r.name == "trainflow.train"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "trainflow.training.train"] == [
         "OOM at batch 8: retrying with batch 4 x 2 accumulation steps",
         "OOM at batch 4: retrying with batch 2 x 4 accumulation steps",
     ]
@@ -145,7 +145,7 @@ def test_evaluation_oom_halves_its_batch_and_gives_the_same_logits(
     expected = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
     limit = MicroBatchLimit(5, evaluation=True)
     model.hf.register_forward_pre_hook(limit, with_kwargs=True)
-    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.training.train"):
         got = predict_logits(model, encoded, pad, torch.device("cpu"), batch_size=16)
     assert max(limit.sizes) == 4 and sum(limit.sizes) == 40, "16 -> 8 -> 4, every sequence once"
     assert "OOM evaluating a batch of 16: going on with batches of 8" in caplog.text
@@ -168,7 +168,7 @@ def test_training_with_oom_backoff_matches_full_batch_training(
     Both run in float64: in float32 the summation-order noise of a near-zero gradient can flip
     the sign of AdamW's first update of a weight (update ~ lr * g / (|g| + eps)), a 1e-4 difference
     that made this comparison fail now and then."""
-    import trainflow.train as train_mod
+    import trainflow.training.train as train_mod
 
     build = train_mod.build_model
 
@@ -197,7 +197,7 @@ def test_training_with_oom_backoff_matches_full_batch_training(
         return model
 
     monkeypatch.setattr(train_mod, "build_model", build_with_limit)
-    with caplog.at_level(logging.WARNING, logger="trainflow.train"):
+    with caplog.at_level(logging.WARNING, logger="trainflow.training.train"):
         backed_off = run(tmp_path / "oom")
     # 8 -> 4 -> 2 once, then every step runs 4 micro-batches of 2 (the last batch of an epoch may be shorter).
     assert [r.getMessage() for r in caplog.records if "OOM" in r.getMessage()] == [
@@ -268,11 +268,11 @@ def test_real_cuda_oom_backs_off(tiny_model_dir: Path, caplog: pytest.LogCapture
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(1.5 * quarter_peak / total)
     try:
-        with caplog.at_level(logging.WARNING, logger="trainflow.train"):
+        with caplog.at_level(logging.WARNING, logger="trainflow.training.train"):
             loss, micro = step(n)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "trainflow.train"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainflow.training.train"]
     assert micro < n and messages[0].startswith(f"OOM at batch {n}: retrying with batch {n // 2} x 2"), messages
     # The pass that fitted covered the whole batch: its loss is the whole batch's mean loss (the
     # step only accumulates gradients, the weights are unchanged), and every weight has a gradient.

@@ -20,10 +20,10 @@ from stages.select import select_best
 from tests.faults.secret_scan import files_containing
 from tests.postgres import postgres_server
 from tests.tiny import tiny_config
-from trainflow.config import parse_config_dict
-from trainflow.errors import ConfigError
-from trainflow.metadata import read_metadata
-from trainflow.records import query
+from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import ConfigError
+from trainflow.records.store import query
+from trainflow.release.metadata import read_metadata
 
 PASSWORD = "pw-0123456789abcdef0123456789abcdef01234"  # fake, 40 characters like a real one
 

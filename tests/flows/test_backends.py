@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.tiny import ROOT
-from trainflow.config import parse_config_dict
+from trainflow.core.config import parse_config_dict
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_slurm_attributes_carry_resources_time_gpus_and_image(backends, tiny_cfg
 
 
 def test_kubernetes_needs_an_image_and_a_shared_run_root(tiny_cfg) -> None:
-    from trainflow.errors import ConfigError
+    from trainflow.core.errors import ConfigError
 
     tiny_cfg["compute"] = {"backend": "kubernetes"}
     tiny_cfg["publish"]["run_root"] = "runs"

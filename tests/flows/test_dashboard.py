@@ -18,8 +18,8 @@ import pytest
 
 from tests.browser import rendered_page
 from tests.tiny import ROOT
-from trainflow.cli import main as cli
-from trainflow.records import RunRow, write_rows
+from trainflow.app.cli import main as cli
+from trainflow.records.store import RunRow, write_rows
 
 PANELS = ("leaderboard", "runs", "history", "states", "recipes", "registry", "lineage")
 
@@ -41,7 +41,7 @@ def records(tiny_flow_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serve(artifact_root: Path, out: Path) -> Iterator[str]:
     """`trainflow dashboard --out OUT --serve --port 0`: yields the URL it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainflow.cli", "dashboard", "--artifact-root", str(artifact_root), "--out", str(out),
+        [sys.executable, "-m", "trainflow.app.cli", "dashboard", "--artifact-root", str(artifact_root), "--out", str(out),
          "--serve", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -195,6 +195,6 @@ def test_the_dashboard_javascript_passes_eslint() -> None:
     eslint = ROOT / "node_modules" / ".bin" / "eslint"
     assert eslint.is_file(), "make setup installs the npm dev dependencies (npm ci)"
     done = subprocess.run(
-        [str(eslint), "trainflow/dashboard_site"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [str(eslint), "trainflow/app/dashboard_site"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -15,8 +15,8 @@ import trainflow_errors
 import trainflow_logs
 
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.cli import main as cli
-from trainflow.errors import DatasetError
+from trainflow.app.cli import main as cli
+from trainflow.core.errors import DatasetError
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BAD_CSV = "text,label\ngood movie,fresh\n,rotten\nnice, fresh \nbad film,meh\nawful,rotten\n" + "".join(
@@ -100,8 +100,10 @@ def test_json_log_lines(monkeypatch) -> None:
     saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in trainflow_logs.LOGGERS})
     trainflow_logs.configure(stream)
     try:
-        logging.getLogger("trainflow.quantize").info("recipe %d of %d", 1, 5, extra={"fields": {"recipe": "u8s8"}})
-        logging.getLogger("trainflow.data").debug("not shown")
+        logging.getLogger("trainflow.convert.quantize").info(
+            "recipe %d of %d", 1, 5, extra={"fields": {"recipe": "u8s8"}}
+        )
+        logging.getLogger("trainflow.data.dataset").debug("not shown")
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         for name, level in saved[2].items():
@@ -109,6 +111,8 @@ def test_json_log_lines(monkeypatch) -> None:
     (line,) = stream.getvalue().splitlines()
     record = json.loads(line)
     assert (
-        record["message"] == "recipe 1 of 5" and record["level"] == "INFO" and record["logger"] == "trainflow.quantize"
+        record["message"] == "recipe 1 of 5"
+        and record["level"] == "INFO"
+        and record["logger"] == "trainflow.convert.quantize"
     )
     assert record["fields"] == {"recipe": "u8s8"} and set(record) >= {"time", "step", "run_id"}

@@ -16,8 +16,8 @@ import pytest
 
 from tests.faults.secret_scan import PLANTED, files_containing
 from tests.tiny import ROOT, tiny_config, write_config
-from trainflow.package import verify_package
-from trainflow.records import query
+from trainflow.records.store import query
+from trainflow.release.package import verify_package
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "local_cluster.sh"
@@ -141,7 +141,7 @@ def test_retry_resubmits_a_killed_job_and_resumes_from_its_checkpoint(cluster, t
     assert _scontrol(retry_job, env)["JobState"] == "COMPLETED"
     (run_key,) = query(tmp_path / "artifacts", "SELECT run_key FROM runs")[1][0]
     records = subprocess.run(
-        [sys.executable, "-m", "trainflow.cli", "trials", run_key, "--artifact-root", str(tmp_path / "artifacts")],
+        [sys.executable, "-m", "trainflow.app.cli", "trials", run_key, "--artifact-root", str(tmp_path / "artifacts")],
         capture_output=True,
         text=True,
         check=True,

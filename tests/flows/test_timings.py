@@ -1,5 +1,5 @@
 """Task timings read through the Metaflow client (flows/trainflow_timings.py) from a real, running
-Metaflow run, and priced by trainflow.cost."""
+Metaflow run, and priced by trainflow.records.cost."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import ROOT
-from trainflow.config import ComputeConfig, CostConfig
-from trainflow.cost import declared_resources, price_tasks
+from trainflow.core.config import ComputeConfig, CostConfig
+from trainflow.records.cost import declared_resources, price_tasks
 
 RATES = CostConfig(cpu_core_hour=0.04, memory_gb_hour=0.005, gpu_hour={"default": 2.5, "h100": 4.0}, gpu_type="h100")
 
@@ -55,7 +55,7 @@ def test_task_timings_from_a_running_metaflow_run(tmp_path: Path) -> None:
     from metaflow import Runner
     from trainflow_timings import task_timings
 
-    from trainflow.errors import RunMetadataError
+    from trainflow.core.errors import RunMetadataError
 
     flow = tmp_path / "timing_flow.py"
     flow.write_text(FLOW)

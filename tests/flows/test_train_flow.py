@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainflow.package import verify_package
-from trainflow.records import query
+from trainflow.records.store import query
+from trainflow.release.package import verify_package
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,6 +50,6 @@ def test_flow_publishes_a_verified_package_and_records(tiny_flow_run) -> None:
     assert query(art, "SELECT cost FROM runs")[1][0][0] == meta["cost"]["total"] > 0
     kinds = [n["kind"] for n in meta["lineage"]["nodes"]]
     assert kinds.count("trial_model") == 2 and kinds[-3:] == ["best_model", "onnx_fp32", "onnx_int8"]
-    from trainflow.registry import list_versions
+    from trainflow.release.registry import list_versions
 
     assert [(v.version, v.stage) for v in list_versions(artifact_root=art)] == [(data.package.version, "staging")]

@@ -15,13 +15,13 @@ from stages.publish import publish_run
 from stages.quantize import quantize_model
 from stages.select import select_best
 from tests.tiny import ROOT
-from trainflow.config import parse_config_dict
-from trainflow.data import load_split
-from trainflow.errors import DatasetError
-from trainflow.heads import ordinal_probabilities, predict_classes
-from trainflow.hpo import run_worker
-from trainflow.onnx_model import OnnxTextModel
-from trainflow.package import load, verify_package
+from trainflow.convert.onnx_model import OnnxTextModel
+from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import DatasetError
+from trainflow.data.dataset import load_split
+from trainflow.release.package import load, verify_package
+from trainflow.search.study import run_worker
+from trainflow.tasks.heads import ordinal_probabilities, predict_classes
 
 
 def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:

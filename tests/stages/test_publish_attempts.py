@@ -12,9 +12,9 @@ from stages.publish import publish_run
 from stages.quantize import quantize_model
 from stages.select import select_best
 from tests.tiny import tiny_config
-from trainflow.config import parse_config_dict
-from trainflow.io import sha256_file
-from trainflow.metadata import read_metadata
+from trainflow.core.config import parse_config_dict
+from trainflow.core.io import sha256_file
+from trainflow.release.metadata import read_metadata
 
 
 def test_a_new_attempt_with_other_inputs_publishes_its_own_version(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -1,0 +1,51 @@
+"""The pre-flight check: the config and the data, everything a run checks before it trains, in
+seconds and without writing anything (`trainflow check --config FILE`; the flow's `start` runs
+the same functions before it snapshots the data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainflow.core.config import RunConfig, expand_env
+from trainflow.core.errors import ConfigError
+from trainflow.data.dataset import Inspection, inspect_dataset
+from trainflow.training.modeling import resolve_base_model
+
+
+def check_environment(cfg: RunConfig) -> str:
+    """What the run needs besides the data: the base model is found, `${VAR}`s of hpo.storage are
+    set. Returns the resolved base model. Raises ConfigError or ModelLoadError."""
+    if cfg.hpo.storage:
+        try:
+            expand_env(cfg.hpo.storage)
+        except KeyError as err:
+            raise ConfigError("hpo.storage", [str(err.args[0])]) from None
+    return resolve_base_model(cfg.model.base)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    cfg: RunConfig
+    base_model: str
+    data: Inspection
+
+    def lines(self) -> list[str]:
+        labels = self.data.frame["label"].value_counts().sort_index()
+        names = self.cfg.task.labels
+        histogram = ", ".join(f"{names[int(k)]} {int(v)}" for k, v in labels.items())
+        return [
+            f"config {self.cfg.name}: {self.cfg.task.type}, labels {names}",
+            f"data {self.data.path}: {len(self.data.frame)} rows, version {self.data.version}",
+            f"  splits {self.data.counts} (calibration {min(self.cfg.data.calibration_size, self.data.counts['train'])})",
+            f"  labels {histogram}",
+            f"base model {self.cfg.model.base} ({self.base_model})",
+            f"runs under {Path(self.cfg.publish.run_root).resolve()}, packages under"
+            f" {Path(self.cfg.publish.artifact_root).resolve()}",
+        ]
+
+
+def check_run(cfg: RunConfig) -> CheckReport:
+    """Raises the first error (ConfigError, DatasetError with every data problem, ModelLoadError)."""
+    base = check_environment(cfg)
+    return CheckReport(cfg, base, inspect_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed))

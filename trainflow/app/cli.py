@@ -1,0 +1,510 @@
+"""`trainflow`: runs, trials, leaderboard, lineage, cost, package verification, registry and
+retention over an artifact root.
+
+trainflow check --config FILE       the config and its data, checked as a run would, nothing written
+trainflow runs                      recent runs: status (failed ones with step and error), duration, cost
+trainflow trials RUN                a run's Optuna trials
+trainflow leaderboard               packages ranked by test metric, per task and metric
+trainflow lineage VERSION           dataset -> checkpoints -> best model -> ONNX -> INT8, re-hashed
+trainflow verify PACKAGE            a package folder (or version) against its SHA256SUMS and the registry's record
+trainflow register VERSION          adopt a package folder the registry never saw, as staging
+trainflow cost RUN                  a run's cost per step
+trainflow registry                  every version with its stage
+trainflow promote VERSION           staging/archived -> production (gated)
+trainflow rollback                  previous production version back to production
+trainflow retention [--dry-run]     delete old staging versions and trial checkpoints (+ @checkpoint copies)
+trainflow journal-repair J --from-byte N   move a corrupt Optuna journal record and those after it aside
+
+Every command takes --artifact-root (default `artifacts`). Errors print one line to stderr
+and exit 1 (usage errors exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from trainflow.core.config import METRIC_DIRECTIONS, RegistryConfig, RetentionConfig, load_config
+from trainflow.core.errors import TrainflowError
+
+app = typer.Typer(
+    name="trainflow",
+    help="Runs, trials, leaderboard, lineage, cost, verification, registry and retention of trainflow packages.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ArtifactRoot = Annotated[
+    Path, typer.Option("--artifact-root", help="Folder holding the packages, _records/ and _registry/.")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; needed only if ambiguous.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Run config YAML whose registry/retention sections apply.")
+]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows (per group).")]
+
+
+class CliFailure(Exception):
+    """A command's failure, printed as one line."""
+
+
+def _width(stream: Any) -> int | None:
+    # Not a terminal and no usable $COLUMNS (logs, tests; some shells export it empty): wide, so
+    # checksums and paths are not folded.
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").strip().isdigit() else 220
+
+
+def _out() -> Console:
+    return Console(width=_width(sys.stdout), highlight=False)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip().removeprefix("- ").strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    return f"{lines[0].rstrip(':')}: " + "; ".join(lines[1:])
+
+
+def _table(title: str | None, cols: list[str], rows: list[tuple] | list[list]) -> Table:
+    table = Table(title=escape(title) if title else None, title_justify="left")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        # Text cells: paths and versions are shown as they are, never read as rich markup.
+        cells = [Text("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))) for v in r]
+        table.add_row(*cells)
+    return table
+
+
+def _config_sections(config: Path | None) -> tuple[RegistryConfig, RetentionConfig]:
+    if config is None:
+        return RegistryConfig(), RetentionConfig()
+    cfg = load_config(config)
+    return cfg.registry, cfg.retention
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML to check (extends: applied).")],
+) -> None:
+    """Check a config and its data as a run would, in seconds, without creating a run: every
+    config problem and every data problem (per kind, with row numbers) at once."""
+    from trainflow.app.check import check_run
+
+    try:
+        report = check_run(load_config(config))
+    except TrainflowError as err:  # every problem, one per line (the run would refuse the same)
+        lines = str(err).splitlines()
+        Console(stderr=True, width=_width(sys.stderr), highlight=False).print(
+            "\n".join([f"error: {lines[0]}", *lines[1:]]), markup=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
+    out = _out()
+    for line in report.lines():
+        out.print(line, markup=False, soft_wrap=True)
+    out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
+
+
+@app.command()
+def dashboard(
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    out: Annotated[Path, typer.Option("--out", help="Folder the static site is written to (replaced).")] = Path(
+        "dashboard"
+    ),
+    serve: Annotated[bool, typer.Option("--serve", help="Serve it on 127.0.0.1 until Ctrl-C.")] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 8765,
+) -> None:
+    """Write a static dashboard of the records (DuckDB-WASM in the browser: leaderboard, runs,
+    Optuna history, INT8 recipes, registry, lineage) and optionally serve it."""
+    from trainflow.app.dashboard import build_site, server
+
+    site = build_site(artifact_root, out)
+    console = _out()
+    counts = ", ".join(f"{n} {kind}" for kind, n in site.files.items())
+    console.print(f"dashboard written to {site.folder} (record files: {counts})", markup=False, soft_wrap=True)
+    for line in site.notes:
+        console.print(f"note: {line}", markup=False, soft_wrap=True)
+    if not serve:
+        console.print(f"view it with: trainflow dashboard --out {out} --serve (browsers do not run its WebAssembly"
+                      " from file://)", markup=False, soft_wrap=True)  # fmt: skip
+        return
+    httpd = server(site.folder, port)
+    host, bound = httpd.server_address[0], httpd.server_address[1]
+    host = host.decode() if isinstance(host, bytes) else host
+    console.print(f"serving http://{host}:{bound}/ (Ctrl-C stops)", markup=False)
+    sys.stdout.flush()
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+@app.command("check-pins")
+def check_pins_command(
+    requirements: Annotated[Path, typer.Option("--requirements", help="The pins (name==version lines).")] = Path(
+        "requirements.txt"
+    ),
+    cuda: Annotated[bool, typer.Option("--cuda", help="Also require a CUDA build of torch (GPU images).")] = False,
+) -> None:
+    """Check that this Python runs exactly the pinned packages (the container build runs this):
+    every pin installed at its version; a local build label such as +cu128 is shown, not refused."""
+    from trainflow.core.pins import check_pins, read_pins, torch_cuda_build
+
+    if not requirements.is_file():
+        raise CliFailure(f"{requirements}: no such requirements file")
+    try:
+        pins = read_pins(requirements)
+    except ValueError as err:
+        raise CliFailure(str(err)) from None
+    report = check_pins(pins)
+    out = _out()
+    for line in report.lines():
+        out.print(line, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise CliFailure(f"{len(report.missing) + len(report.wrong)} package(s) differ from {requirements}")
+    if cuda and torch_cuda_build() is None:
+        raise CliFailure("torch is a CPU build; this image needs the CUDA build of the pinned torch")
+    out.print(f"OK: {len(pins)} packages match {requirements}", markup=False)
+
+
+# --- runs, trials, leaderboard ---------------------------------------------------------------
+
+
+@app.command()
+def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
+    """Recent runs from the Parquet `runs` records, newest first."""
+    from trainflow.records.store import has_records, recent_runs
+
+    if not has_records(artifact_root, "runs"):
+        raise CliFailure(f"no run records under {artifact_root / '_records' / 'runs'}")
+    cols, rows = recent_runs(artifact_root, limit)
+    rows = [(*r[:-2], None if r[-2] is None else f"{r[-2]:.4f} {r[-1] or ''}".strip()) for r in rows]
+    _out().print(_table(f"Runs in {artifact_root}", cols[:-1], rows))
+
+
+@app.command()
+def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
+           artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 100) -> None:  # fmt: skip
+    """The Optuna trials of one run."""
+    from trainflow.records.store import has_records, trials_of_run
+
+    if not has_records(artifact_root, "trials"):
+        raise CliFailure(f"no trial records under {artifact_root / '_records' / 'trials'}")
+    cols, rows = trials_of_run(artifact_root, run, limit)
+    if not rows:
+        raise CliFailure(f"no trials recorded for run {run!r}")
+    _out().print(_table(f"Trials of run {run}", cols, rows))
+
+
+@app.command()
+def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> None:
+    """Packages ranked by their test metric (FP32 ONNX), one table per task and metric."""
+    from trainflow.records.store import has_records, package_scores
+
+    if not has_records(artifact_root, "packages"):
+        _out().print(f"(no package records under {artifact_root / '_records' / 'packages'})", markup=False)
+        return
+    cols, rows = package_scores(artifact_root)
+    # One table per task, label set, dataset version and metric: a 5-class news model and a binary
+    # sentiment model are not ranked against each other.
+    groups: dict[tuple[str, str, str, str], list[tuple]] = {}
+    for r in rows:
+        groups.setdefault((r[0], r[1], str(r[2]), r[3]), []).append(r)
+    test = cols.index("test")
+    out = _out()
+    for (task, labels, dataset, metric), members in sorted(groups.items()):
+        higher = METRIC_DIRECTIONS.get(metric, "maximize") == "maximize"
+        # Best first; ties: newest first; packages without the metric last.
+        ranked = sorted(members, key=lambda r: str(r[-1]), reverse=True)
+        ranked = sorted(ranked, key=lambda r: (r[test] is None, -(r[test] or 0) if higher else (r[test] or 0)))[:limit]
+        shown = ", ".join(json.loads(labels)) if labels != "?" else "labels not recorded"
+        title = f"{task} [{shown}] · dataset {dataset} · test {metric} ({'higher' if higher else 'lower'} is better)"
+        out.print(_table(title, ["#", *cols[4:]], [(i + 1, *r[4:]) for i, r in enumerate(ranked)]))
+
+
+# --- lineage, verify, cost -------------------------------------------------------------------
+
+
+@app.command()
+def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
+            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Lineage of a version: dataset -> checkpoints -> best model -> FP32 ONNX -> INT8.
+
+    Prints each node's id, SHA-256 and parents, re-hashes every recorded file still present and
+    exits 1 if one changed (a missing file is reported, not an error)."""
+    from trainflow.release.lineage import check_lineage, load_lineage
+
+    model_name = _resolve_any(artifact_root, version, model)
+    nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
+    checks = check_lineage(nodes=nodes, package=package)
+    out = _out()
+    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    chain = " → ".join(
+        ", ".join(n.id for n in nodes if n.kind == kind) for kind in order if any(n.kind == kind for n in nodes)
+    )
+    out.print(f"[bold]{escape(model_name)} {escape(version)}[/bold]"
+              + ("" if package else " (package folder gone: read from the Parquet lineage records)"))  # fmt: skip
+    out.print(chain, soft_wrap=True, markup=False)
+    # One block per node, one fact per line (never folded): id and kind, SHA-256, parents,
+    # then each place the file was checked.
+    status_style = {"ok": "green", "changed": "bold red", "missing": "yellow"}
+    for n in nodes:
+        out.print(f"[bold]{escape(n.id)}[/bold] ({n.kind})", soft_wrap=True)
+        out.print(f"    sha256   {n.sha256}", soft_wrap=True, markup=False)
+        parents = ", ".join(f"{p['id']} ({p['sha256'][:12]})" for p in n.parents) or "-"
+        out.print(f"    parents  {parents}", soft_wrap=True, markup=False)
+        for c in (c for c in checks if c.node.id == n.id):
+            out.print(f"    [{status_style[c.status]}]{c.status:<8}[/] {escape(c.location)}", soft_wrap=True)
+    changed = [c for c in checks if c.status == "changed"]
+    if changed:
+        raise CliFailure(
+            f"lineage of {model_name} {version}: {len(changed)} file(s) changed since publishing: "
+            + ", ".join(f"{c.node.id} ({c.location})" for c in changed)
+        )
+
+
+def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
+    """The model of a version on disk, or (when its folder is gone) in the lineage records."""
+    from trainflow.core.errors import RegistryError
+    from trainflow.records.store import has_records, lineage_owners
+    from trainflow.release.registry import resolve_model
+
+    try:
+        return resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    except RegistryError:
+        if not has_records(artifact_root, "lineage"):
+            raise
+        owners = lineage_owners(artifact_root, version)
+        if len(owners) != 1:
+            raise
+        return owners[0]
+
+
+@app.command()
+def verify(package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
+           artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Check a package against its SHA256SUMS and the digests the registry recorded when it was
+    published; a folder the registry never saw is reported as unregistered."""
+    from trainflow.release.registry import resolve_model
+    from trainflow.release.registry import verify as verify_registered
+
+    path = Path(package)
+    if path.is_dir() or "/" in package:
+        folder = path.resolve()
+        root, model_name, version = folder.parent.parent, folder.parent.name, folder.name
+    else:
+        root, version = artifact_root, package
+        model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    files = verify_registered(artifact_root=root, model_name=model_name, version=version)
+    _out().print(f"OK: {root / model_name / version} ({len(files)} files match SHA256SUMS and the registry's record)",
+                 markup=False)  # fmt: skip
+
+
+@app.command()
+def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
+         artifact_root: ArtifactRoot = Path("artifacts")) -> None:  # fmt: skip
+    """A run's cost per step: tasks, task-hours and CPU/GPU/memory cost."""
+    from trainflow.records.store import cost_by_step, has_records
+
+    if not has_records(artifact_root, "costs"):
+        raise CliFailure(f"no cost records under {artifact_root / '_records' / 'costs'}")
+    cols, rows = cost_by_step(artifact_root, run)
+    if not rows:
+        raise CliFailure(f"no cost records for run {run!r} (published without task timings, or unknown run)")
+    currency = rows[0][-1]
+    # Costs to 4 decimals in the currency; max(cpus/gpus/memory_gb) are what the step declared.
+    shown = [(*r[:6], *(f"{v:.4f}" for v in r[6:10]), "still running when priced" if r[10] else "") for r in rows]
+    table = _table(f"Cost of run {run} ({currency})", [*cols[:-2], "note"], shown)
+    totals = [sum(r[i] for r in rows) for i in (2, 6, 7, 8, 9)]
+    table.add_row("total", str(sum(r[1] for r in rows)), f"{totals[0]:.1f}", "", "", "",
+                  *(f"{t:.4f}" for t in totals[1:]), "", style="bold")  # fmt: skip
+    _out().print(table)
+
+
+# --- registry and retention ------------------------------------------------------------------
+
+
+@app.command("registry")
+def registry_list(artifact_root: ArtifactRoot = Path("artifacts"),
+                  metric: Annotated[str, typer.Option(help="Test metric to show.")] = "accuracy") -> None:  # fmt: skip
+    """Every version with its stage (staging, production, archived, deleted)."""
+    from trainflow.release.registry import list_versions
+
+    versions = list_versions(artifact_root=artifact_root)
+    if not versions:
+        raise CliFailure(f"no packages under {artifact_root}")
+    style = {
+        "production": "bold green",
+        "archived": "dim",
+        "staging": "yellow",
+        "deleted": "red",
+        "unregistered": "red",
+    }
+    table = Table(title=escape(f"Registry of {artifact_root}"), title_justify="left")
+    for c in ("model", "version", "stage", "created_at", f"test {metric} fp32", f"test {metric} int8", "on disk"):
+        table.add_column(c, overflow="fold")
+    for v in versions:
+        fp32 = v.metrics.test_metric("fp32", metric) if v.metrics else None
+        int8 = v.metrics.test_metric("int8", metric) if v.metrics else None
+        table.add_row(
+            escape(v.model_name), escape(v.version), f"[{style[v.stage]}]{v.stage}[/]", escape(v.created_at or ""),
+            "" if fp32 is None else f"{fp32:.4f}", "" if int8 is None else f"{int8:.4f}", "yes" if v.present else "no",
+        )  # fmt: skip
+    _out().print(table)
+
+
+@app.command()
+def register(version: Annotated[str, typer.Argument(help="Package version (a folder under the model).")],
+             artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+    """Adopt a package folder the registry never saw (copied in by hand, published by an older
+    trainflow) as staging, recording its files' digests as they are now."""
+    from trainflow.release.registry import register as do_register
+    from trainflow.release.registry import resolve_model
+
+    model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    _out().print(_event_line(do_register(artifact_root=artifact_root, model_name=model_name, version=version)),
+                 markup=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="Package version.")],
+            artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None,
+            config: ConfigOpt = None) -> None:  # fmt: skip
+    """Make VERSION production; the current production version becomes archived.
+
+    Refused if the package fails verification or its FP32 or INT8 test metric is worse than
+    production's by more than registry.max_regression."""
+    from trainflow.release.registry import promote as do_promote
+
+    policy, _ = _config_sections(config)
+    events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy)
+    for e in events:
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
+
+
+def _event_line(e: Any) -> str:
+    return f"{e.model_name} {e.version}: {e.from_stage} → {e.to_stage} ({e.action} by {e.who} at {e.at})"
+
+
+@app.command()
+def rollback(artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:
+    """Make the previous production version production again; the current one becomes archived."""
+    from trainflow.release.registry import rollback as do_rollback
+
+    for e in do_rollback(artifact_root=artifact_root, model_name=model):
+        _out().print(_event_line(e), markup=False, soft_wrap=True)
+
+
+@app.command()
+def retention(
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    run_root: Annotated[Path, typer.Option("--run-root", help="Folder holding the runs' trial checkpoints.")] = Path(
+        "runs"
+    ),
+    config: ConfigOpt = None,
+    environment: Annotated[
+        str | None, typer.Option("--environment", help="dev, staging or prod; default retention.environment.")
+    ] = None,
+    datastore_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--datastore-root",
+            help="Local Metaflow datastore (.metaflow folder) whose @checkpoint copies are cleaned too;"
+            " default $METAFLOW_DATASTORE_SYSROOT_LOCAL/.metaflow or ./.metaflow when it exists.",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete old staging versions and trial checkpoints, also metaflow-checkpoint's copies in a
+    local datastore (never production or archived versions).
+
+    The rule is retention.rules[environment] of --config (or the defaults)."""
+    from trainflow.release.retention import apply_retention
+
+    if datastore_root is None:
+        default = Path(os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or ".") / ".metaflow"
+        datastore_root = default if default.is_dir() else None
+    elif not datastore_root.is_dir():
+        raise CliFailure(f"--datastore-root {datastore_root} is not a folder (expected a Metaflow .metaflow folder)")
+
+    _, ret = _config_sections(config)
+    env = environment or ret.environment
+    if env not in ret.rules:
+        raise CliFailure(f"--environment {env!r} has no rule; rules exist for {sorted(ret.rules)}")
+    rule = ret.rules[env]  # type: ignore[index]
+    plan = apply_retention(
+        artifact_root=artifact_root, run_root=run_root, rule=rule, dry_run=dry_run, datastore_root=datastore_root
+    )
+    out = _out()
+    verb = "would delete" if dry_run else "deleted"
+    out.print(
+        f"retention ({env}: keep_last_versions={rule.keep_last_versions},"
+        f" keep_checkpoints_days={rule.keep_checkpoints_days}): {verb} {len(plan)} item(s),"
+        f" {sum(d.bytes for d in plan) / 1e6:.1f} MB" + (" (dry run: nothing deleted)" if dry_run else ""),
+        markup=False,
+    )
+    if plan:
+        out.print(
+            _table(
+                None,
+                ["kind", "path", "MB", "reason"],
+                [(d.kind, d.path, f"{d.bytes / 1e6:.1f}", d.reason) for d in plan],
+            )
+        )
+
+
+@app.command("journal-repair")
+def journal_repair(
+    journal: Annotated[Path, typer.Argument(help="The Optuna journal file (runs/<name>/<run>/optuna.journal).")],
+    from_byte: Annotated[int, typer.Option("--from-byte", min=0, help="Offset of the corrupt record, from the error.")],
+) -> None:
+    """Move a journal's records from a byte offset to the end aside (into JOURNAL.corrupt-<time>,
+    nothing deleted) so the study can be read again; their trials run again on resume."""
+    from trainflow.search.journal import repair_journal
+
+    if not journal.is_file():
+        raise CliFailure(f"{journal}: no such journal file")
+    aside = repair_journal(journal, from_byte)
+    _out().print(f"moved {aside.stat().st_size} bytes from byte {from_byte} of {journal} to {aside}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit code."""
+    err = Console(stderr=True, width=_width(sys.stderr), highlight=False)
+    command = typer.main.get_command(app)
+    try:
+        result: Any = command.main(
+            args=list(sys.argv[1:] if argv is None else argv), prog_name="trainflow", standalone_mode=False
+        )
+    except typer.TyperException as e:  # usage errors (exit 2): usage line and the problem
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"error: {e}", markup=False)
+        return e.exit_code
+    except typer.Abort:
+        err.print("error: aborted")
+        return 1
+    except (CliFailure, TrainflowError) as e:
+        err.print(f"error: {_one_line(e)}", soft_wrap=True, markup=False)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

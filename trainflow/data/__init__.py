@@ -1,0 +1,1 @@
+"""The dataset snapshot (read, validate, checksum, split) and the run context that names it."""

@@ -1,0 +1,165 @@
+"""Lineage of a package: dataset -> trial checkpoints and models -> best model -> FP32 ONNX ->
+INT8 ONNX, each node with its id, the file it names, that file's SHA-256 and its parents' ids
+and SHA-256s.
+
+`build_lineage` runs at publish time (the result goes into metadata.json under `lineage.nodes`
+and into the Parquet store, kind `lineage`, one row per node); `check_lineage` re-hashes every
+recorded file that still exists, so a changed dataset, checkpoint, model or ONNX file shows up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from trainflow.core.errors import LineageError, MetadataError
+from trainflow.core.io import sha256_file
+from trainflow.records.store import LineageRow, as_json, has_records, lineage_rows
+from trainflow.release.metadata import METADATA, read_metadata
+
+if TYPE_CHECKING:  # kept out of the import path so the CLI does not load torch and optuna
+    from trainflow.data.dataset import Snapshot
+    from trainflow.search.study import TrialRecord
+
+WEIGHTS = "model.safetensors"  # what save_model and save_checkpoint write (trainflow/training/train.py)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    kind: Literal["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    path: str
+    sha256: str
+    parents: list[dict[str, str]] = field(default_factory=list)  # [{"id": ..., "sha256": ...}]
+    package_file: str | None = None  # the node's copy inside the package, if it has one
+    trial: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    node: Node
+    location: str
+    status: Literal["ok", "changed", "missing"]
+
+
+def _ref(node: Node) -> dict[str, str]:
+    return {"id": node.id, "sha256": node.sha256}
+
+
+def _last_checkpoint_weights(model_dir: Path) -> Path | None:
+    """The weights of a trial's newest intact checkpoint: `trials/trial-NNNN/best/step-N` is the
+    model, `trials/trial-NNNN/checkpoint/step-M` the resumable state (trainflow/training/train.py)."""
+    from trainflow.training.checkpoints import find_checkpoint  # torch: only at publish time, never for the CLI
+    from trainflow.training.train import CHECKPOINT_DIR
+
+    found = find_checkpoint(model_dir.parent.parent / CHECKPOINT_DIR)
+    return None if found is None else found[0] / WEIGHTS
+
+
+def build_lineage(
+    *, snapshot: Snapshot, records: list[TrialRecord], best: TrialRecord, fp32_onnx: Path, int8_onnx: Path
+) -> list[Node]:
+    """Nodes for the dataset, every completed trial (its last resumable checkpoint, if one was
+    written, and its best weights), the chosen model and both ONNX files.
+
+    Raises:
+        LineageError: a completed trial's or an ONNX file is missing.
+    """
+    dataset = Node(f"dataset:{snapshot.version}", "dataset", str(Path(snapshot.source).resolve()), snapshot.sha256)
+    # The split files every later step read (each checked against this SHA-256 on every load).
+    splits = [
+        Node(f"dataset:{snapshot.version}/{name}", "dataset_split",
+             str((Path(snapshot.directory) / snapshot.files[name]).resolve()), digest, [_ref(dataset)])
+        for name, digest in sorted(snapshot.split_sha256.items())
+    ]  # fmt: skip
+    nodes = [dataset, *splits]
+    trial_models: dict[int, Node] = {}
+    for r in sorted(records, key=lambda r: r.number):
+        if r.state != "COMPLETE" or not r.model_dir:
+            continue
+        weights = Path(r.model_dir) / WEIGHTS
+        if not weights.is_file():
+            raise LineageError(f"trial {r.number}: {weights} is missing; cannot record its lineage")
+        parents = [_ref(dataset)]
+        checkpoint = _last_checkpoint_weights(Path(r.model_dir))
+        if checkpoint is not None:
+            ckpt = Node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),
+                        sha256_file(checkpoint), [_ref(dataset)], trial=r.number)  # fmt: skip
+            nodes.append(ckpt)
+            parents.append(_ref(ckpt))
+        model = Node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_file(weights), parents,
+                     trial=r.number)  # fmt: skip
+        nodes.append(model)
+        trial_models[r.number] = model
+    if best.number not in trial_models:
+        raise LineageError(f"best trial {best.number} is not among the completed trials {sorted(trial_models)}")
+    chosen = trial_models[best.number]
+    best_node = Node("best-model", "best_model", chosen.path, chosen.sha256, [_ref(chosen)], trial=best.number)
+    for path in (fp32_onnx, int8_onnx):
+        if not Path(path).is_file():
+            raise LineageError(f"{path} is missing; cannot record its lineage")
+    fp32 = Node("onnx-fp32", "onnx_fp32", str(Path(fp32_onnx).resolve()), sha256_file(Path(fp32_onnx)),
+                [_ref(best_node)], package_file="model.onnx")  # fmt: skip
+    # INT8 is calibrated on the dataset's calibration split: both are its parents.
+    int8 = Node("onnx-int8", "onnx_int8", str(Path(int8_onnx).resolve()), sha256_file(Path(int8_onnx)),
+                [_ref(fp32), _ref(dataset)], package_file="model_int8.onnx")  # fmt: skip
+    return [*nodes, best_node, fp32, int8]
+
+
+def to_metadata(nodes: list[Node]) -> list[dict[str, Any]]:
+    return [asdict(n) for n in nodes]
+
+
+def to_rows(*, model_name: str, version: str, nodes: list[Node]) -> list[LineageRow]:
+    """Parquet rows (kind `lineage`), one per node; parents as a JSON list."""
+    return [
+        LineageRow(model_name=model_name, version=version, node_id=n.id, kind=n.kind, path=n.path, sha256=n.sha256,
+                   package_file=n.package_file, trial=n.trial, parents=as_json(n.parents))
+        for n in nodes
+    ]  # fmt: skip
+
+
+def load_lineage(*, artifact_root: Path, model_name: str, version: str) -> tuple[list[Node], Path | None]:
+    """The nodes of a version from its metadata.json, or from the Parquet store when the package
+    folder is gone; and the package folder if it exists.
+
+    Raises:
+        LineageError: neither holds a lineage for this version.
+    """
+    package = artifact_root / model_name / version
+    meta_file = package / METADATA
+    if meta_file.is_file():
+        try:
+            raw = read_metadata(package).lineage.nodes
+        except MetadataError as err:
+            raise LineageError(
+                f"{err} (a package published before lineage was recorded has no lineage.nodes)"
+            ) from None
+        return [Node(**n) for n in raw], package
+    if has_records(artifact_root, "lineage"):
+        rows = lineage_rows(artifact_root, model_name, version)
+        if rows:
+            nodes = [
+                Node(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], None if r[6] is None else int(r[6])) for r in rows
+            ]
+            return nodes, None
+    raise LineageError(f"no lineage for {model_name} {version}: no {meta_file} and no Parquet lineage records")
+
+
+def check_lineage(*, nodes: list[Node], package: Path | None) -> list[NodeCheck]:
+    """Re-hash each node's file where it was produced and, for ONNX files, its copy in the
+    package. A file that no longer exists is reported `missing` (not an error: retention deletes
+    checkpoints); a file whose SHA-256 differs is `changed`."""
+    checks = []
+    for n in nodes:
+        locations = [Path(n.path)]
+        if n.package_file and package is not None:
+            locations.insert(0, package / n.package_file)
+        for loc in locations:
+            if not loc.is_file():
+                checks.append(NodeCheck(n, str(loc), "missing"))
+            else:
+                checks.append(NodeCheck(n, str(loc), "ok" if sha256_file(loc) == n.sha256 else "changed"))
+    return checks

@@ -1,0 +1,199 @@
+"""`metadata.json` of a deployment package as one typed model.
+
+Written by the publish step (`PackageMetadata.write`), read by the registry, the CLI, the cards,
+the run summary and the package loader (`read_metadata`). Schema versions:
+
+  1  packages published before this model existed (no `schema_version` key; the INT8 recipe's
+     fields were spread into `quantization`). They are read, with the recipe gathered into
+     `quantization.recipe`.
+  2  typed metadata; read with `serving` empty (no thread sweep was recorded then).
+  3  this model: `serving` holds the primary model (int8 or fp32), the latencies measured at each
+     thread count and batch size on the machine that built the package, and the best settings.
+
+A file with a newer `schema_version` than this code knows, or one that does not match the
+model, raises `MetadataError` naming the file and the version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainflow.core.errors import MetadataError
+from trainflow.core.io import atomic_write_text
+from trainflow.data.dataset import DatasetSummary
+
+METADATA = "metadata.json"
+SCHEMA_VERSION = 3
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Latency(_Model):
+    p50_ms: float
+    p95_ms: float
+    n: int
+
+
+class ParityInfo(_Model):
+    n_samples: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    prediction_agreement: float
+    atol: float
+    error_histogram: list[tuple[int, int]] = Field(default_factory=list)
+
+
+class SizeBytes(_Model):
+    fp32: int
+    int8: int
+
+
+class Metrics(_Model):
+    """Metric dicts hold accuracy, macro_f1 (and mae for ordinal tasks; loss on validation)."""
+
+    validation: dict[str, float]
+    test_fp32_onnx: dict[str, float]
+    test_int8_onnx: dict[str, float]
+    test_majority_baseline: dict[str, float]
+    int8_accuracy_drop: float
+    parity: ParityInfo
+    latency_batch1_fp32: Latency
+    latency_batch1_int8: Latency
+    size_bytes: SizeBytes
+
+    def test_metric(self, split: Literal["fp32", "int8"], metric: str) -> float | None:
+        values = self.test_fp32_onnx if split == "fp32" else self.test_int8_onnx
+        return values.get(metric)
+
+
+class OnnxInfo(_Model):
+    opset: int
+    inputs: list[str]
+    output: str
+    max_length: int
+    session_options: dict[str, Any]
+
+
+class BaseModelInfo(_Model):
+    name: str
+    sha256: str | None
+    parameters: int
+
+
+class HpoSummary(_Model):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+    best_trial: int
+    n_trials: int
+    states: dict[str, int]
+
+
+class QuantizationInfo(_Model):
+    recipe: dict[str, Any]  # the chosen recipe's settings and what was quantized
+    node_counts: dict[str, int]
+    chosen_recipe: str
+    max_accuracy_drop: float
+    selection: str
+    graph_optimization: dict[str, Any]
+    session_options: dict[str, Any]
+    search: list[dict[str, Any]]
+
+
+class LineageInfo(_Model):
+    dataset_sha256: str
+    study: str
+    trial: int
+    trial_model_dir: str | None
+    nodes: list[dict[str, Any]]  # trainflow.release.lineage.Node as dicts
+
+
+class RunRef(_Model):
+    pathspec: str
+    run_key: str
+
+
+class PackageMetadata(_Model):
+    schema_version: int = SCHEMA_VERSION
+    model_name: str
+    version: str
+    created_at: str
+    task: Literal["classification", "ordinal"]
+    label_map: dict[str, str]
+    cutpoints: list[float] | None
+    onnx: OnnxInfo
+    base_model: BaseModelInfo
+    hyperparameters: dict[str, Any]
+    hpo: HpoSummary
+    metrics: Metrics
+    quantization: QuantizationInfo
+    dataset: DatasetSummary
+    lineage: LineageInfo
+    git_commit: str
+    metaflow: RunRef
+    packages: dict[str, str]
+    config: dict[str, Any]
+    cost: dict[str, Any]
+    serving: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def primary_file(self) -> str:
+        """The model file the package serves by default."""
+        return "model.onnx" if self.serving.get("primary") == "fp32" else "model_int8.onnx"
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.label_map[str(i)] for i in range(len(self.label_map))]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / METADATA
+        atomic_write_text(path, self.to_json())
+        return path
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 spread the chosen recipe's fields into `quantization`; gather them."""
+    known = set(QuantizationInfo.model_fields) - {"recipe"}
+    quant = dict(raw.get("quantization") or {})
+    recipe = {k: quant.pop(k) for k in list(quant) if k not in known}
+    return {**raw, "schema_version": SCHEMA_VERSION, "quantization": {**quant, "recipe": recipe}}
+
+
+def parse_metadata(raw: Any, source: str) -> PackageMetadata:
+    """Validate a parsed metadata.json (any supported schema). Raises MetadataError."""
+    if not isinstance(raw, dict):
+        raise MetadataError(f"{source}: not a JSON object")
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
+        raise MetadataError(
+            f"{source}: metadata schema version {version!r} is not supported (this trainflow reads 1 to"
+            f" {SCHEMA_VERSION}); upgrade trainflow to read it"
+        )
+    data = _upgrade_v1(raw) if version == 1 else {**raw, "schema_version": SCHEMA_VERSION}
+    try:
+        return PackageMetadata.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
+        raise MetadataError(
+            f"{source} (metadata schema version {version}) does not match the schema: {problems}"
+        ) from None
+
+
+def read_metadata(package: Path | str) -> PackageMetadata:
+    """The typed metadata of a package folder. Raises MetadataError if missing or unreadable."""
+    path = Path(package) / METADATA
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MetadataError(f"{path}: no such file; not a trainflow package") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MetadataError(f"{path}: unreadable ({err})") from None
+    return parse_metadata(raw, str(path))

@@ -1,0 +1,137 @@
+"""The package's `README.md`: a model card in the Hugging Face layout (YAML front matter, then
+model, data, training, evaluation, intended use and limitations, how to load, checksums), written
+from the package metadata and covered by the manifest like every other file."""
+
+from __future__ import annotations
+
+import json
+
+from trainflow.release.metadata import PackageMetadata
+
+CARD = "README.md"
+
+
+def _front_matter(meta: PackageMetadata) -> str:
+    m = meta.metrics
+    results = [
+        {"type": name, "value": round(value, 4), "name": f"{split} {name}"}
+        for split, values in (("test FP32 ONNX", m.test_fp32_onnx), ("test INT8 ONNX", m.test_int8_onnx))
+        for name, value in sorted(values.items())
+    ]
+    header = {
+        "library_name": "onnxruntime",
+        "pipeline_tag": "text-classification",
+        "tags": ["text-classification", "onnx", "int8", "trainflow", meta.task],
+        "base_model": meta.base_model.name,
+        "license": meta.config.get("data", {}).get("license") or "unknown",
+        "model-index": [{"name": meta.model_name, "results": [{"task": {"type": "text-classification"},
+                                                                "dataset": {"name": meta.dataset.version},
+                                                                "metrics": results}]}],
+    }  # fmt: skip
+    # JSON is valid YAML: no YAML writer needed for the front matter.
+    return "---\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in header.items()) + "\n---\n"
+
+
+def _metrics_table(meta: PackageMetadata) -> list[str]:
+    m = meta.metrics
+    names = sorted(set(m.test_fp32_onnx) | set(m.test_majority_baseline))
+    rows = ["| metric | FP32 ONNX | INT8 ONNX | INT8 - FP32 | majority baseline |", "|---|---|---|---|---|"]
+    for n in names:
+        fp32, int8, base = m.test_fp32_onnx.get(n), m.test_int8_onnx.get(n), m.test_majority_baseline.get(n)
+        delta = "" if fp32 is None or int8 is None else f"{int8 - fp32:+.4f}"
+        rows.append(f"| {n} | {_f(fp32)} | {_f(int8)} | {delta} | {_f(base)} |")
+    return rows
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _model_and_data(meta: PackageMetadata) -> list[str]:
+    m = meta.metrics
+    licence = meta.config.get("data", {}).get("license") or "unknown (not declared in the run config)"
+    return [
+        "## Model",
+        "",
+        f"- Output: {meta.onnx.output}" + (f"; cutpoints {meta.cutpoints}" if meta.cutpoints else ""),
+        f"- Inputs: {', '.join(meta.onnx.inputs)}; texts truncated to {meta.onnx.max_length} tokens",
+        f"- Files: `model.onnx` (FP32, {m.size_bytes.fp32 / 1e6:.1f} MB) and `model_int8.onnx` (INT8,"
+        f" {m.size_bytes.int8 / 1e6:.1f} MB, {m.size_bytes.int8 / m.size_bytes.fp32:.0%} of FP32);"
+        f" served by default: `{meta.primary_file}`",
+        "",
+        "## Data",
+        "",
+        f"- Dataset `{meta.dataset.version}` from `{meta.dataset.source}` (SHA-256 {meta.dataset.sha256[:16]}...),"
+        f" {meta.dataset.rows} rows, splits {meta.dataset.splits}",
+        f"- Labels: {meta.dataset.labels}",
+        f"- Licence: {licence}",
+        "",
+    ]
+
+
+def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
+    m, hp, q = meta.metrics, meta.hyperparameters, meta.quantization
+    threads = meta.serving.get("best", {}).get("batch1", {}).get("threads")
+    cpu = meta.serving.get("cpu", {})
+    return [
+        "## Training and search",
+        "",
+        f"- Optuna search: {meta.hpo.n_trials} trials ({meta.hpo.states}), validation {meta.hpo.metric}"
+        f" ({meta.hpo.direction}); best trial {meta.hpo.best_trial}",
+        f"- Best hyperparameters: learning rate {hp.get('learning_rate'):.3g}, weight decay"
+        f" {hp.get('weight_decay'):.3g}, warmup {hp.get('warmup_ratio'):.3g}, {hp.get('max_steps')} steps of"
+        f" batch {hp.get('batch_size')}",
+        f"- INT8: recipe `{q.chosen_recipe}` ({q.recipe.get('mode', 'static')}), within"
+        f" {q.max_accuracy_drop * 100:.1f} points of FP32 by the gate; parity PyTorch vs ONNX max |diff|"
+        f" {m.parity.max_abs_diff:.2g}",
+        "",
+        "## Evaluation (test split)",
+        "",
+        *_metrics_table(meta),
+        "",
+        f"Batch-1 latency where it was built ({cpu.get('model', 'unknown CPU')}): FP32 p50"
+        f" {m.latency_batch1_fp32.p50_ms:.2f} ms, INT8 p50 {m.latency_batch1_int8.p50_ms:.2f} ms"
+        + (f"; best batch-1 setting {threads} thread(s)" if threads else "")
+        + ".",
+        "",
+    ]
+
+
+def _use(meta: PackageMetadata) -> list[str]:
+    return [
+        "## Intended use and limitations",
+        "",
+        f"Classifies short texts into {', '.join(meta.labels)}, like those of its dataset. It was trained on"
+        f" {meta.dataset.rows} rows of one source and has not been evaluated elsewhere: expect lower"
+        " accuracy on other domains, lengths or languages, and check it on your own data before relying on"
+        f" it. Texts longer than {meta.onnx.max_length} tokens are cut. Not for decisions about people.",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import trainflow.package",
+        'model = trainflow.package.load("path/to/this/folder")  # verifies every file first',
+        'print(model.predict(["a text"]))',
+        "```",
+        "",
+        'With Optimum: `ORTModelForSequenceClassification.from_pretrained(folder, file_name="model_int8.onnx")`'
+        ' in a `transformers` `pipeline("text-classification")`. With only onnxruntime, tokenizers and numpy:'
+        " `tokenizer.json` already truncates and pads; see metadata.json for the label map"
+        + (" and the cutpoints." if meta.cutpoints else "."),
+        "",
+    ]
+
+
+def render(meta: PackageMetadata, files: dict[str, str]) -> str:
+    """The model card text; `files` are the package's other files with their SHA-256."""
+    intro = (
+        f"A {meta.task} text model fine-tuned from `{meta.base_model.name}` ({meta.base_model.parameters:,}"
+        f" parameters) and exported to ONNX (opset {meta.onnx.opset}) with an INT8 version. Labels, in"
+        f" order: {', '.join(meta.labels)}. Built by trainflow on {meta.created_at} (git {meta.git_commit})."
+    )
+    checksums = [f"- `{name}`: `{digest}`" for name, digest in sorted(files.items())]
+    return "\n".join([
+        _front_matter(meta), f"# {meta.model_name} {meta.version}", "", intro, "",
+        *_model_and_data(meta), *_training_and_evaluation(meta), *_use(meta),
+        "## Checksums (SHA-256)", "", *checksums, "",
+    ])  # fmt: skip

@@ -1,0 +1,1 @@
+"""Task heads: from model outputs to classes, probabilities and metrics (NumPy only)."""

