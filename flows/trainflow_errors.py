@@ -13,7 +13,7 @@ in the config parser the same way. Here:
 - `config_parser` names the YAML file in a ConfigError and ends the run with the problems, one
   per line, instead of a traceback.
 
-TRAINFLOW_DEBUG=1 shows the Python and Metaflow tracebacks as before.
+TRAINFLOW_DEBUG=1 shows the full Python and Metaflow tracebacks instead.
 """
 
 from __future__ import annotations

@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from trainflow.convert.export import export_onnx
-from trainflow.convert.parity import ParityResult, check_parity
+from trainflow.convert.export import ExportOutcome, export_onnx
+from trainflow.convert.parity import check_parity
 from trainflow.core.config import RunConfig
 from trainflow.core.faults import fault_window
+from trainflow.core.layout import ONNX_DIR
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
 from trainflow.records.tracking import lineage_ref, log_lineage_link
-
-
-@dataclass(frozen=True)
-class ExportOutcome:
-    onnx_dir: str
-    onnx_path: str
-    opset: int
-    inputs: list[str]
-    parity: ParityResult
 
 
 def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> ExportOutcome:
     """ONNX export, then the parity gate on held-out test samples (raises ParityError)."""
     # A folder per attempt: a resumed export never overwrites the ONNX file that an earlier
     # attempt's package (and its lineage) points to.
-    onnx_dir = ctx.path / "onnx" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    onnx_dir = ctx.path / ONNX_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     result = export_onnx(
         model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export, max_length=cfg.model.max_length
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 from trainflow.core.config import RunConfig
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
-from trainflow.search.study import TrialRecord, open_study, run_worker, trial_records
+from trainflow.search.study import TrialRecord, open_study, trial_records
+from trainflow.search.worker import run_worker
 from trainflow.training.packing import all_gpu_ids, assign_gpu, pin_gpu, run_packed, slots
 
 

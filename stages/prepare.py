@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from trainflow.app.check import check_environment
+from trainflow.core import layout
 from trainflow.core.config import RunConfig
 from trainflow.core.faults import fault_window
 from trainflow.data.context import RunContext
@@ -25,9 +26,9 @@ def prepare_run(*, cfg: RunConfig, run_key: str, pathspec: str = "") -> RunConte
     started = time.time()
     write_run_status(cfg, run_key, pathspec=pathspec, status="running", started_at=started)
     check_environment(cfg)
-    run_dir = (Path(cfg.publish.run_root) / cfg.name / run_key).resolve()
-    snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / "data")
-    storage = cfg.hpo.storage or str(run_dir / "optuna.journal")
+    run_dir = layout.run_dir(Path(cfg.publish.run_root), cfg.name, run_key).resolve()
+    snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / layout.DATA_DIR)
+    storage = cfg.hpo.storage or str(run_dir / layout.JOURNAL)
     study_name = f"{cfg.name}-{run_key}"
     open_study(cfg, storage, study_name)
     log.info("dataset %s: %s rows, splits %s", snapshot.version, snapshot.rows, snapshot.splits)

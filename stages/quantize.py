@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from trainflow.convert.export import ExportOutcome
 from trainflow.convert.onnx_model import FolderTokenizer
 from trainflow.convert.quantize import QuantizeResult, quantize_and_gate
 from trainflow.core.config import RunConfig
@@ -12,9 +12,6 @@ from trainflow.core.faults import fault_window
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
 from trainflow.tasks.heads import read_head
-
-if TYPE_CHECKING:  # the export stage imports torch; this step needs only ONNX Runtime
-    from stages.export import ExportOutcome
 
 
 def quantize_model(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> QuantizeResult:

@@ -10,14 +10,10 @@ from trainflow.search.study import TrialRecord, best_trial, open_study, trial_re
 
 
 def select_best(*, cfg: RunConfig, ctx: RunContext) -> tuple[TrialRecord, list[TrialRecord]]:
-    """The best complete trial and all trial records. Raises ValueError if no trial completed."""
+    """The best complete trial and all trial records. Raises SearchError if no trial completed."""
     study = open_study(cfg, ctx.storage, ctx.study_name)
     records = trial_records(study)
-    try:
-        best = best_trial(study)
-    except ValueError:
-        states = {r.number: r.state for r in records}
-        raise ValueError(f"no trial of study {ctx.study_name} completed (states: {states})") from None
+    best = best_trial(study)
     trial_ref = lineage_ref(cfg.name, "trial-model", ctx.run_key, best.number)
     log_lineage_link(cfg=cfg, run_key=ctx.run_key, directory=ctx.path, job_type="select", kind="best-model",
                      path=best.model_dir or "", parents=(trial_ref,), trial=best.number, value=best.value)  # fmt: skip

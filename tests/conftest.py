@@ -31,7 +31,8 @@ def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     """A tiny classifier saved by `save_model` (random head, a few steps of training)."""
     from trainflow.core.config import parse_config_dict
     from trainflow.data.dataset import SplitData
-    from trainflow.training.train import Hyperparams, train_model
+    from trainflow.training.hparams import Hyperparams
+    from trainflow.training.train import train_model
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = parse_config_dict(tiny_config(tmp, tiny_model_dir))

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.release.metadata import PackageMetadata
-from trainflow.release.package import PackageResult, assemble_package, publish_package
+from trainflow.release.package import assemble_package
+from trainflow.release.publish import PackageResult, publish_package
 
 
 def sample_metadata(

@@ -90,11 +90,11 @@ def final_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     from trainflow.core.io import VersionedDir
-    from trainflow.training.checkpoints import find_checkpoint
+    from trainflow.training.resume import latest_checkpoint
 
-    found = find_checkpoint(path)
+    found = latest_checkpoint([path])
     if found is not None:
-        folder = found[0]
+        folder = found.folder
     elif (path / "model.safetensors").is_file():
         folder = path
     else:

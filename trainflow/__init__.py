@@ -1,16 +1,19 @@
 """trainflow: the library under the pipeline (no Metaflow here; flows/ holds the flow, stages/ its
-steps). Modules by concern:
+steps). Subpackages by job, in the order they build on each other (a group imports only the
+groups before it; tests/test_layout.py holds them to it):
 
-  config, errors             the run configuration (pydantic) and one exception per failure mode
-  io, diskspace, faults      durable writes and versioned folders, free-space checks, the test hook
-  data                       dataset snapshot: read, validate, checksum, split
-  modeling, train, accel,    model and ordinal head, the training loop, the GPU fast path,
-  checkpoints, ddp           checkpoints, data-parallel parts
-  hpo                        Optuna study shared by foreach workers, heartbeats, trial records
-  export, parity,            ONNX export, the PyTorch-vs-ONNX gate, ONNX Runtime sessions,
-  onnx_model, quantize       the INT8 recipe search
-  metadata, package,         package metadata.json (typed), writing and verifying packages,
-  records, registry,         Parquet records and named queries, promotion and rollback,
-  retention, lineage, cost   cleanup, lineage chain, run cost
-  tracking, reports, cli     W&B, card contents, the `trainflow` command
+  core      errors, durable file writes, the run configuration, the names of every file and folder
+            trainflow writes (layout), free-space checks, the fault hook, package pins
+  records   Parquet records and their DuckDB queries, run status, cost, W&B tracking
+  tasks     task heads: from model outputs to classes, probabilities and metrics (NumPy only)
+  data      the dataset snapshot and the run context
+  training  the base model, modeling and freezing, the training loop, the GPU fast path,
+            checkpoints and resume, packed and data-parallel workers
+  search    the Optuna study shared by foreach workers, the worker loop, heartbeats, the journal
+  convert   ONNX export, the parity gate, ONNX Runtime sessions, INT8 graphs and the recipe search
+  release   package metadata, format and verification, publishing, the registry, the loader,
+            lineage, the model card, retention
+  app       the `trainflow` command, the pre-flight check, card contents, the dashboard
+
+`trainflow.package` is the consumer's entry point (`trainflow.package.load`).
 """

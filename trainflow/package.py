@@ -9,6 +9,7 @@ Imports no torch. The package format, the loader and publishing live in `trainfl
 
 from __future__ import annotations
 
-from trainflow.release.package import PackageModel, Prediction, load, verify_package
+from trainflow.release.loader import PackageModel, Prediction, load
+from trainflow.release.package import verify_package
 
 __all__ = ["PackageModel", "Prediction", "load", "verify_package"]

@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainflow.training.checkpoints import META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointWriter, step_version
-from trainflow.training.train import read_checkpoint_meta
+from trainflow.core.layout import CHECKPOINT_META as META_FILE
+from trainflow.core.layout import TRAINER_STATE as STATE_FILE
+from trainflow.core.layout import WEIGHTS as WEIGHTS_FILE
+from trainflow.core.layout import step_version
+from trainflow.training.checkpoints import CheckpointWriter
+from trainflow.training.resume import read_checkpoint_meta
 
 OPS = ("rename", "replace", "fsync", "mkdir", "unlink", "rmdir", "truncate", "utime", "symlink")
 

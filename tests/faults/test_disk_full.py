@@ -22,8 +22,11 @@ from trainflow.core.config import parse_config_dict
 from trainflow.core.diskspace import DEFAULT_MARGIN_BYTES, MARGIN_ENV
 from trainflow.core.errors import DiskSpaceError
 from trainflow.data.dataset import SplitData
-from trainflow.release.package import publish_package, verify_package
-from trainflow.training.train import Hyperparams, read_checkpoint_meta, train_model
+from trainflow.release.package import verify_package
+from trainflow.release.publish import publish_package
+from trainflow.training.hparams import Hyperparams
+from trainflow.training.resume import read_checkpoint_meta
+from trainflow.training.train import train_model
 
 HP = Hyperparams(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, batch_size=8, max_steps=9)
 

@@ -58,7 +58,7 @@ def test_a_forged_package_with_a_rewritten_manifest_is_refused(tmp_path: Path, s
     err = capsys.readouterr().err
     assert "model_int8.onnx: differs from what the registry recorded" in err
     assert "metadata.json: differs" in err and "SHA256SUMS: differs" in err
-    with pytest.raises(RegistryError, match=r"refusing to promote m v2: .*model_int8.onnx: differs"):
+    with pytest.raises(PackageVerificationError, match=r"refusing to promote m v2: .*model_int8.onnx: differs"):
         promote(artifact_root=root, version="v2", policy=POLICY)
     assert {v.version: v.stage for v in list_versions(artifact_root=root)} == {"v1": "production", "v2": "staging"}
 
@@ -70,7 +70,7 @@ def test_a_rollback_target_forged_after_publishing_is_refused(tmp_path: Path, sr
         promote(artifact_root=root, version=v, policy=POLICY)
     _flip(root / "m" / "v1" / "model.onnx")
     _rewrite_manifest(root / "m" / "v1")
-    with pytest.raises(RegistryError, match=r"refusing to roll back to m v1: .*model.onnx: differs"):
+    with pytest.raises(PackageVerificationError, match=r"refusing to roll back to m v1: .*model.onnx: differs"):
         rollback(artifact_root=root)
 
 
@@ -80,7 +80,7 @@ def test_a_folder_the_registry_never_saw_is_unregistered_not_ok(tmp_path: Path, 
     shutil.copytree(root / "m" / "v1", root / "m" / "copy")  # self-consistent, never published
     assert cli(["verify", str(root / "m" / "copy")]) == 1
     assert "m copy is unregistered" in capsys.readouterr().err
-    with pytest.raises(RegistryError, match="unregistered"):
+    with pytest.raises(PackageVerificationError, match="unregistered"):
         promote(artifact_root=root, version="copy", policy=POLICY)
     assert cli(["register", "copy", "--artifact-root", str(root)]) == 0  # adopted by an explicit act
     assert cli(["verify", "copy", "--artifact-root", str(root)]) == 0

@@ -14,8 +14,9 @@ from optuna.trial import TrialState
 from trainflow.app.cli import main as cli
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import JournalCorruptError
-from trainflow.search.journal import CORRUPT_SUFFIX, HeartbeatJournalStorage
-from trainflow.search.study import _heartbeat, open_storage, open_study
+from trainflow.search.heartbeat import HeartbeatJournalStorage, heartbeat
+from trainflow.search.journal import CORRUPT_SUFFIX
+from trainflow.search.study import open_storage, open_study
 
 
 def _study_with_trials(cfg, journal: Path, n: int = 3) -> optuna.Study:
@@ -95,7 +96,7 @@ def test_a_heartbeat_that_keeps_failing_stops_its_own_trial(tmp_path: Path, cfg,
             raise OSError("Stale file handle")
 
     monkeypatch.setattr(storage, "record_heartbeat", failing)
-    with caplog.at_level(logging.WARNING, logger="trainflow.search.study"), _heartbeat(study, trial, 2) as lost:
+    with caplog.at_level(logging.WARNING, logger="trainflow.search.heartbeat"), heartbeat(study, trial, 2) as lost:
         deadline = time.monotonic() + 10
         while not lost() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -23,9 +23,11 @@ from safetensors.torch import load_file
 
 from tests.tiny import ROOT, rt_texts, tiny_config
 from trainflow.core.config import parse_config_dict
+from trainflow.core.layout import trial_dir
 from trainflow.data.dataset import SplitData
-from trainflow.search.study import open_storage, open_study, run_worker, trial_dir
-from trainflow.training.train import read_checkpoint_meta
+from trainflow.search.study import open_storage, open_study
+from trainflow.search.worker import run_worker
+from trainflow.training.resume import read_checkpoint_meta
 
 pytestmark = [pytest.mark.slow]
 PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)

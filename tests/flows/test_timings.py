@@ -76,6 +76,6 @@ def test_task_timings_from_a_running_metaflow_run(tmp_path: Path) -> None:
     # The arithmetic accepts them as they come.
     per_step, default = declared_resources(compute=ComputeConfig(), cost=RATES)
     cost = price_tasks(timings=timings, resources=per_step, default=default, rates=RATES, now=datetime.now(UTC))
-    assert cost.total > 0 and [s["step"] for s in cost.by_step()] == ["start", "work", "join"]
+    assert cost.total > 0 and [s.step for s in cost.by_step()] == ["start", "work", "join"]
     with pytest.raises(RunMetadataError, match="no run TimingFlow/999999"):
         task_timings(flow_name="TimingFlow", run_id="999999")

@@ -19,8 +19,9 @@ from trainflow.convert.onnx_model import OnnxTextModel
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import DatasetError
 from trainflow.data.dataset import load_split
-from trainflow.release.package import load, verify_package
-from trainflow.search.study import run_worker
+from trainflow.package import load
+from trainflow.release.package import verify_package
+from trainflow.search.worker import run_worker
 from trainflow.tasks.heads import ordinal_probabilities, predict_classes
 
 

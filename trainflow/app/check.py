@@ -10,7 +10,7 @@ from pathlib import Path
 from trainflow.core.config import RunConfig, expand_env
 from trainflow.core.errors import ConfigError
 from trainflow.data.dataset import Inspection, inspect_dataset
-from trainflow.training.modeling import resolve_base_model
+from trainflow.training.base_model import resolve_base_model
 
 
 def check_environment(cfg: RunConfig) -> str:

@@ -35,6 +35,7 @@ from rich.text import Text
 
 from trainflow.core.config import METRIC_DIRECTIONS, RegistryConfig, RetentionConfig, load_config
 from trainflow.core.errors import TrainflowError
+from trainflow.core.layout import records_dir
 
 app = typer.Typer(
     name="trainflow",
@@ -190,10 +191,15 @@ def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> 
     from trainflow.records.store import has_records, recent_runs
 
     if not has_records(artifact_root, "runs"):
-        raise CliFailure(f"no run records under {artifact_root / '_records' / 'runs'}")
-    cols, rows = recent_runs(artifact_root, limit)
-    rows = [(*r[:-2], None if r[-2] is None else f"{r[-2]:.4f} {r[-1] or ''}".strip()) for r in rows]
-    _out().print(_table(f"Runs in {artifact_root}", cols[:-1], rows))
+        raise CliFailure(f"no run records under {records_dir(artifact_root, 'runs')}")
+    cols = ["run_key", "model_name", "status", "step", "error", "started_at", "duration_s", "package_version", "cost"]
+    rows = [
+        (r.run_key, r.model_name, r.status, r.step, r.error, r.started_at,
+         None if r.duration_s is None else round(r.duration_s, 1), r.package_version,
+         None if r.cost is None else f"{r.cost:.4f} {r.cost_currency or ''}".strip())
+        for r in recent_runs(artifact_root, limit)
+    ]  # fmt: skip
+    _out().print(_table(f"Runs in {artifact_root}", cols, rows))
 
 
 @app.command()
@@ -203,10 +209,12 @@ def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")
     from trainflow.records.store import has_records, trials_of_run
 
     if not has_records(artifact_root, "trials"):
-        raise CliFailure(f"no trial records under {artifact_root / '_records' / 'trials'}")
-    cols, rows = trials_of_run(artifact_root, run, limit)
-    if not rows:
+        raise CliFailure(f"no trial records under {records_dir(artifact_root, 'trials')}")
+    found = trials_of_run(artifact_root, run, limit)
+    if not found:
         raise CliFailure(f"no trials recorded for run {run!r}")
+    cols = ["number", "state", "worker", "value", "params", "seconds"]
+    rows = [(t.number, t.state, t.worker, t.value, t.params, t.seconds) for t in found]
     _out().print(_table(f"Trials of run {run}", cols, rows))
 
 
@@ -216,24 +224,25 @@ def leaderboard(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 
     from trainflow.records.store import has_records, package_scores
 
     if not has_records(artifact_root, "packages"):
-        _out().print(f"(no package records under {artifact_root / '_records' / 'packages'})", markup=False)
+        _out().print(f"(no package records under {records_dir(artifact_root, 'packages')})", markup=False)
         return
-    cols, rows = package_scores(artifact_root)
     # One table per task, label set, dataset version and metric: a 5-class news model and a binary
     # sentiment model are not ranked against each other.
-    groups: dict[tuple[str, str, str, str], list[tuple]] = {}
-    for r in rows:
-        groups.setdefault((r[0], r[1], str(r[2]), r[3]), []).append(r)
-    test = cols.index("test")
+    groups: dict[tuple[str, str, str, str], list[Any]] = {}
+    for r in package_scores(artifact_root):
+        groups.setdefault((r.task, r.labels, str(r.dataset_version), r.metric), []).append(r)
+    cols = ["#", "model_name", "version", "test", "int8", "baseline", "val_metric", "n_trials", "created_at"]
     out = _out()
     for (task, labels, dataset, metric), members in sorted(groups.items()):
         higher = METRIC_DIRECTIONS.get(metric, "maximize") == "maximize"
         # Best first; ties: newest first; packages without the metric last.
-        ranked = sorted(members, key=lambda r: str(r[-1]), reverse=True)
-        ranked = sorted(ranked, key=lambda r: (r[test] is None, -(r[test] or 0) if higher else (r[test] or 0)))[:limit]
+        ranked = sorted(members, key=lambda r: str(r.created_at), reverse=True)
+        ranked = sorted(ranked, key=lambda r: (r.test is None, -(r.test or 0) if higher else (r.test or 0)))[:limit]
         shown = ", ".join(json.loads(labels)) if labels != "?" else "labels not recorded"
         title = f"{task} [{shown}] · dataset {dataset} · test {metric} ({'higher' if higher else 'lower'} is better)"
-        out.print(_table(title, ["#", *cols[4:]], [(i + 1, *r[4:]) for i, r in enumerate(ranked)]))
+        rows = [(i + 1, r.model_name, r.version, r.test, r.int8, r.baseline, r.val_metric, r.n_trials, r.created_at)
+                for i, r in enumerate(ranked)]  # fmt: skip
+        out.print(_table(title, cols, rows))
 
 
 # --- lineage, verify, cost -------------------------------------------------------------------
@@ -265,7 +274,7 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
     for n in nodes:
         out.print(f"[bold]{escape(n.id)}[/bold] ({n.kind})", soft_wrap=True)
         out.print(f"    sha256   {n.sha256}", soft_wrap=True, markup=False)
-        parents = ", ".join(f"{p['id']} ({p['sha256'][:12]})" for p in n.parents) or "-"
+        parents = ", ".join(f"{p.id} ({p.sha256[:12]})" for p in n.parents) or "-"
         out.print(f"    parents  {parents}", soft_wrap=True, markup=False)
         for c in (c for c in checks if c.node.id == n.id):
             out.print(f"    [{status_style[c.status]}]{c.status:<8}[/] {escape(c.location)}", soft_wrap=True)
@@ -321,17 +330,21 @@ def cost(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
     from trainflow.records.store import cost_by_step, has_records
 
     if not has_records(artifact_root, "costs"):
-        raise CliFailure(f"no cost records under {artifact_root / '_records' / 'costs'}")
-    cols, rows = cost_by_step(artifact_root, run)
-    if not rows:
+        raise CliFailure(f"no cost records under {records_dir(artifact_root, 'costs')}")
+    steps = cost_by_step(artifact_root, run)
+    if not steps:
         raise CliFailure(f"no cost records for run {run!r} (published without task timings, or unknown run)")
-    currency = rows[0][-1]
-    # Costs to 4 decimals in the currency; max(cpus/gpus/memory_gb) are what the step declared.
-    shown = [(*r[:6], *(f"{v:.4f}" for v in r[6:10]), "still running when priced" if r[10] else "") for r in rows]
-    table = _table(f"Cost of run {run} ({currency})", [*cols[:-2], "note"], shown)
-    totals = [sum(r[i] for r in rows) for i in (2, 6, 7, 8, 9)]
-    table.add_row("total", str(sum(r[1] for r in rows)), f"{totals[0]:.1f}", "", "", "",
-                  *(f"{t:.4f}" for t in totals[1:]), "", style="bold")  # fmt: skip
+    # Costs to 4 decimals in the currency; cpus/gpus/memory_gb are what the step declared.
+    cols = ["step", "tasks", "task_seconds", "cpus", "gpus", "memory_gb", "cpu", "gpu", "memory", "cost", "note"]
+    shown = [
+        (c.step, c.tasks, c.task_seconds, c.cpus, c.gpus, c.memory_gb,
+         *(f"{v:.4f}" for v in (c.cpu, c.gpu, c.memory, c.cost)), "still running when priced" if c.running else "")
+        for c in steps
+    ]  # fmt: skip
+    table = _table(f"Cost of run {run} ({steps[0].currency})", cols, shown)
+    table.add_row("total", str(sum(c.tasks for c in steps)), f"{sum(c.task_seconds for c in steps):.1f}", "", "", "",
+                  *(f"{sum(getattr(c, k) for c in steps):.4f}" for k in ("cpu", "gpu", "memory", "cost")), "",
+                  style="bold")  # fmt: skip
     _out().print(table)
 
 

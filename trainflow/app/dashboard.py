@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 
 from trainflow.core.config import METRIC_DIRECTIONS
 from trainflow.core.errors import TrainflowError
-from trainflow.records.store import KINDS, RECORDS, ROW_TYPES, SCHEMA_VERSION, arrow_schema, files_of, schema_version_of
+from trainflow.core.layout import RECORDS_DIR as RECORDS
+from trainflow.records.store import KINDS, ROW_TYPES, SCHEMA_VERSION, arrow_schema, files_of, schema_version_of
 
 SITE = Path(__file__).with_name("dashboard_site")
 REPO = Path(__file__).resolve().parents[2]  # the checkout (trainflow/app/dashboard.py)
@@ -119,13 +120,13 @@ def _recipes(artifact_root: Path, packages: list[pa.Table]) -> list[dict]:
             except (OSError, ValueError, TrainflowError, AttributeError):
                 continue  # a pruned or older package: the page says it has no table
             for i, r in enumerate(search):
-                drop = r.get("accuracy_drop")
+                drop = r.accuracy_drop
                 rows.append({"model_name": pkg["model_name"], "version": pkg["version"], "position": i,
-                             "recipe": r.get("name"), "status": r.get("status"), "screen_accuracy": r.get("screen_accuracy"),
-                             "accuracy": r.get("accuracy"), "accuracy_drop_points": None if drop is None else 100 * drop,
-                             "p50_ms": r.get("p50_ms"), "fp32_p50_ms": r.get("fp32_p50_ms"),
-                             "size_mb": None if r.get("size_bytes") is None else r["size_bytes"] / 1e6,
-                             "seconds": r.get("seconds"), "schema_version": SCHEMA_VERSION})  # fmt: skip
+                             "recipe": r.name, "status": r.status, "screen_accuracy": r.screen_accuracy,
+                             "accuracy": r.accuracy, "accuracy_drop_points": None if drop is None else 100 * drop,
+                             "p50_ms": r.p50_ms, "fp32_p50_ms": r.fp32_p50_ms,
+                             "size_mb": None if r.size_bytes is None else r.size_bytes / 1e6,
+                             "seconds": r.seconds, "schema_version": SCHEMA_VERSION})  # fmt: skip
     return rows
 
 

@@ -22,7 +22,7 @@ from trainflow.search.study import CURVES_ATTR, TrialRecord, open_storage
 if TYPE_CHECKING:  # the results the cards show: their modules (torch, onnx) are loaded by the steps
     from trainflow.convert.parity import ParityResult
     from trainflow.convert.quantize import QuantizeResult
-    from trainflow.release.package import PackageResult
+    from trainflow.release.publish import PackageResult
 
 __all__ = ["Block", "Chart", "Markdown", "Progress", "Table"]
 

@@ -8,17 +8,34 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from trainflow.core.config import ExportConfig
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.io import atomic_write_json, atomic_write_text
-from trainflow.training.modeling import HEAD_FILE
+from trainflow.core.layout import HEAD as HEAD_FILE
+from trainflow.core.layout import ONNX_FP32, TOKENIZER, TOKENIZER_CONFIG
+
+if TYPE_CHECKING:  # parity needs torch; the quantize and publish steps that read an ExportOutcome do not
+    from trainflow.convert.parity import ParityResult
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE = ONNX_FP32
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What the export step hands on: the attempt's folder (model.onnx, head.json, tokenizer files),
+    the ONNX file, its opset and inputs, and the parity gate's result."""
+
+    onnx_dir: str
+    onnx_path: str
+    opset: int
+    inputs: list[str]
+    parity: ParityResult
 
 
 @dataclass(frozen=True)
@@ -36,9 +53,9 @@ def configure_tokenizer(folder: Path, max_length: int) -> None:
     `model_max_length` is `max_length` too."""
     from tokenizers import Tokenizer
 
-    path = folder / "tokenizer.json"
+    path = folder / TOKENIZER
     tok = Tokenizer.from_file(str(path))
-    config_path = folder / "tokenizer_config.json"
+    config_path = folder / TOKENIZER_CONFIG
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     pad_token = config.get("pad_token") or "[PAD]"
     pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainflow.core.layout import TOKENIZER, TOKENIZER_CONFIG
+
 log = logging.getLogger(__name__)
 PROGRESS_TEXTS = 2000  # evaluating this many texts or more logs its progress
 
@@ -77,9 +79,9 @@ class FolderTokenizer:
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tok = Tokenizer.from_file(str(folder / TOKENIZER))
         self._tok.no_padding()
-        config = folder / "tokenizer_config.json"
+        config = folder / TOKENIZER_CONFIG
         pad = json.loads(config.read_text()).get("pad_token", "[PAD]") if config.is_file() else "[PAD]"
         pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
         self.pad_token_id = int(self._tok.token_to_id(pad) or 0)

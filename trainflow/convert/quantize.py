@@ -55,13 +55,14 @@ from trainflow.convert.onnx_model import (
 from trainflow.core.config import QuantizeConfig, RecipeConfig
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import QuantizationAccuracyError
+from trainflow.core.layout import INT8_SEARCH_DIR, ONNX_INT8
 from trainflow.data.dataset import SplitData
 from trainflow.tasks.heads import compute_metrics, predict_classes
 
 log = logging.getLogger(__name__)
 
-INT8_FILE = "model_int8.onnx"
-SEARCH_DIR = "int8-search"
+INT8_FILE = ONNX_INT8
+SEARCH_DIR = INT8_SEARCH_DIR
 FP32_KEY = "FP32 ONNX"  # not a valid recipe name, so it never collides with one
 SWEEP_BATCHES = (1, 32)
 

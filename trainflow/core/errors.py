@@ -97,3 +97,15 @@ class DiskSpaceError(TrainflowError):
 
 class TrainingResourceError(TrainflowError):
     """Training cannot fit on the device: out of memory even at micro-batch size 1."""
+
+
+class DeviceUnavailableError(TrainflowError):
+    """train.device is 'cuda' but no CUDA device is visible."""
+
+
+class SearchError(TrainflowError):
+    """The search cannot go on or give a result (e.g. no trial completed)."""
+
+
+class WorkerProcessError(TrainflowError):
+    """A worker process of a packed GPU slot failed; its trial stays RUNNING for a retry."""

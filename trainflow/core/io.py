@@ -27,8 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trainflow.core.layout import LATEST
+
 CHUNK = 1 << 20
-LATEST = "LATEST"
 
 
 def sha256_file(path: Path | str) -> str:

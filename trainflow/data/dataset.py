@@ -23,6 +23,7 @@ import pandas as pd
 from trainflow.core.config import DataConfig, TaskConfig
 from trainflow.core.errors import DatasetError
 from trainflow.core.io import atomic_write, atomic_write_text, sha256_file
+from trainflow.core.layout import SNAPSHOT
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def snapshot_dataset(*, data: DataConfig, task: TaskConfig, seed: int, out_dir: 
         files=files,
         split_sha256=split_sha256,
     )
-    atomic_write_text(out_dir / "snapshot.json", snap.to_json())
+    atomic_write_text(out_dir / SNAPSHOT, snap.to_json())
     return snap
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from trainflow.core.config import ComputeConfig, CostConfig
+from pydantic import BaseModel, ConfigDict
+
+from trainflow.core.config import ComputeConfig, CostConfig, RunConfig
 from trainflow.core.errors import CostError
 from trainflow.records.store import CostRow
 
@@ -44,6 +46,46 @@ class Resources:
     gpu_type: str = "default"
 
 
+class StepCost(BaseModel):
+    """One step's tasks, summed: what metadata.json `cost.by_step` lists."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str
+    tasks: int
+    seconds: float
+    cpu_cost: float
+    gpu_cost: float
+    memory_cost: float
+    cost: float
+
+
+NOT_MEASURED_NOTE = "no task timings were given"
+
+
+class CostSummary(BaseModel):
+    """metadata.json `cost`: the run's cost from its tasks' wall times, or `measured: false` with a
+    note when the run's task timings were not available when it was priced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    measured: bool = True
+    note: str = ""
+    currency: str | None = None
+    total: float | None = None
+    cpu: float | None = None
+    gpu: float | None = None
+    memory: float | None = None
+    task_seconds: float | None = None
+    tasks: int | None = None
+    rates: dict[str, Any] | None = None
+    by_step: list[StepCost] | None = None
+
+    @classmethod
+    def not_measured(cls, note: str = NOT_MEASURED_NOTE) -> CostSummary:
+        return cls(measured=False, note=note)
+
+
 @dataclass(frozen=True)
 class RunCost:
     currency: str
@@ -54,7 +96,7 @@ class RunCost:
     def total(self) -> float:
         return sum(t.cost for t in self.tasks)
 
-    def by_step(self) -> list[dict[str, Any]]:
+    def by_step(self) -> list[StepCost]:
         """One row per step in order of first start: tasks, summed seconds and costs."""
         steps: dict[str, dict[str, Any]] = {}
         for t in sorted(self.tasks, key=lambda t: t.started_at):
@@ -66,23 +108,23 @@ class RunCost:
             row["tasks"] += 1
             for key in ("seconds", "cpu_cost", "gpu_cost", "memory_cost", "cost"):
                 row[key] += getattr(t, key)
-        return list(steps.values())
+        return [StepCost(**row) for row in steps.values()]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CostSummary:
         """What metadata.json records under `cost`."""
-        return {
-            "currency": self.currency,
-            "total": self.total,
-            "cpu": sum(t.cpu_cost for t in self.tasks),
-            "gpu": sum(t.gpu_cost for t in self.tasks),
-            "memory": sum(t.memory_cost for t in self.tasks),
-            "task_seconds": sum(t.seconds for t in self.tasks),
-            "tasks": len(self.tasks),
-            "rates": self.rates,
-            "by_step": self.by_step(),
-            "note": "wall time of each task (first attempt created to last attempt finished, retries included)"
+        return CostSummary(
+            currency=self.currency,
+            total=self.total,
+            cpu=sum(t.cpu_cost for t in self.tasks),
+            gpu=sum(t.gpu_cost for t in self.tasks),
+            memory=sum(t.memory_cost for t in self.tasks),
+            task_seconds=sum(t.seconds for t in self.tasks),
+            tasks=len(self.tasks),
+            rates=self.rates,
+            by_step=self.by_step(),
+            note="wall time of each task (first attempt created to last attempt finished, retries included)"
             " x resources its step declared; tasks still running when priced count up to that moment",
-        }
+        )
 
 
 def declared_resources(*, compute: ComputeConfig, cost: CostConfig) -> tuple[dict[str, Resources], Resources]:
@@ -152,3 +194,12 @@ def price_tasks(
             )
         )
     return RunCost(currency=rates.currency, rates=rates.model_dump(mode="json"), tasks=tasks)
+
+
+def price_run(
+    *, cfg: RunConfig, timings: Iterable[TaskTiming], run_key: str = "", now: datetime | None = None
+) -> RunCost:
+    """Price a run's tasks with `cfg.cost` and the resources each step declared."""
+    per_step, default = declared_resources(compute=cfg.compute, cost=cfg.cost)
+    return price_tasks(timings=timings, resources=per_step, default=default, rates=cfg.cost,
+                       now=now or datetime.now(UTC), run_key=run_key, model_name=cfg.name)  # fmt: skip

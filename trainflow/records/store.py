@@ -19,15 +19,17 @@ import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, dataclass_transform
+from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainflow.core.errors import RecordsError
 from trainflow.core.io import atomic_write
+from trainflow.core.layout import records_dir
 
-RECORDS = "_records"
+T = TypeVar("T")
+
 SCHEMA_VERSION = 2
 Kind = Literal["runs", "trials", "packages", "lineage", "costs", "registry"]
 
@@ -185,7 +187,7 @@ def arrow_schema(row_type: type) -> pa.Schema:
 
 
 def _folder(artifact_root: Path, kind: str) -> Path:
-    return Path(artifact_root) / RECORDS / kind
+    return records_dir(artifact_root, kind)
 
 
 def write_rows(artifact_root: Path, key: str, rows: list[Any]) -> Path:
@@ -297,7 +299,7 @@ FROM costs WHERE run_key = ? GROUP BY step ORDER BY min(started_at)
 """
 
 LINEAGE_NODES = """
-SELECT node_id, kind, path, sha256, parents, package_file, trial FROM lineage
+SELECT model_name, version, node_id, kind, path, sha256, package_file, trial, parents FROM lineage
 WHERE model_name = ? AND version = ?
 """
 
@@ -309,24 +311,86 @@ FROM registry ORDER BY seq
 """
 
 
-def recent_runs(artifact_root: Path, limit: int) -> tuple[list[str], list[tuple]]:
-    return query(artifact_root, RECENT_RUNS, [limit])
+@dataclass(frozen=True)
+class RecentRun:
+    run_key: str
+    model_name: str
+    status: str
+    step: str | None  # the step that failed
+    error: str | None
+    started_at: str
+    duration_s: float | None
+    package_version: str | None
+    cost: float | None
+    cost_currency: str | None
 
 
-def trials_of_run(artifact_root: Path, run_key: str, limit: int) -> tuple[list[str], list[tuple]]:
-    return query(artifact_root, TRIALS_OF_RUN, [run_key, limit])
+@dataclass(frozen=True)
+class TrialSummary:
+    number: int
+    state: str
+    worker: int | None
+    value: float | None
+    params: str  # JSON
+    seconds: float | None
 
 
-def package_scores(artifact_root: Path) -> tuple[list[str], list[tuple]]:
-    return query(artifact_root, PACKAGE_SCORES)
+@dataclass(frozen=True)
+class PackageScore:
+    task: str
+    labels: str  # JSON list of the label names, or '?' for records written before they were kept
+    dataset_version: str
+    metric: str
+    model_name: str
+    version: str
+    test: float | None
+    int8: float | None
+    baseline: float | None
+    val_metric: float | None
+    n_trials: int
+    created_at: str
 
 
-def cost_by_step(artifact_root: Path, run_key: str) -> tuple[list[str], list[tuple]]:
-    return query(artifact_root, COST_BY_STEP, [run_key])
+@dataclass(frozen=True)
+class StepCost:
+    step: str
+    tasks: int
+    task_seconds: float
+    cpus: int
+    gpus: int
+    memory_gb: float
+    cpu: float
+    gpu: float
+    memory: float
+    cost: float
+    running: bool
+    currency: str
 
 
-def lineage_rows(artifact_root: Path, model_name: str, version: str) -> list[tuple]:
-    return query(artifact_root, LINEAGE_NODES, [model_name, version])[1]
+def query_as(row_type: type[T], artifact_root: Path, sql: str, params: list[Any] | None = None) -> list[T]:
+    """`query`, each row as a `row_type` (a dataclass whose fields are the query's columns)."""
+    cols, rows = query(artifact_root, sql, params)
+    return [row_type(**dict(zip(cols, r))) for r in rows]
+
+
+def recent_runs(artifact_root: Path, limit: int) -> list[RecentRun]:
+    return query_as(RecentRun, artifact_root, RECENT_RUNS, [limit])
+
+
+def trials_of_run(artifact_root: Path, run_key: str, limit: int) -> list[TrialSummary]:
+    return query_as(TrialSummary, artifact_root, TRIALS_OF_RUN, [run_key, limit])
+
+
+def package_scores(artifact_root: Path) -> list[PackageScore]:
+    return query_as(PackageScore, artifact_root, PACKAGE_SCORES)
+
+
+def cost_by_step(artifact_root: Path, run_key: str) -> list[StepCost]:
+    return query_as(StepCost, artifact_root, COST_BY_STEP, [run_key])
+
+
+def lineage_rows(artifact_root: Path, model_name: str, version: str) -> list[LineageRow]:
+    return query_as(LineageRow, artifact_root, LINEAGE_NODES, [model_name, version])
 
 
 def lineage_owners(artifact_root: Path, version: str) -> list[str]:
@@ -334,5 +398,4 @@ def lineage_owners(artifact_root: Path, version: str) -> list[str]:
 
 
 def registry_events(artifact_root: Path) -> list[RegistryEvent]:
-    cols, rows = query(artifact_root, REGISTRY_EVENTS)
-    return [RegistryEvent(**dict(zip(cols, r))) for r in rows]
+    return query_as(RegistryEvent, artifact_root, REGISTRY_EVENTS)

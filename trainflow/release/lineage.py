@@ -10,31 +10,22 @@ recorded file that still exists, so a changed dataset, checkpoint, model or ONNX
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from trainflow.core.errors import LineageError, MetadataError
 from trainflow.core.io import sha256_file
+from trainflow.core.layout import CHECKPOINT_DIR, METADATA, ONNX_FP32, ONNX_INT8, WEIGHTS, trial_folder_of
 from trainflow.records.store import LineageRow, as_json, has_records, lineage_rows
-from trainflow.release.metadata import METADATA, read_metadata
+from trainflow.release.metadata import LineageNode, ParentRef, read_metadata
+from trainflow.training.resume import latest_checkpoint
 
 if TYPE_CHECKING:  # kept out of the import path so the CLI does not load torch and optuna
     from trainflow.data.dataset import Snapshot
     from trainflow.search.study import TrialRecord
 
-WEIGHTS = "model.safetensors"  # what save_model and save_checkpoint write (trainflow/training/train.py)
-
-
-@dataclass(frozen=True)
-class Node:
-    id: str
-    kind: Literal["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
-    path: str
-    sha256: str
-    parents: list[dict[str, str]] = field(default_factory=list)  # [{"id": ..., "sha256": ...}]
-    package_file: str | None = None  # the node's copy inside the package, if it has one
-    trial: int | None = None
+Node = LineageNode  # the typed node of metadata.json `lineage.nodes`
 
 
 @dataclass(frozen=True)
@@ -44,18 +35,19 @@ class NodeCheck:
     status: Literal["ok", "changed", "missing"]
 
 
-def _ref(node: Node) -> dict[str, str]:
-    return {"id": node.id, "sha256": node.sha256}
-
-
 def _last_checkpoint_weights(model_dir: Path) -> Path | None:
     """The weights of a trial's newest intact checkpoint: `trials/trial-NNNN/best/step-N` is the
-    model, `trials/trial-NNNN/checkpoint/step-M` the resumable state (trainflow/training/train.py)."""
-    from trainflow.training.checkpoints import find_checkpoint  # torch: only at publish time, never for the CLI
-    from trainflow.training.train import CHECKPOINT_DIR
+    model, `trials/trial-NNNN/checkpoint/step-M` the resumable state (trainflow/core/layout.py)."""
+    found = latest_checkpoint([trial_folder_of(model_dir) / CHECKPOINT_DIR])
+    return None if found is None else found.folder / WEIGHTS
 
-    found = find_checkpoint(model_dir.parent.parent / CHECKPOINT_DIR)
-    return None if found is None else found[0] / WEIGHTS
+
+def _node(
+    id: str, kind: str, path: str, sha256: str, parents: list[ParentRef] | None = None, *,
+    package_file: str | None = None, trial: int | None = None,
+) -> Node:  # fmt: skip
+    return Node(id=id, kind=kind, path=path, sha256=sha256, parents=parents or [], package_file=package_file,
+                trial=trial)  # fmt: skip
 
 
 def build_lineage(
@@ -67,11 +59,11 @@ def build_lineage(
     Raises:
         LineageError: a completed trial's or an ONNX file is missing.
     """
-    dataset = Node(f"dataset:{snapshot.version}", "dataset", str(Path(snapshot.source).resolve()), snapshot.sha256)
+    dataset = _node(f"dataset:{snapshot.version}", "dataset", str(Path(snapshot.source).resolve()), snapshot.sha256)
     # The split files every later step read (each checked against this SHA-256 on every load).
     splits = [
-        Node(f"dataset:{snapshot.version}/{name}", "dataset_split",
-             str((Path(snapshot.directory) / snapshot.files[name]).resolve()), digest, [_ref(dataset)])
+        _node(f"dataset:{snapshot.version}/{name}", "dataset_split",
+             str((Path(snapshot.directory) / snapshot.files[name]).resolve()), digest, [dataset.ref()])
         for name, digest in sorted(snapshot.split_sha256.items())
     ]  # fmt: skip
     nodes = [dataset, *splits]
@@ -82,41 +74,38 @@ def build_lineage(
         weights = Path(r.model_dir) / WEIGHTS
         if not weights.is_file():
             raise LineageError(f"trial {r.number}: {weights} is missing; cannot record its lineage")
-        parents = [_ref(dataset)]
+        parents = [dataset.ref()]
         checkpoint = _last_checkpoint_weights(Path(r.model_dir))
         if checkpoint is not None:
-            ckpt = Node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),
-                        sha256_file(checkpoint), [_ref(dataset)], trial=r.number)  # fmt: skip
+            ckpt = _node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),
+                        sha256_file(checkpoint), [dataset.ref()], trial=r.number)  # fmt: skip
             nodes.append(ckpt)
-            parents.append(_ref(ckpt))
-        model = Node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_file(weights), parents,
+            parents.append(ckpt.ref())
+        model = _node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_file(weights), parents,
                      trial=r.number)  # fmt: skip
         nodes.append(model)
         trial_models[r.number] = model
     if best.number not in trial_models:
         raise LineageError(f"best trial {best.number} is not among the completed trials {sorted(trial_models)}")
     chosen = trial_models[best.number]
-    best_node = Node("best-model", "best_model", chosen.path, chosen.sha256, [_ref(chosen)], trial=best.number)
+    best_node = _node("best-model", "best_model", chosen.path, chosen.sha256, [chosen.ref()], trial=best.number)
     for path in (fp32_onnx, int8_onnx):
         if not Path(path).is_file():
             raise LineageError(f"{path} is missing; cannot record its lineage")
-    fp32 = Node("onnx-fp32", "onnx_fp32", str(Path(fp32_onnx).resolve()), sha256_file(Path(fp32_onnx)),
-                [_ref(best_node)], package_file="model.onnx")  # fmt: skip
+    fp32 = _node("onnx-fp32", "onnx_fp32", str(Path(fp32_onnx).resolve()), sha256_file(Path(fp32_onnx)),
+                [best_node.ref()], package_file=ONNX_FP32)  # fmt: skip
     # INT8 is calibrated on the dataset's calibration split: both are its parents.
-    int8 = Node("onnx-int8", "onnx_int8", str(Path(int8_onnx).resolve()), sha256_file(Path(int8_onnx)),
-                [_ref(fp32), _ref(dataset)], package_file="model_int8.onnx")  # fmt: skip
+    int8 = _node("onnx-int8", "onnx_int8", str(Path(int8_onnx).resolve()), sha256_file(Path(int8_onnx)),
+                [fp32.ref(), dataset.ref()], package_file=ONNX_INT8)  # fmt: skip
     return [*nodes, best_node, fp32, int8]
-
-
-def to_metadata(nodes: list[Node]) -> list[dict[str, Any]]:
-    return [asdict(n) for n in nodes]
 
 
 def to_rows(*, model_name: str, version: str, nodes: list[Node]) -> list[LineageRow]:
     """Parquet rows (kind `lineage`), one per node; parents as a JSON list."""
     return [
         LineageRow(model_name=model_name, version=version, node_id=n.id, kind=n.kind, path=n.path, sha256=n.sha256,
-                   package_file=n.package_file, trial=n.trial, parents=as_json(n.parents))
+                   package_file=n.package_file, trial=n.trial,
+                   parents=as_json([p.model_dump() for p in n.parents]))
         for n in nodes
     ]  # fmt: skip
 
@@ -137,12 +126,21 @@ def load_lineage(*, artifact_root: Path, model_name: str, version: str) -> tuple
             raise LineageError(
                 f"{err} (a package published before lineage was recorded has no lineage.nodes)"
             ) from None
-        return [Node(**n) for n in raw], package
+        return list(raw), package
     if has_records(artifact_root, "lineage"):
         rows = lineage_rows(artifact_root, model_name, version)
         if rows:
             nodes = [
-                Node(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], None if r[6] is None else int(r[6])) for r in rows
+                Node(
+                    id=r.node_id,
+                    kind=r.kind,
+                    path=r.path,
+                    sha256=r.sha256,
+                    parents=json.loads(r.parents),
+                    package_file=r.package_file,
+                    trial=r.trial,
+                )
+                for r in rows
             ]
             return nodes, None
     raise LineageError(f"no lineage for {model_name} {version}: no {meta_file} and no Parquet lineage records")

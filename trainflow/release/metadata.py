@@ -24,9 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainflow.core.errors import MetadataError
 from trainflow.core.io import atomic_write_text
+from trainflow.core.layout import METADATA, ONNX_FP32, ONNX_INT8
 from trainflow.data.dataset import DatasetSummary
+from trainflow.records.cost import CostSummary
 
-METADATA = "metadata.json"
 SCHEMA_VERSION = 3
 
 
@@ -94,6 +95,30 @@ class HpoSummary(_Model):
     states: dict[str, int]
 
 
+class RecipeRow(_Model):
+    """One row of the INT8 recipe search (trainflow.convert.quantize.RecipeOutcome). `status`:
+    chosen, passed (but slower than FP32, or beaten by an earlier one), failed (the gate),
+    screened-out, error, or not-tried (the search had stopped)."""
+
+    name: str
+    passed: bool
+    status: str = "not-tried"
+    mode: str = "static"
+    graph: str | None = None
+    screen_accuracy: float | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    fp32_p50_ms: float | None = None
+    size_bytes: int | None = None
+    quantized_nodes: int | None = None
+    fp32_weight_nodes: list[str] = Field(default_factory=list)
+    node_counts: dict[str, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
 class QuantizationInfo(_Model):
     recipe: dict[str, Any]  # the chosen recipe's settings and what was quantized
     node_counts: dict[str, int]
@@ -102,7 +127,33 @@ class QuantizationInfo(_Model):
     selection: str
     graph_optimization: dict[str, Any]
     session_options: dict[str, Any]
-    search: list[dict[str, Any]]
+    search: list[RecipeRow]
+
+
+class ParentRef(_Model):
+    id: str
+    sha256: str
+
+
+LineageKind = Literal[
+    "dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"
+]
+
+
+class LineageNode(_Model):
+    """One artifact of a package's lineage: the file it names, that file's SHA-256, and its
+    parents' ids and SHA-256s (trainflow/release/lineage.py builds and checks them)."""
+
+    id: str
+    kind: LineageKind
+    path: str
+    sha256: str
+    parents: list[ParentRef] = Field(default_factory=list)
+    package_file: str | None = None  # the node's copy inside the package, if it has one
+    trial: int | None = None
+
+    def ref(self) -> ParentRef:
+        return ParentRef(id=self.id, sha256=self.sha256)
 
 
 class LineageInfo(_Model):
@@ -110,7 +161,11 @@ class LineageInfo(_Model):
     study: str
     trial: int
     trial_model_dir: str | None
-    nodes: list[dict[str, Any]]  # trainflow.release.lineage.Node as dicts
+    nodes: list[LineageNode]
+
+    def node(self, kind: LineageKind) -> LineageNode | None:
+        """The first node of `kind`, or None."""
+        return next((n for n in self.nodes if n.kind == kind), None)
 
 
 class RunRef(_Model):
@@ -138,13 +193,13 @@ class PackageMetadata(_Model):
     metaflow: RunRef
     packages: dict[str, str]
     config: dict[str, Any]
-    cost: dict[str, Any]
+    cost: CostSummary
     serving: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def primary_file(self) -> str:
         """The model file the package serves by default."""
-        return "model.onnx" if self.serving.get("primary") == "fp32" else "model_int8.onnx"
+        return ONNX_FP32 if self.serving.get("primary") == "fp32" else ONNX_INT8
 
     @property
     def labels(self) -> list[str]:

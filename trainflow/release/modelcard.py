@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
+from trainflow.core.layout import MODEL_CARD
 from trainflow.release.metadata import PackageMetadata
 
-CARD = "README.md"
+CARD = MODEL_CARD
 
 
 def _front_matter(meta: PackageMetadata) -> str:

@@ -1,13 +1,15 @@
-"""Write the deployment package atomically and verify packages against their SHA256SUMS.
+"""The package format: its names, how it is assembled, its manifest and its verification.
 
-Layout of `<artifact_root>/<model_name>/<version>/`:
-  model.onnx, model_int8.onnx, config.json, head.json, tokenizer files, metadata.json, SHA256SUMS
-The package is assembled in a hidden temporary folder beside its final place (marked in progress
-by a lock its writer holds) and renamed into place under the registry lock, which records the
-files' digests in the same step, so a crash never leaves a half-written package that looks
-complete and nothing renamed into place is ever unregistered. A package vouches for itself only
-through SHA256SUMS; `verify_package` also compares it with the registry's record, made outside
-the package, so a package whose files and manifest were rewritten together is caught.
+Layout of `<artifact_root>/<model_name>/<version>/` (names in trainflow/core/layout.py):
+  model.onnx, model_int8.onnx, config.json, head.json, tokenizer files, metadata.json, README.md
+  (the model card), SHA256SUMS
+A package is assembled in a hidden temporary folder beside its final place (marked in progress by
+a lock its writer holds); trainflow/release/publish.py moves it into place under the registry
+lock, which records the files' digests in the same step, so a crash never leaves a half-written
+package that looks complete and nothing renamed into place is ever unregistered. A package vouches
+for itself only through SHA256SUMS; `verify_package` also compares it with the registry's record,
+made outside the package, so a package whose files and manifest were rewritten together is
+caught. This module imports nothing of the registry.
 """
 
 from __future__ import annotations
@@ -18,39 +20,20 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import PackageVerificationError, PublishError
 from trainflow.core.faults import fault_window
 from trainflow.core.io import fsync_tree, sha256_file
-from trainflow.release.metadata import METADATA, PackageMetadata
-from trainflow.release.modelcard import CARD
+from trainflow.core.layout import MANIFEST, METADATA, MODEL_CARD, PACKAGE_FILES, PACKAGE_TEMP_PREFIX, REQUIRED_FILES
+from trainflow.release.metadata import PackageMetadata
 from trainflow.release.modelcard import render as render_card
 
-MANIFEST = "SHA256SUMS"
-PACKAGE_FILES = (
-    "model.onnx",
-    "model_int8.onnx",
-    "config.json",
-    "head.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-)
-REQUIRED = ("model.onnx", "model_int8.onnx", "config.json", "head.json", "tokenizer.json", METADATA)
-TRACKED_PACKAGES = (
-    "torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-    "metaflow", "metaflow-checkpoint", "optuna", "wandb", "duckdb", "pyarrow",
-)  # fmt: skip
+REQUIRED = REQUIRED_FILES
 
 
 @dataclass(frozen=True)
@@ -58,31 +41,6 @@ class PackageResult:
     path: str
     version: str
     files: dict[str, str]
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_commit(repo: Path) -> str:
-    """HEAD of the repository at `repo` ('+dirty' if it has uncommitted changes), or 'unknown'."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # model names and versions: one path component
@@ -141,7 +99,8 @@ def remove_stale_temps(model_root: Path, pattern: str) -> list[Path]:
 def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> Assembled:
     """Copy the package files found in `sources` (first match wins), write metadata.json and
     SHA256SUMS into a hidden temporary folder beside `<artifact_root>/<model_name>/<version>`.
-    The registry moves it into place (`trainflow.release.registry.install`).
+    The registry moves it into place (`trainflow.release.registry.install`, via
+    `trainflow.release.publish.publish_package`).
 
     Raises:
         PublishError: a bad name, the version exists already or a required file is missing.
@@ -164,7 +123,7 @@ def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: Pack
     needed = sum(p.stat().st_size for p in chosen.values()) + (1 << 20)
     target.parent.mkdir(parents=True, exist_ok=True)
     ensure_free_space(target.parent, needed, f"package {model_name} {version}")
-    tmp = target.parent / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f"{PACKAGE_TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     lock = _owner_lock(tmp)
     try:
@@ -173,7 +132,7 @@ def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: Pack
         fault_window("publish")
         metadata.write(tmp)
         others = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        (tmp / CARD).write_text(render_card(metadata, others), encoding="utf-8")
+        (tmp / MODEL_CARD).write_text(render_card(metadata, others), encoding="utf-8")
         digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = "".join(f"{d}  {n}\n" for n, d in digests.items()).encode()
         (tmp / MANIFEST).write_bytes(manifest)
@@ -183,15 +142,6 @@ def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: Pack
         lock.close()
         raise
     return Assembled(tmp, target, digests, hashlib.sha256(manifest).hexdigest(), lock)
-
-
-def publish_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> PackageResult:
-    """Assemble the package and move it into place, registered as staging (one registry lock)."""
-    from trainflow.release.registry import install
-
-    assembled = assemble_package(artifact_root=artifact_root, sources=sources, metadata=metadata)
-    install(artifact_root=artifact_root, assembled=assembled)
-    return PackageResult(path=str(assembled.target), version=metadata.version, files=assembled.files)
 
 
 def read_manifest(path: Path) -> tuple[dict[str, str], str, list[str]]:
@@ -266,109 +216,3 @@ def verify_package(
     if problems:
         raise PackageVerificationError(f"{path} failed verification:\n" + "\n".join(f"  - {p}" for p in problems))
     return listed
-
-
-# --- the loader -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    probabilities: dict[str, float]
-
-
-class PackageModel:
-    """A verified package with an ONNX Runtime session: `predict(texts)` returns label names,
-    indices and class probabilities; `logits(texts)` the raw outputs. Made by `load`."""
-
-    def __init__(self, path: Path, metadata: PackageMetadata, file: str, threads: int) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        self.path, self.metadata, self.file, self.threads = path, metadata, file, threads
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        # Packages built before the tokenizer carried them: truncation and padding from the metadata.
-        if self.tokenizer.truncation is None:
-            self.tokenizer.enable_truncation(max_length=metadata.onnx.max_length)
-        if self.tokenizer.padding is None:
-            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path / file), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    @property
-    def labels(self) -> list[str]:
-        return self.metadata.labels
-
-    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer.encode_batch(texts[start : start + batch_size])
-            arrays = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
-                      "token_type_ids": [e.type_ids for e in enc]}  # fmt: skip
-            feeds = {n: np.asarray(arrays[n], dtype=np.int64) for n in self.input_names}
-            out.append(self.session.run(None, feeds)[0])
-        return np.concatenate(out) if out else np.empty((0, len(self.labels)))
-
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
-        from trainflow.tasks.heads import ordinal_probabilities, predict_classes
-
-        logits = self.logits(texts, batch_size)
-        cut = None if self.metadata.cutpoints is None else np.asarray(self.metadata.cutpoints)
-        if self.metadata.task == "ordinal":
-            probs = ordinal_probabilities(logits.reshape(-1), cut)  # type: ignore[arg-type]
-        else:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
-        classes = predict_classes(self.metadata.task, logits, cut)
-        return [
-            Prediction(self.labels[int(k)], int(k), {name: float(p) for name, p in zip(self.labels, row)})
-            for k, row in zip(classes, probs)
-        ]
-
-
-def _registry_root(path: Path) -> Path | None:
-    """The artifact root whose registry vouches for `path` (`<root>/<model>/<version>`), if any."""
-    root = path.parent.parent
-    return root if (root / "_registry" / "registry.json").is_file() else None
-
-
-def load(
-    path: str | Path, *, model: Literal["primary", "int8", "fp32"] = "primary", threads: int | None = None
-) -> PackageModel:
-    """Verify a package, then open it for predictions (no torch is imported).
-
-    Every file is checked against SHA256SUMS (only plain, regular, listed files), and, when the
-    package lies in an artifact root with a registry, against the digests the registry recorded
-    at publish (an unregistered folder there is refused); only then is a session created. The
-    model is the package's primary one (INT8, or FP32 if no INT8 was faster where it was built)
-    unless `model` says otherwise; `threads` defaults to the thread count measured best for batch 1
-    there, never more than this machine's physical cores.
-
-    Raises:
-        PackageVerificationError: a file is changed, missing, extra or not what the registry
-            recorded (named), or the manifest is forged.
-    """
-    path = Path(path).resolve()
-    root = _registry_root(path)
-    if root is not None:
-        from trainflow.core.errors import RegistryError
-        from trainflow.release.registry import verify as verify_registered
-
-        try:
-            verify_registered(artifact_root=root, model_name=path.parent.name, version=path.name)
-        except RegistryError as err:
-            raise PackageVerificationError(str(err)) from None
-    else:
-        verify_package(path)
-    from trainflow.convert.onnx_model import physical_cores
-    from trainflow.release.metadata import read_metadata
-
-    meta = read_metadata(path)
-    file = {"primary": meta.primary_file, "int8": "model_int8.onnx", "fp32": "model.onnx"}[model]
-    measured = meta.serving.get("best", {}).get("batch1", {}).get("threads")
-    chosen = min(threads or measured or physical_cores(), physical_cores())
-    return PackageModel(path, meta, file, chosen)

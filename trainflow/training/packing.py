@@ -18,6 +18,8 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trainflow.core.errors import WorkerProcessError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ def run_packed(*, target: Callable[..., Any], workers: Sequence[int], gpu: str |
     reaches every worker (each checkpoints and stops).
 
     Raises:
-        RuntimeError: a worker process failed (its trial stays RUNNING; a retry continues it).
+        WorkerProcessError: a worker process failed (its trial stays RUNNING; a retry continues it).
     """
     spawn = mp.get_context("spawn")
     procs = [spawn.Process(target=_pinned, name=f"worker-{w}", args=(gpu, target, {**kwargs, "worker": w}))
@@ -94,7 +96,10 @@ def run_packed(*, target: Callable[..., Any], workers: Sequence[int], gpu: str |
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"packed workers failed (name, exit code): {failed}; their trials stay RUNNING and a"
-                           " retry of this task continues them")  # fmt: skip
+        raise WorkerProcessError(
+            f"GPU {gpu}: packed worker process(es) {', '.join(failed)} failed (their log above says why); their"
+            " trials stay RUNNING: a retry of this task, or `python flows/train_flow.py resume`, continues them"
+            " from their checkpoints"
+        )

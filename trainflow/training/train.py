@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -31,36 +30,17 @@ from trainflow.core.config import RunConfig
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import TrainingInterrupted, TrainingResourceError
 from trainflow.core.io import VersionedDir
+from trainflow.core.layout import BEST_DIR, CHECKPOINT_DIR, TRAINER_STATE, WEIGHTS, step_version
 from trainflow.data.dataset import SplitData
 from trainflow.tasks.heads import compute_metrics, predict_classes
 from trainflow.training import accel
-from trainflow.training.checkpoints import (
-    META_FILE,
-    STATE_FILE,
-    WEIGHTS_FILE,
-    CheckpointWriter,
-    find_checkpoint,
-    step_version,
-    take_snapshot,
-    write_snapshot,
-)
-from trainflow.training.modeling import TextModel, build_model, resolve_base_model, save_model
+from trainflow.training.base_model import resolve_base_model
+from trainflow.training.checkpoints import CheckpointWriter, take_snapshot, write_snapshot
+from trainflow.training.hparams import Hyperparams
+from trainflow.training.modeling import TextModel, build_model, save_model
+from trainflow.training.resume import Checkpoint, latest_checkpoint
 
 log = logging.getLogger(__name__)
-
-__all__ = ["META_FILE", "STATE_FILE", "WEIGHTS_FILE", "save_checkpoint", "read_checkpoint_meta", "train_model"]
-
-CHECKPOINT_DIR = "checkpoint"  # <out_dir>/checkpoint/step-NNNNNNNN: resumable state (VersionedDir)
-BEST_DIR = "best"  # <out_dir>/best/step-NNNNNNNN: the best validation model so far (VersionedDir)
-
-
-@dataclass(frozen=True)
-class Hyperparams:
-    learning_rate: float
-    weight_decay: float
-    warmup_ratio: float
-    batch_size: int
-    max_steps: int
 
 
 @dataclass
@@ -284,6 +264,14 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return fn
 
 
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The trials' LR schedule: linear warm-up over `warmup_steps`, then linear decay to 0 at
+    `total_steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+
+
 def checkpoint_size_estimate(model: TextModel, optimizer: torch.optim.Optimizer) -> int:
     """Bytes a checkpoint will take: the weights plus every tensor in the optimizer state (AdamW:
     two moments per trainable parameter), plus 1 MiB for RNG states, pickling and meta.json."""
@@ -320,17 +308,10 @@ def save_checkpoint(
     )
 
 
-def read_checkpoint_meta(path: Path | None) -> dict | None:
-    """meta.json of the newest intact checkpoint at `path` (a checkpoint folder, or a versioned
-    checkpoint root), or None (with a warning for each checkpoint skipped)."""
-    found = find_checkpoint(path)
-    return None if found is None else found[1]
-
-
 def _restore(folder: Path, model: TextModel, optimizer: torch.optim.Optimizer, scheduler: object) -> None:
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
     # weights_only=True: only tensors and plain containers are unpickled.
-    state = torch.load(folder / STATE_FILE, weights_only=True)
+    state = torch.load(folder / TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])  # type: ignore[attr-defined]
     random.setstate(_as_tuple(state["rng_python"]))  # type: ignore[arg-type]
@@ -396,7 +377,7 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
         train_enc=encode(tokenizer, train.texts, cfg.model.max_length),
         val_enc=encode(tokenizer, validation.texts, cfg.model.max_length),
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, hparams.max_steps)),
+        scheduler=linear_schedule(optimizer, warmup, hparams.max_steps),
         scaler=accel.grad_scaler(fast),  # disabled (a pass-through) unless fp16
     )
 
@@ -417,13 +398,12 @@ class _Progress:
                 "history": self.history}  # fmt: skip
 
 
-def _resume(session: _Session, resume_dir: Path | None, best_root: Path) -> _Progress:
-    """Restore the newest intact checkpoint at `resume_dir` (the checkpoint wins over the fresh
-    initialisation; the architecture comes from the config, which the trial fixes)."""
-    found = find_checkpoint(resume_dir)
+def _resume(session: _Session, found: Checkpoint | None, best_root: Path) -> _Progress:
+    """Restore the checkpoint `found` (the checkpoint wins over the fresh initialisation; the
+    architecture comes from the config, which the trial fixes)."""
     if found is None:
         return _Progress()
-    folder, meta = found
+    folder, meta = found.folder, found.meta
     _restore(folder, session.model, session.optimizer, session.scheduler)
     if meta.get("grad_scaler"):
         session.scaler.load_state_dict(meta["grad_scaler"])
@@ -455,26 +435,41 @@ def _batches(session: _Session, cfg: RunConfig, hparams: Hyperparams, train: Spl
     )
 
 
-def _optimizer_step(
-    session: _Session, batch: dict, labels: torch.Tensor, micro_batch: int, step: int
+def optimizer_step(
+    model: TextModel,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    fast: accel.FastPath,
+    micro_batch: int,
+    step: int,
 ) -> tuple[float, int]:
-    """One training step with the out-of-memory back-off; (loss, micro-batch size that fitted)."""
+    """One training step: forward and backward with the out-of-memory back-off, gradients clipped
+    at 1.0, the optimizer and the LR schedule stepped. Returns (the batch's mean loss, the
+    micro-batch size that fitted; keep using it).
+
+    Raises:
+        TrainingResourceError: out of memory even at micro-batch 1, or in the optimizer step.
+    """
     loss, micro_batch = backward_with_oom_backoff(
-        session.model, batch, labels, optimizer=session.optimizer, micro_batch=micro_batch, fast=session.fast,
-        scaler=session.scaler,
-    )  # fmt: skip
-    session.scaler.unscale_(session.optimizer)  # clip the true gradients
-    torch.nn.utils.clip_grad_norm_(session.trainable, 1.0)
+        model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler
+    )
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    scaler.unscale_(optimizer)  # clip the true gradients
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     try:
-        session.scaler.step(session.optimizer)
+        scaler.step(optimizer)
     except RuntimeError as err:  # a smaller batch cannot help: the state is per parameter
         raise TrainingResourceError(
             f"out of memory in the optimizer step at step {step + 1} (its state is kept per trainable "
-            f"parameter, {sum(p.numel() for p in session.trainable):,} here): {oom_message(err)}. Use a smaller "
+            f"parameter, {sum(p.numel() for p in trainable):,} here): {oom_message(err)}. Use a smaller "
             "base model, freeze more layers (model.frozen_layers) or a device with more memory."
         ) from err
-    session.scaler.update()
-    session.scheduler.step()
+    scaler.update()
+    scheduler.step()
     return float(loss), micro_batch
 
 
@@ -526,7 +521,7 @@ def train_model(
     validation: SplitData,
     out_dir: Path,
     seed: int,
-    resume_dir: Path | None = None,
+    resume_dir: Path | Checkpoint | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     log_values: Callable[[int, dict[str, float]], None] | None = None,
@@ -536,7 +531,8 @@ def train_model(
 ) -> TrainResult:
     """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`.
 
-    Resumes from `resume_dir` when it holds an intact checkpoint (the architecture and all
+    Resumes from `resume_dir` (a checkpoint the caller chose, or a folder whose newest intact
+    checkpoint is taken) when there is one (the architecture and all
     training state come from the checkpoint; `hparams` must be the trial's own). Checkpoints go
     to `out_dir/checkpoint` every `cfg.train.checkpoint_every` steps (no sooner than the fast path's
     `checkpoint_min_seconds` after the previous one; written in the background on CUDA), and at once when
@@ -552,7 +548,8 @@ def train_model(
     t0 = time.perf_counter()
     session = _setup(cfg, hparams, train, validation, seed)
     ckpt_root, best_root = out_dir / CHECKPOINT_DIR, out_dir / BEST_DIR
-    progress = _resume(session, resume_dir, best_root)
+    found = resume_dir if isinstance(resume_dir, Checkpoint) else latest_checkpoint([resume_dir])
+    progress = _resume(session, found, best_root)
     resumed_from = progress.step
     batches = _batches(session, cfg, hparams, train, seed, progress.step)
     # On CUDA the checkpoint is written (and on_checkpoint called) by a background thread while
@@ -564,7 +561,10 @@ def train_model(
         while progress.step < hparams.max_steps:
             session.model.train(True)
             batch, labels = next(batches)
-            loss, micro_batch = _optimizer_step(session, batch, labels, micro_batch, progress.step)
+            loss, micro_batch = optimizer_step(
+                session.model, batch, labels, optimizer=session.optimizer, scheduler=session.scheduler,
+                scaler=session.scaler, fast=session.fast, micro_batch=micro_batch, step=progress.step,
+            )  # fmt: skip
             progress.step += 1
             step = progress.step
             if log_values is not None:
@@ -602,7 +602,3 @@ def train_model(
         history=progress.history,
         micro_batch_size=micro_batch,
     )
-
-
-def cpu_threads(requested: int, workers: int) -> int:
-    return requested or max(1, (os.cpu_count() or 1) // workers)

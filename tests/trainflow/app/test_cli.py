@@ -24,7 +24,7 @@ from trainflow.data.dataset import load_split
 from trainflow.records.cost import TaskTiming
 from trainflow.records.store import query
 from trainflow.release.lineage import check_lineage, load_lineage
-from trainflow.search.study import run_worker
+from trainflow.search.worker import run_worker
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from trainflow.app import reports
 from trainflow.convert.parity import ParityResult, decade_histogram
 from trainflow.convert.quantize import QuantizeResult
 from trainflow.core.config import HpoConfig
-from trainflow.release.package import PackageResult
+from trainflow.release.publish import PackageResult
 from trainflow.search.study import CURVES_ATTR, open_study, trial_records
 
 

@@ -6,10 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stages.publish import price_run
 from trainflow.core.config import ComputeConfig, CostConfig, parse_config_dict
 from trainflow.core.errors import ConfigError, CostError
-from trainflow.records.cost import TaskTiming, declared_resources, price_tasks
+from trainflow.records.cost import TaskTiming, declared_resources, price_run, price_tasks
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RATES = CostConfig(cpu_core_hour=0.04, memory_gb_hour=0.005, gpu_hour={"default": 2.5, "h100": 4.0}, gpu_type="h100")
@@ -38,11 +37,11 @@ def test_each_task_costs_its_wall_time_times_its_steps_resources() -> None:
     assert by_task["9"].running and by_task["9"].seconds == 360 and by_task["9"].finished_at is None
     assert cost.total == pytest.approx(0.001 + 2.06 + 1.03 + 0.006)
     steps = cost.by_step()
-    assert [s["step"] for s in steps] == ["start", "train", "publish"]
-    assert steps[1]["tasks"] == 2 and steps[1]["seconds"] == 2700 and steps[1]["cost"] == pytest.approx(3.09)
+    assert [s.step for s in steps] == ["start", "train", "publish"]
+    assert steps[1].tasks == 2 and steps[1].seconds == 2700 and steps[1].cost == pytest.approx(3.09)
     summary = cost.summary()
-    assert summary["total"] == pytest.approx(sum(s["cost"] for s in steps))
-    assert summary["gpu"] == pytest.approx(3.0) and summary["currency"] == "USD" and summary["tasks"] == 4
+    assert summary.total == pytest.approx(sum(s.cost for s in steps)) and summary.measured
+    assert summary.gpu == pytest.approx(3.0) and summary.currency == "USD" and summary.tasks == 4
 
 
 def test_an_unlisted_gpu_type_uses_the_default_rate() -> None:

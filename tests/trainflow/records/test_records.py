@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainflow.core.errors import RecordsError
+from trainflow.core.layout import RECORDS_DIR as RECORDS
 from trainflow.records.store import (
-    RECORDS,
     SCHEMA_VERSION,
     RegistryEvent,
     RunRow,
@@ -42,9 +42,8 @@ def test_records_of_the_old_schema_still_read(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([{"run_key": "old", "started_at": "2026-01-01", "status": "published"}]),
                    folder / "old.parquet")  # fmt: skip
     write_rows(tmp_path, "new", [_run("new", "2026-02-01")])
-    cols, rows = recent_runs(tmp_path, 10)
-    got = {r[cols.index("run_key")]: r for r in rows}
-    assert got["old"][cols.index("cost")] is None and got["new"][cols.index("cost")] == 0.5
+    got = {r.run_key: r for r in recent_runs(tmp_path, 10)}
+    assert got["old"].cost is None and got["new"].cost == 0.5
 
 
 def test_records_of_a_newer_schema_fail_naming_the_version(tmp_path: Path) -> None:
@@ -59,8 +58,7 @@ def test_records_of_a_newer_schema_fail_naming_the_version(tmp_path: Path) -> No
 
 def test_file_names_never_enter_the_sql(tmp_path: Path) -> None:
     write_rows(tmp_path, "o'brien\"; DROP", [_run("q", "2026-01-01")])
-    cols, rows = recent_runs(tmp_path, 10)
-    assert [r[cols.index("run_key")] for r in rows] == ["q"]
+    assert [r.run_key for r in recent_runs(tmp_path, 10)] == ["q"]
 
 
 def test_registry_events_come_back_typed_in_order(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The package a deployer gets: `trainflow.release.package.load` (verified first, no torch), Optimum and a
+"""The package a deployer gets: `trainflow.package.load` (verified first, no torch), Optimum and a
 transformers pipeline, a consumer with only onnxruntime + tokenizers + numpy, the model card
 and tokenizer files (issue 13). The packages come from the real pipeline on the tiny model."""
 
@@ -27,9 +27,10 @@ from tests.tiny import ROOT, rt_texts, tiny_config
 from trainflow.convert.onnx_model import OnnxTextModel
 from trainflow.core.config import default_recipes, parse_config_dict
 from trainflow.core.errors import PackageVerificationError
+from trainflow.core.layout import MANIFEST
 from trainflow.data.dataset import load_split
+from trainflow.package import load
 from trainflow.release.metadata import read_metadata
-from trainflow.release.package import MANIFEST, load
 
 TEXTS = rt_texts(48)
 
@@ -101,7 +102,7 @@ def test_the_loader_predicts_what_onnx_runtime_does(which: str, request: pytest.
 
 
 def test_loading_imports_no_torch_and_picks_the_measured_threads(fused: Built) -> None:
-    code = ("import sys, trainflow.release.package as p; m = p.load(sys.argv[1]); m.predict(['a film']);"
+    code = ("import sys, trainflow.package as p; m = p.load(sys.argv[1]); m.predict(['a film']);"
             " print('torch' in sys.modules, m.threads, m.file)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(fused.path)], capture_output=True, text=True, check=True)
     torch_loaded, threads, file = out.stdout.split()

@@ -9,7 +9,8 @@ from tests.registry_helpers import sample_metadata
 from trainflow.app.cli import main as cli
 from trainflow.core.errors import PackageVerificationError, PublishError
 from trainflow.records.store import PackageRow, TrialRow, package_scores, query, write_rows
-from trainflow.release.package import publish_package, verify_package
+from trainflow.release.package import verify_package
+from trainflow.release.publish import publish_package
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def _package_row(version: str, acc: float, labels: str = '["neg", "pos"]') -> Pa
 
 def test_records_and_leaderboard_through_duckdb(tmp_path: Path, capsys) -> None:
     root = tmp_path / "art"
-    assert package_scores(root)[1] == []
+    assert package_scores(root) == []
     for version, acc in [("a", 0.7), ("b", 0.9)]:
         write_rows(root, version, [_package_row(version, acc)])
     trials = [
@@ -91,8 +92,7 @@ def test_records_and_leaderboard_through_duckdb(tmp_path: Path, capsys) -> None:
         for i in range(3)
     ]  # fmt: skip
     write_rows(root, "r1", trials)
-    cols, rows = package_scores(root)
-    assert sorted((r[cols.index("version")], r[cols.index("test")]) for r in rows) == [("a", 0.7), ("b", 0.9)]
+    assert sorted((r.version, r.test) for r in package_scores(root)) == [("a", 0.7), ("b", 0.9)]
     assert query(root, "SELECT count(*) FROM trials WHERE json_extract(params, '$.lr') = 2")[1] == [(1,)]
     assert cli(["leaderboard", "--artifact-root", str(root)]) == 0
     assert cli(["trials", "r1", "--artifact-root", str(root)]) == 0

@@ -7,8 +7,10 @@ import pytest
 
 from tests.tiny import rt_texts
 from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import SearchError
 from trainflow.data.dataset import SplitData
-from trainflow.search.study import best_trial, open_study, run_worker, trial_records, worker_quota
+from trainflow.search.study import best_trial, open_study, trial_records, worker_quota
+from trainflow.search.worker import run_worker
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_sigusr1_and_sigterm_request_a_stop() -> None:
     import os
     import signal
 
-    from trainflow.search.study import stop_on_signals
+    from trainflow.search.worker import stop_on_signals
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         before = signal.getsignal(sig)
@@ -97,7 +99,7 @@ def test_sigusr1_and_sigterm_request_a_stop() -> None:
 def test_a_trial_that_reaches_its_last_step_completes_not_pruned(tmp_path, tiny_cfg) -> None:
     import optuna
 
-    from trainflow.search.study import report_and_prune
+    from trainflow.search.worker import report_and_prune
 
     cfg = parse_config_dict(tiny_cfg)
     study = open_study(cfg, str(tmp_path / "j.journal"), "s")
@@ -112,3 +114,14 @@ def test_a_trial_that_reaches_its_last_step_completes_not_pruned(tmp_path, tiny_
     early = study.ask()
     with pytest.raises(optuna.TrialPruned, match="pruned at step 3"):
         report_and_prune(early, "accuracy", 3, 0.1, max_steps=6)
+
+
+def test_a_study_without_a_complete_trial_is_a_one_line_search_error(tmp_path, tiny_cfg) -> None:
+    cfg = parse_config_dict(tiny_cfg)
+    study = open_study(cfg, str(tmp_path / "study.journal"), "s")
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(SearchError) as err:
+        best_trial(study)
+    message = str(err.value)
+    assert "\n" not in message and "trial 0 PRUNED, trial 1 FAIL" in message and "hpo.n_trials" in message

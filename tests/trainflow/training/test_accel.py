@@ -11,7 +11,9 @@ import torch
 
 from trainflow.core.config import TrainConfig
 from trainflow.training import accel
+from trainflow.core.errors import TrainflowError
 from trainflow.training.accel import Capabilities, DeviceUnavailableError, LengthBucketedOrder, select_fast_path
+from trainflow.training.accel import FastPath as FastPathFields
 from trainflow.training.train import batch_indices, collate
 
 CPU = Capabilities(cuda=False, cpu_count=2)
@@ -186,3 +188,18 @@ def test_checkpoint_policy_is_asynchronous_and_time_floored_on_cuda_only() -> No
     )
     off = select_fast_path(TrainConfig(async_checkpoint="off", checkpoint_min_seconds=0), HOPPER)
     assert (off.async_checkpoint, off.checkpoint_min_seconds) == (False, 0)
+
+
+def test_the_cpu_path_is_one_log_line_and_the_gpu_path_explains_each_choice() -> None:
+    cpu = select_fast_path(TrainConfig(device="cpu"), CPU).describe()
+    assert "\n" not in cpu and cpu.startswith("training on the CPU") and "as before" not in cpu
+    gpu = select_fast_path(TrainConfig(device="auto"), HOPPER).describe().splitlines()
+    assert gpu[0] == "training on the GPU:" and len(gpu) == 1 + len(dataclasses.fields(FastPathFields)) - 1
+    assert all(": " in line and line.split(": ", 1)[1] for line in gpu[1:])
+
+
+def test_cuda_asked_for_where_there_is_none_is_a_one_line_trainflow_error() -> None:
+    with pytest.raises(TrainflowError) as err:
+        select_fast_path(TrainConfig(device="cuda"), CPU)
+    assert isinstance(err.value, DeviceUnavailableError) and "\n" not in str(err.value)
+    assert "train.device to 'auto' or 'cpu'" in str(err.value)

@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 from tests.tiny import final_weights
 from tests.trainflow.training.test_train import _train, splits  # noqa: F401 (fixture)
 from trainflow.core.config import parse_config_dict
-from trainflow.training.checkpoints import WEIGHTS_FILE, CheckpointWriter, step_version
-from trainflow.training.train import read_checkpoint_meta
+from trainflow.core.layout import WEIGHTS as WEIGHTS_FILE
+from trainflow.core.layout import step_version
+from trainflow.training.checkpoints import CheckpointWriter
+from trainflow.training.resume import read_checkpoint_meta
 
 
 def _tiny_state() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

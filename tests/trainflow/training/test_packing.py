@@ -18,9 +18,11 @@ from stages.hpo_worker import run_trials, task_slots
 from stages.prepare import prepare_run
 from tests.tiny import ROOT, tiny_config
 from trainflow.core.config import parse_config_dict
-from trainflow.search.study import open_study, trial_dir
-from trainflow.training.packing import assign_gpu, slots, visible_gpus
-from trainflow.training.train import read_checkpoint_meta
+from trainflow.core.layout import trial_dir
+from trainflow.search.study import open_study
+from trainflow.core.errors import WorkerProcessError
+from trainflow.training.packing import assign_gpu, run_packed, slots, visible_gpus
+from trainflow.training.resume import read_checkpoint_meta
 
 
 def test_workers_are_grouped_into_gpu_slots_and_pinned() -> None:
@@ -99,3 +101,15 @@ def test_the_shipped_gpu_config_validates_and_packs_its_workers() -> None:
     assert (cfg.train.device, cfg.compute.gpus) == ("cuda", 1)
     assert slots(cfg.hpo.n_workers, cfg.hpo.workers_per_gpu) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert cfg.quantize.parallel == 4 and cfg.hpo.n_trials == 8
+
+
+def _exit_with(code: int, worker: int) -> None:
+    raise SystemExit(code if worker == 1 else 0)
+
+
+def test_a_failed_packed_worker_is_a_one_line_error_naming_it_and_the_fix() -> None:
+    with pytest.raises(WorkerProcessError) as err:
+        run_packed(target=_exit_with, workers=[0, 1], gpu=None, code=3)
+    message = str(err.value)
+    assert "\n" not in message and "worker-1 (exit code 3)" in message and "worker-0" not in message
+    assert "resume" in message

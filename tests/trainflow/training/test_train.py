@@ -7,9 +7,11 @@ import pytest
 
 from tests.tiny import final_weights, rt_texts
 from trainflow.core.config import parse_config_dict
+from trainflow.core.layout import step_version
 from trainflow.data.dataset import SplitData
-from trainflow.training.checkpoints import step_version
-from trainflow.training.train import Hyperparams, batch_indices, read_checkpoint_meta, train_model
+from trainflow.training.hparams import Hyperparams
+from trainflow.training.resume import read_checkpoint_meta
+from trainflow.training.train import batch_indices, train_model
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,176 @@
+"""metadata.json of a package, assembled from what a run's steps produced (`RunOutputs`): metrics,
+the INT8 search, the lineage, the search summary, versions of the stack and the cost."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from trainflow.convert.export import ExportOutcome
+from trainflow.convert.quantize import QuantizeResult
+from trainflow.core.config import RunConfig
+from trainflow.data.context import RunContext
+from trainflow.data.dataset import load_split
+from trainflow.records.cost import CostSummary
+from trainflow.release.lineage import build_lineage
+from trainflow.release.metadata import (
+    BaseModelInfo,
+    HpoSummary,
+    LineageInfo,
+    Metrics,
+    OnnxInfo,
+    PackageMetadata,
+    QuantizationInfo,
+    RunRef,
+)
+from trainflow.search.study import TrialRecord
+from trainflow.tasks.heads import majority_baseline, read_head
+from trainflow.training.base_model import checksum_model_dir, count_parameters, resolve_base_model
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout whose commit a package records
+TRACKED_PACKAGES = (
+    "torch", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+    "metaflow", "metaflow-checkpoint", "optuna", "wandb", "duckdb", "pyarrow",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the steps before publish produced, as the flow hands it over."""
+
+    ctx: RunContext
+    best: TrialRecord
+    records: list[TrialRecord]
+    exported: ExportOutcome
+    quant: QuantizeResult
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit(repo: Path) -> str:
+    """HEAD of the repository at `repo` ('+dirty' if it has uncommitted changes), or 'unknown'."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _metrics(cfg: RunConfig, run: RunOutputs) -> Metrics:
+    snap, quant = run.ctx.snapshot, run.quant
+    baseline = majority_baseline(
+        cfg.task.type, load_split(snap, "train").labels, load_split(snap, "test").labels, len(cfg.task.labels)
+    )
+    return Metrics(
+        validation=run.best.metrics,
+        test_fp32_onnx=quant.fp32_metrics,
+        test_int8_onnx=quant.int8_metrics,
+        test_majority_baseline=baseline,
+        int8_accuracy_drop=quant.accuracy_drop,
+        parity=asdict(run.exported.parity),
+        latency_batch1_fp32=quant.fp32_latency,
+        latency_batch1_int8=quant.int8_latency,
+        size_bytes={"fp32": quant.fp32_size_bytes, "int8": quant.int8_size_bytes},
+    )
+
+
+def _quantization(cfg: RunConfig, quant: QuantizeResult) -> QuantizationInfo:
+    return QuantizationInfo(
+        recipe=quant.recipe,
+        node_counts=quant.node_counts,
+        chosen_recipe=quant.chosen,
+        max_accuracy_drop=cfg.quantize.max_accuracy_drop,
+        selection="the first recipe, in the configured order (fastest expected first), whose test accuracy is within"
+        " max_accuracy_drop of FP32 ONNX and whose batch-1 p50 beats FP32's; recipes are screened on"
+        f" {cfg.quantize.screen_samples} test texts first",
+        graph_optimization=quant.graph_optimization,
+        session_options=quant.session_options,
+        search=quant.search,
+    )
+
+
+def _lineage(run: RunOutputs) -> LineageInfo:
+    # dataset -> trial checkpoints/models -> best model -> FP32 ONNX -> INT8 ONNX, each with its
+    # file's SHA-256 and its parents' ids and SHA-256s (trainflow/release/lineage.py).
+    nodes = build_lineage(
+        snapshot=run.ctx.snapshot,
+        records=run.records,
+        best=run.best,
+        fp32_onnx=Path(run.exported.onnx_path),
+        int8_onnx=Path(run.quant.int8_path),
+    )
+    return LineageInfo(
+        dataset_sha256=run.ctx.snapshot.sha256,
+        study=run.ctx.study_name,
+        trial=run.best.number,
+        trial_model_dir=run.best.model_dir,
+        nodes=nodes,
+    )
+
+
+def _onnx_info(cfg: RunConfig, run: RunOutputs) -> OnnxInfo:
+    output = (
+        "logits: [batch, 1] scalar score s; P(y <= k) = sigmoid(cutpoints[k] - s); class = #(cutpoints < s)"
+        if cfg.task.type == "ordinal"
+        else f"logits: [batch, {len(cfg.task.labels)}]; class = argmax"
+    )
+    # The session options every latency in the metadata was measured with; reuse them to reproduce.
+    return OnnxInfo(opset=run.exported.opset, inputs=run.exported.inputs, output=output,
+                    max_length=cfg.model.max_length, session_options=run.quant.session_options)  # fmt: skip
+
+
+def build_metadata(
+    *, cfg: RunConfig, run: RunOutputs, pathspec: str, version: str, cost: CostSummary
+) -> PackageMetadata:
+    """The package's metadata.json (trainflow/release/metadata.py) from what the run's steps produced."""
+    base_dir = resolve_base_model(cfg.model.base)
+    best, records = run.best, run.records
+    return PackageMetadata(
+        model_name=cfg.name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        task=cfg.task.type,
+        label_map={str(i): name for i, name in enumerate(cfg.task.labels)},
+        cutpoints=read_head(Path(run.exported.onnx_dir))["cutpoints"],
+        onnx=_onnx_info(cfg, run),
+        base_model=BaseModelInfo(
+            name=cfg.model.base,
+            sha256=checksum_model_dir(base_dir) if Path(base_dir).is_dir() else None,
+            parameters=count_parameters(Path(best.model_dir or "")),
+        ),
+        hyperparameters={**best.params, **cfg.train.model_dump(), "frozen_layers": cfg.model.frozen_layers},
+        hpo=HpoSummary(
+            metric=cfg.hpo.metric,
+            direction=cfg.hpo.direction,
+            best_trial=best.number,
+            n_trials=len(records),
+            states={r.state: sum(x.state == r.state for x in records) for r in records},
+        ),
+        metrics=_metrics(cfg, run),
+        quantization=_quantization(cfg, run.quant),
+        dataset=run.ctx.snapshot.summary(),
+        lineage=_lineage(run),
+        git_commit=git_commit(REPO),
+        metaflow=RunRef(pathspec=pathspec, run_key=run.ctx.run_key),
+        packages=package_versions(),
+        config=cfg.public_dump(),
+        cost=cost,
+        serving=run.quant.serving,
+    )

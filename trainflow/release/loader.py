@@ -1,0 +1,112 @@
+"""The consumer's loader: a verified package with an ONNX Runtime session (no torch).
+
+`trainflow.package.load` is this module's `load`: it is what every package's model card shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from trainflow.convert.onnx_model import physical_cores
+from trainflow.core.layout import ONNX_FP32, ONNX_INT8, REGISTRY_STATE, TOKENIZER, registry_dir
+from trainflow.release.metadata import PackageMetadata, read_metadata
+from trainflow.release.package import verify_package
+from trainflow.release.registry import verify as verify_registered
+from trainflow.tasks.heads import ordinal_probabilities, predict_classes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probabilities: dict[str, float]
+
+
+class PackageModel:
+    """A verified package with an ONNX Runtime session: `predict(texts)` returns label names,
+    indices and class probabilities; `logits(texts)` the raw outputs. Made by `load`."""
+
+    def __init__(self, path: Path, metadata: PackageMetadata, file: str, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.path, self.metadata, self.file, self.threads = path, metadata, file, threads
+        self.tokenizer = Tokenizer.from_file(str(path / TOKENIZER))
+        # Packages built before the tokenizer carried them: truncation and padding from the metadata.
+        if self.tokenizer.truncation is None:
+            self.tokenizer.enable_truncation(max_length=metadata.onnx.max_length)
+        if self.tokenizer.padding is None:
+            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path / file), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata.labels
+
+    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(texts[start : start + batch_size])
+            arrays = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
+                      "token_type_ids": [e.type_ids for e in enc]}  # fmt: skip
+            feeds = {n: np.asarray(arrays[n], dtype=np.int64) for n in self.input_names}
+            out.append(self.session.run(None, feeds)[0])
+        return np.concatenate(out) if out else np.empty((0, len(self.labels)))
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
+        logits = self.logits(texts, batch_size)
+        cut = None if self.metadata.cutpoints is None else np.asarray(self.metadata.cutpoints)
+        if self.metadata.task == "ordinal":
+            probs = ordinal_probabilities(logits.reshape(-1), cut)  # type: ignore[arg-type]
+        else:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        classes = predict_classes(self.metadata.task, logits, cut)
+        return [
+            Prediction(self.labels[int(k)], int(k), {name: float(p) for name, p in zip(self.labels, row)})
+            for k, row in zip(classes, probs)
+        ]
+
+
+def _registry_root(path: Path) -> Path | None:
+    """The artifact root whose registry vouches for `path` (`<root>/<model>/<version>`), if any."""
+    root = path.parent.parent
+    return root if (registry_dir(root) / REGISTRY_STATE).is_file() else None
+
+
+def load(
+    path: str | Path, *, model: Literal["primary", "int8", "fp32"] = "primary", threads: int | None = None
+) -> PackageModel:
+    """Verify a package, then open it for predictions (no torch is imported).
+
+    Every file is checked against SHA256SUMS (only plain, regular, listed files), and, when the
+    package lies in an artifact root with a registry, against the digests the registry recorded
+    at publish (an unregistered folder there is refused); only then is a session created. The
+    model is the package's primary one (INT8, or FP32 if no INT8 was faster where it was built)
+    unless `model` says otherwise; `threads` defaults to the thread count measured best for batch 1
+    there, never more than this machine's physical cores.
+
+    Raises:
+        PackageVerificationError: a file is changed, missing, extra or not what the registry
+            recorded (named), the manifest is forged, or the folder is unregistered in a registry.
+        RegistryError: the registry beside the package cannot be read or locked.
+    """
+    path = Path(path).resolve()
+    root = _registry_root(path)
+    if root is not None:
+        verify_registered(artifact_root=root, model_name=path.parent.name, version=path.name)
+    else:
+        verify_package(path)
+    meta = read_metadata(path)
+    file = {"primary": meta.primary_file, "int8": ONNX_INT8, "fp32": ONNX_FP32}[model]
+    measured = meta.serving.get("best", {}).get("batch1", {}).get("threads")
+    chosen = min(threads or measured or physical_cores(), physical_cores())
+    return PackageModel(path, meta, file, chosen)

@@ -1,0 +1,69 @@
+"""The Parquet records a published run leaves (trainflow/records/store.py): its package, its
+lineage, its trials, its cost per task and the run itself, built from the package's metadata."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trainflow.core.config import RunConfig
+from trainflow.records.cost import RunCost
+from trainflow.records.runs import run_record_key
+from trainflow.records.store import PackageRow, RunRow, TrialRow, as_json, write_rows
+from trainflow.release.assemble import RunOutputs
+from trainflow.release.lineage import to_rows
+from trainflow.release.metadata import PackageMetadata
+from trainflow.search.study import TrialRecord
+
+
+def package_row(cfg: RunConfig, meta: PackageMetadata, path: str, best: TrialRecord) -> PackageRow:
+    m = meta.metrics
+    return PackageRow(
+        model_name=cfg.name, version=meta.version, path=path, task=cfg.task.type,
+        dataset_version=meta.dataset.version, metric=cfg.hpo.metric, val_metric=best.value,
+        test_accuracy=m.test_fp32_onnx["accuracy"], test_metric=m.test_fp32_onnx.get(cfg.hpo.metric),
+        int8_metric=m.test_int8_onnx.get(cfg.hpo.metric), int8_accuracy=m.test_int8_onnx["accuracy"],
+        int8_accuracy_drop=m.int8_accuracy_drop, majority_baseline_accuracy=m.test_majority_baseline["accuracy"],
+        parity_max_abs_diff=m.parity.max_abs_diff, n_trials=meta.hpo.n_trials, git_commit=meta.git_commit,
+        pathspec=meta.metaflow.pathspec, created_at=meta.created_at, labels=as_json(cfg.task.labels),
+    )  # fmt: skip
+
+
+def run_row(cfg: RunConfig, run: RunOutputs, meta: PackageMetadata, pathspec: str) -> RunRow:
+    ctx, cost = run.ctx, meta.cost
+    return RunRow(
+        run_key=ctx.run_key, model_name=cfg.name, pathspec=pathspec, status="published",
+        started_at=datetime.fromtimestamp(ctx.started_at, UTC).isoformat(timespec="seconds"),
+        # Until publish: the end step (a print) follows.
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"), duration_s=time.time() - ctx.started_at,
+        cost=cost.total, cost_currency=cost.currency, cost_cpu=cost.cpu, cost_gpu=cost.gpu, cost_memory=cost.memory,
+        task_seconds=cost.task_seconds, dataset_version=ctx.snapshot.version, package_version=meta.version,
+        best_trial=run.best.number, config=json.dumps(cfg.public_dump(), sort_keys=True),
+    )  # fmt: skip
+
+
+def trial_rows(cfg: RunConfig, run_key: str, records: list[TrialRecord]) -> list[TrialRow]:
+    return [
+        TrialRow(run_key=run_key, model_name=cfg.name, task=cfg.task.type, number=r.number, state=r.state,
+                 worker=r.worker, params=as_json(r.params), value=r.value, metrics=as_json(r.metrics),
+                 model_dir=r.model_dir, duration_s=r.duration_s, steps=r.steps, resumed_from_step=r.resumed_from_step)
+        for r in records
+    ]  # fmt: skip
+
+
+def write_run_records(
+    *, artifact_root: Path, cfg: RunConfig, run: RunOutputs, meta: PackageMetadata, path: str,
+    run_cost: RunCost | None, pathspec: str,
+) -> None:  # fmt: skip
+    """Write (replace) the run's lineage, cost, trial, package and run records; the run record
+    last, so a run shows `published` only once everything else is there."""
+    key = run_record_key(cfg.name, run.ctx.run_key)
+    package_key = f"{cfg.name}-{meta.version}"
+    write_rows(artifact_root, package_key, to_rows(model_name=cfg.name, version=meta.version, nodes=meta.lineage.nodes))
+    if run_cost is not None and run_cost.tasks:
+        write_rows(artifact_root, key, run_cost.tasks)
+    write_rows(artifact_root, key, trial_rows(cfg, run.ctx.run_key, run.records))
+    write_rows(artifact_root, package_key, [package_row(cfg, meta, path, run.best)])
+    write_rows(artifact_root, key, [run_row(cfg, run, meta, pathspec)])
