@@ -222,7 +222,7 @@ class RecipeConfig(_Strict):
         description="Graph the recipe quantizes; default: quantize.graph_optimization (static), attention (dynamic).",
     )
     # x86 ONNX Runtime fuses QDQ into integer kernels only for uint8 activations (U8S8); int8
-    # activations fall back to dequantize + FP32 MatMul there (fast on ARM). See README.
+    # activations fall back to dequantize + FP32 MatMul there (fast on ARM). See docs/int8.md.
     activation_type: Literal["QUInt8", "QInt8"] = "QUInt8"
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
     per_channel: bool = True
@@ -522,7 +522,7 @@ def _device_checks(c: Any) -> list[str]:
     if c.train.gpus_per_trial > 1:
         problems.append(
             f"train.gpus_per_trial: {c.train.gpus_per_trial} is not supported yet: multi-GPU trials are not"
-            " wired into the flow (trainflow/training/ddp.py has the parts; see README, GPU fast path); use 1"
+            " wired into the flow (trainflow/training/ddp.py has the parts; see docs/gpu.md); use 1"
         )
     return problems
 

@@ -10,7 +10,7 @@ processes with a process group (gloo on CPU for tests, nccl on GPUs).
 
 Status: `train.gpus_per_trial` must be 1 (config validation says so). `train_model` does not
 yet wrap the model in DistributedDataParallel, shard batches, or keep evaluation and
-checkpointing to rank 0, and the flow does not launch torchrun; see README, "GPU fast path".
+checkpointing to rank 0, and the flow does not launch torchrun; see docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from tests.registry_helpers import make_package, package_sources, sample_metadat
 from trainflow.app.cli import main as cli
 from trainflow.core.config import RegistryConfig
 from trainflow.core.errors import PackageVerificationError, RegistryError
-from trainflow.release.publish import publish_package
 from trainflow.core.layout import REGISTRY_DIR
 from trainflow.core.layout import REGISTRY_STATE as STATE_FILE
+from trainflow.release.publish import publish_package
 from trainflow.release.registry import (
     list_versions,
     promote,
@@ -104,13 +104,17 @@ def test_a_tampered_package_is_refused(tmp_path: Path, src: Path, what: str) -> 
     promote(artifact_root=root, version="v1", policy=POLICY)
     if what == "candidate":
         tamper(root / "m" / "v2" / "model.onnx")
-        with pytest.raises(PackageVerificationError, match=r"refusing to promote m v2: m v2 fails verification: model.onnx"):
+        with pytest.raises(
+            PackageVerificationError, match=r"refusing to promote m v2: m v2 fails verification: model.onnx"
+        ):
             promote(artifact_root=root, version="v2", policy=POLICY)
         expected = {"v1": "production", "v2": "staging"}
     else:
         promote(artifact_root=root, version="v2", policy=POLICY)
         (root / "m" / "v1" / "vocab.txt").unlink()
-        with pytest.raises(PackageVerificationError, match=r"refusing to roll back to m v1: .*vocab.txt: listed but missing"):
+        with pytest.raises(
+            PackageVerificationError, match=r"refusing to roll back to m v1: .*vocab.txt: listed but missing"
+        ):
             rollback(artifact_root=root)
         expected = {"v1": "archived", "v2": "production"}
     assert stages_of(root) == expected

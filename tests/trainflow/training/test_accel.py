@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from trainflow.core.config import TrainConfig
-from trainflow.training import accel
 from trainflow.core.errors import TrainflowError
+from trainflow.training import accel
 from trainflow.training.accel import Capabilities, DeviceUnavailableError, LengthBucketedOrder, select_fast_path
 from trainflow.training.accel import FastPath as FastPathFields
 from trainflow.training.train import batch_indices, collate

@@ -18,9 +18,9 @@ from stages.hpo_worker import run_trials, task_slots
 from stages.prepare import prepare_run
 from tests.tiny import ROOT, tiny_config
 from trainflow.core.config import parse_config_dict
+from trainflow.core.errors import WorkerProcessError
 from trainflow.core.layout import trial_dir
 from trainflow.search.study import open_study
-from trainflow.core.errors import WorkerProcessError
 from trainflow.training.packing import assign_gpu, run_packed, slots, visible_gpus
 from trainflow.training.resume import read_checkpoint_meta
 
