@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from trainflow.convert.onnx_model import (
     thread_sweep,
     tokenize_batches,
 )
+from trainflow.convert.outcome import RecipeOutcome
 from trainflow.core.config import QuantizeConfig, RecipeConfig
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import QuantizationAccuracyError
@@ -65,40 +66,6 @@ INT8_FILE = ONNX_INT8
 SEARCH_DIR = INT8_SEARCH_DIR
 FP32_KEY = "FP32 ONNX"  # not a valid recipe name, so it never collides with one
 SWEEP_BATCHES = (1, 32)
-
-
-@dataclass(frozen=True)
-class RecipeOutcome:
-    """One row of the search table. `status`: chosen, passed (but slower than FP32, or beaten by
-    an earlier one), failed (the gate), screened-out, error, or not-tried (the search had stopped)."""
-
-    name: str
-    passed: bool
-    status: str = "not-tried"
-    mode: str = "static"
-    graph: str | None = None
-    screen_accuracy: float | None = None
-    accuracy: float | None = None
-    accuracy_drop: float | None = None
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    fp32_p50_ms: float | None = None
-    size_bytes: int | None = None
-    quantized_nodes: int | None = None
-    fp32_weight_nodes: list[str] = field(default_factory=list)
-    node_counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    error: str | None = None
-
-    def line(self) -> str:
-        if self.error:
-            return f"{self.name}: failed to quantize ({self.error})"
-        if self.accuracy is None:
-            screen = "" if self.screen_accuracy is None else f" (screening accuracy {self.screen_accuracy:.4f})"
-            return f"{self.name}: {self.status}{screen}"
-        acc = f"accuracy {self.accuracy:.4f} (drop {(self.accuracy_drop or 0) * 100:+.2f} points)"
-        lat = f"batch-1 p50 {self.p50_ms:.2f} ms vs FP32 {self.fp32_p50_ms:.2f} ms" if self.p50_ms else "not timed"
-        return f"{self.name}: {acc}, {lat}, {(self.size_bytes or 0) / 1e6:.1f} MB, {self.status}"
 
 
 @dataclass(frozen=True)
@@ -422,7 +389,7 @@ def _result(
         node_counts=best.node_counts,
         recipe=search.details[chosen],
         chosen=chosen,
-        search=[asdict(o) for o in table],
+        search=[o.model_dump() for o in table],
         session_options=settings.to_dict(),
         graph_optimization={
             **search.graphs[level][1],
@@ -478,7 +445,7 @@ def quantize_and_gate(
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])
     rows, metrics, chosen, faster = _search(search, ref, recipes, test.texts[:n_latency])
     table = _finish_rows(rows, recipes)
-    (work / "search.json").write_text(json.dumps([asdict(o) for o in table], indent=1))
+    (work / "search.json").write_text(json.dumps([o.model_dump() for o in table], indent=1))
     if chosen is None:
         lines = "\n".join(f"  - {o.line()}" for o in table if o.status != "not-tried")
         raise QuantizationAccuracyError(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trainflow.convert.outcome import RecipeOutcome
 from trainflow.core.errors import MetadataError
 from trainflow.core.io import atomic_write_text
 from trainflow.core.layout import METADATA, ONNX_FP32, ONNX_INT8
@@ -95,30 +96,6 @@ class HpoSummary(_Model):
     states: dict[str, int]
 
 
-class RecipeRow(_Model):
-    """One row of the INT8 recipe search (trainflow.convert.quantize.RecipeOutcome). `status`:
-    chosen, passed (but slower than FP32, or beaten by an earlier one), failed (the gate),
-    screened-out, error, or not-tried (the search had stopped)."""
-
-    name: str
-    passed: bool
-    status: str = "not-tried"
-    mode: str = "static"
-    graph: str | None = None
-    screen_accuracy: float | None = None
-    accuracy: float | None = None
-    accuracy_drop: float | None = None
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    fp32_p50_ms: float | None = None
-    size_bytes: int | None = None
-    quantized_nodes: int | None = None
-    fp32_weight_nodes: list[str] = Field(default_factory=list)
-    node_counts: dict[str, int] = Field(default_factory=dict)
-    seconds: float = 0.0
-    error: str | None = None
-
-
 class QuantizationInfo(_Model):
     recipe: dict[str, Any]  # the chosen recipe's settings and what was quantized
     node_counts: dict[str, int]
@@ -127,7 +104,7 @@ class QuantizationInfo(_Model):
     selection: str
     graph_optimization: dict[str, Any]
     session_options: dict[str, Any]
-    search: list[RecipeRow]
+    search: list[RecipeOutcome]
 
 
 class ParentRef(_Model):

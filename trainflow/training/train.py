@@ -351,7 +351,7 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
     from transformers import AutoTokenizer
 
     fast = accel.select_fast_path(cfg.train, accel.probe_capabilities(cfg.train.device))
-    log.info("training fast path:\n%s", fast.describe())
+    log.info("%s", fast.describe())
     accel.apply_global_settings(fast)
     device = torch.device(fast.device)
     seed_everything(seed)
