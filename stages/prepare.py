@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from trainflow.app.check import check_environment
+from trainflow.app.check import check_environment, check_model
 from trainflow.core import layout
 from trainflow.core.config import RunConfig
 from trainflow.core.faults import fault_window
@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def prepare_run(*, cfg: RunConfig, run_key: str, pathspec: str = "") -> RunContext:
-    """Record the run as running, run the pre-flight check (`trainflow check`: base model,
-    storage variables, every data problem at once), snapshot and split the data, create the
-    Optuna study. Raises DatasetError on bad data (nothing trains), ConfigError, ModelLoadError."""
+    """Record the run as running, run the pre-flight check (`trainflow check`: storage variables,
+    the base model without its weights, every data problem at once), snapshot and split the data,
+    create the Optuna study. Raises DatasetError on bad data (nothing trains), ConfigError,
+    ModelLoadError."""
     started = time.time()
     write_run_status(cfg, run_key, pathspec=pathspec, status="running", started_at=started)
     check_environment(cfg)
+    check_model(cfg)  # the base model's family, tokenizer, freezing and head, without its weights
     run_dir = layout.run_dir(Path(cfg.publish.run_root), cfg.name, run_key).resolve()
     snapshot = snapshot_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed, out_dir=run_dir / layout.DATA_DIR)
     storage = cfg.hpo.storage or str(run_dir / layout.JOURNAL)

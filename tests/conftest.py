@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typing_extensions
 
 from tests.tiny import ROOT, build_tiny_bert, rt_texts, tiny_config
 
@@ -14,6 +16,12 @@ os.environ.setdefault("METAFLOW_USER", "trainflow-test")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# metaflow's Runner (the flow tests use it in this process) imports its vendored typing_extensions,
+# which patches `typing` so that torch._inductor's generic classes (ModernBERT's module imports them)
+# fail to build afterwards (https://github.com/Netflix/metaflow/issues/2462). The installed
+# typing_extensions stands in for the vendored copy in the test process; flows run as a CLI never
+# load it.
+sys.modules.setdefault("metaflow._vendor.typing_extensions", typing_extensions)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
-"""The pre-flight check: the config and the data, everything a run checks before it trains, in
-seconds and without writing anything (`trainflow check --config FILE`; the flow's `start` runs
-the same functions before it snapshots the data)."""
+"""The pre-flight check: the config, the data and the base model, everything a run checks before it
+trains, in seconds and without writing anything (`trainflow check --config FILE`; the flow's
+`start` runs the same functions before it snapshots the data). `check_run` (config and data)
+imports no torch; `check_model` builds the model's skeleton without its weights
+(trainflow/training/preflight.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from trainflow.core.config import RunConfig, expand_env
 from trainflow.core.errors import ConfigError
 from trainflow.data.dataset import Inspection, inspect_dataset
 from trainflow.training.base_model import resolve_base_model
+from trainflow.training.preflight import ModelReport, inspect_model
 
 
 def check_environment(cfg: RunConfig) -> str:
@@ -49,3 +52,9 @@ def check_run(cfg: RunConfig) -> CheckReport:
     """Raises the first error (ConfigError, DatasetError with every data problem, ModelLoadError)."""
     base = check_environment(cfg)
     return CheckReport(cfg, base, inspect_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed))
+
+
+def check_model(cfg: RunConfig) -> ModelReport:
+    """The base model can be fine-tuned as configured: config, weights, tokenizer, family anatomy,
+    freezing and head (no weights are loaded). Raises ModelLoadError listing every problem."""
+    return inspect_model(model=cfg.model, task=cfg.task)

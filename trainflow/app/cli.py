@@ -102,18 +102,19 @@ def check(
 ) -> None:
     """Check a config and its data as a run would, in seconds, without creating a run: every
     config problem and every data problem (per kind, with row numbers) at once."""
-    from trainflow.app.check import check_run
+    from trainflow.app.check import check_model, check_run
 
+    err = Console(stderr=True, width=_width(sys.stderr), highlight=False)
     try:
-        report = check_run(load_config(config))
-    except TrainflowError as err:  # every problem, one per line (the run would refuse the same)
-        lines = str(err).splitlines()
-        Console(stderr=True, width=_width(sys.stderr), highlight=False).print(
-            "\n".join([f"error: {lines[0]}", *lines[1:]]), markup=False, soft_wrap=True
-        )
+        cfg = load_config(config)
+        report = check_run(cfg)
+        model = check_model(cfg)
+    except TrainflowError as failure:  # every problem, one per line (the run would refuse the same)
+        lines = str(failure).splitlines()
+        err.print("\n".join([f"error: {lines[0]}", *lines[1:]]), markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out = _out()
-    for line in report.lines():
+    for line in [*report.lines(), *model.lines()]:
         out.print(line, markup=False, soft_wrap=True)
     out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
 

@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 
 from trainflow.convert.onnx_model import OnnxTextModel, tokenize_batches
 from trainflow.core.config import RecipeConfig
+from trainflow.training.families import attention_fusion_problem, family_of, ort_optimizer_type
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +93,57 @@ def residual_adds_as_sum(model: onnx.ModelProto) -> int:
     return changed
 
 
+HEADS_KEYS = ("num_attention_heads", "n_heads", "n_head")  # config.json names across families
+HIDDEN_KEYS = ("hidden_size", "dim", "n_embd", "d_model")
+
+
+class NoFusion(Exception):
+    """ONNX Runtime's transformer optimizer has no safe fusions for this graph (the reason)."""
+
+
+def _first(cfg: dict[str, Any], keys: Sequence[str]) -> int:
+    return next((int(cfg[k]) for k in keys if isinstance(cfg.get(k), int)), 0)
+
+
 def _fuse_transformer(fp32_path: Path, out_path: Path, *, attention: bool) -> dict[str, int]:
-    """ORT's transformer fusions for BERT-family graphs (EmbedLayerNorm, BiasGelu, LayerNorm, and
-    Attention when `attention`; residual Adds kept as Sum, not SkipLayerNorm); returns the fused
-    operator counts, `ResidualSum` for the residual connections rewritten."""
+    """ONNX Runtime's transformer fusions for the model's family (trainflow/training/families.py
+    names the optimizer type: BERT's fusions for encoders, GPT-2's for GPT-2): EmbedLayerNorm,
+    BiasGelu, LayerNorm, and Attention when `attention`; residual Adds kept as Sum, not
+    SkipLayerNorm. Returns the fused operator counts, `ResidualSum` for the residual connections
+    rewritten.
+
+    Raises:
+        NoFusion: the family has no optimizer type, or the optimizer fused nothing.
+    """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg_file = fp32_path.parent / "config.json"
     cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-    model_type = cfg.get("model_type", "bert")
+    family = str(cfg.get("model_type", "bert"))
+    model_type = ort_optimizer_type(family)
+    if model_type is None:
+        spec = family_of(family)
+        raise NoFusion(f"{family}: {spec.note if spec and spec.note else 'no ONNX Runtime fusions known for it'}")
+    if attention and (why := attention_fusion_problem(family)):
+        raise NoFusion(f"{family}: {why}")
     options = FusionOptions(model_type)
     options.enable_attention = attention
     options.enable_skip_layer_norm = False
     optimized = optimize_model(
         str(fp32_path),
         model_type=model_type,
-        num_heads=int(cfg.get("num_attention_heads", 0)),
-        hidden_size=int(cfg.get("hidden_size", 0)),
+        num_heads=_first(cfg, HEADS_KEYS),
+        hidden_size=_first(cfg, HIDDEN_KEYS),
         optimization_options=options,
         opt_level=0,
     )
-    fusions = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    stats = getattr(optimized, "get_fused_operator_statistics", None)
+    fusions = {k: v for k, v in (stats() if stats else {}).items() if v}
+    if not fusions:
+        raise NoFusion(f"{family}: ONNX Runtime's {model_type} optimizer fused nothing in this graph")
+    if attention and not fusions.get("Attention"):
+        raise NoFusion(f"{family}: ONNX Runtime's {model_type} optimizer found no attention to fuse ({fusions})")
     sums = residual_adds_as_sum(optimized.model)
     if sums:
         fusions["ResidualSum"] = sums
@@ -139,7 +169,15 @@ def prepare_graph(
         source = fp32_path
         if candidate in ("attention", "fused"):
             source = out_path.with_name(f"{out_path.stem}.fused.onnx")
-            fusions = _fuse_transformer(fp32_path, source, attention=candidate == "attention")
+            try:
+                fusions = _fuse_transformer(fp32_path, source, attention=candidate == "attention")
+            except Exception as err:  # noqa: BLE001 - any optimizer failure: the next lower level, with the reason
+                reason = str(err) if isinstance(err, NoFusion) else f"{type(err).__name__}: {err}"
+                log.warning("INT8 graph level %r not used (%s); trying the next lower level", candidate, reason)
+                tried.append({"level": candidate, "error": reason})
+                source.unlink(missing_ok=True)
+                continue
+            log.info("INT8 graph level %r: fused %s", candidate, fusions)
         if candidate == "attention":
             source.replace(out_path)
         else:
@@ -150,7 +188,7 @@ def prepare_graph(
         tried.append({"level": candidate, "max_abs_diff": diff, "fusions": fusions})
         if diff <= atol or candidate == "none":
             if candidate != level:
-                log.warning("graph optimization %r moved FP32 logits beyond %g; used %r", level, atol, candidate)
+                log.warning("graph optimization %r not used; used %r (tried: %s)", level, candidate, tried)
             return {
                 "requested": level,
                 "applied": candidate,

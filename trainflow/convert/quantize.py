@@ -55,7 +55,7 @@ from trainflow.convert.onnx_model import (
 from trainflow.convert.outcome import RecipeOutcome
 from trainflow.core.config import QuantizeConfig, RecipeConfig
 from trainflow.core.diskspace import ensure_free_space
-from trainflow.core.errors import QuantizationAccuracyError
+from trainflow.core.errors import QuantizationAccuracyError, QuantizationError
 from trainflow.core.layout import INT8_SEARCH_DIR, ONNX_INT8
 from trainflow.data.dataset import SplitData
 from trainflow.tasks.heads import compute_metrics, predict_classes
@@ -447,7 +447,12 @@ def quantize_and_gate(
     table = _finish_rows(rows, recipes)
     (work / "search.json").write_text(json.dumps([o.model_dump() for o in table], indent=1))
     if chosen is None:
-        lines = "\n".join(f"  - {o.line()}" for o in table if o.status != "not-tried")
+        tried = [o for o in table if o.status != "not-tried"]
+        lines = "\n".join(f"  - {o.line()}" for o in tried)
+        if all(o.status == "error" for o in tried):
+            raise QuantizationError(
+                f"no INT8 model could be built: every recipe failed ({len(tried)}), each with its cause:\n{lines}"
+            )
         raise QuantizationAccuracyError(
             f"no INT8 recipe keeps test accuracy within {q.max_accuracy_drop * 100:.2f} points of FP32 ONNX "
             f"({ref.metrics['accuracy']:.4f}). Recipes tried ({sum(o.status != 'not-tried' for o in table)}):\n"

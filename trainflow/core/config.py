@@ -87,8 +87,13 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     base: str = Field(DEFAULT_BASE_MODEL, description="Package name, local folder or hub id.")
     max_length: int = Field(128, ge=8, le=4096)
-    freeze_embeddings: bool = True
-    frozen_layers: int = Field(0, ge=0, description="Lowest encoder layers left untrained.")
+    freeze_embeddings: bool = Field(True, description="Leave the input embeddings untrained.")
+    frozen_layers: int = Field(0, ge=0, description="Lowest layers (of the encoder or decoder stack) left untrained.")
+    head: Literal["auto", "new", "keep"] = Field(
+        "auto",
+        description="The base model's own classification head, if it has one: auto = kept when its output count"
+        " fits the task, else replaced (logged); new = always a fresh head; keep = it must fit, else refused.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -539,12 +544,6 @@ def _kubernetes_checks(c: Any) -> list[str]:
     return problems
 
 
-def _model_checks(c: Any) -> list[str]:
-    if c.model.frozen_layers and not c.model.freeze_embeddings:
-        return ["model.frozen_layers: freezing layers needs model.freeze_embeddings: true"]
-    return []
-
-
 # Each cross-field check and the sections it reads: it runs whenever those sections are valid,
 # also when another section of the file is not (so one pass reports every problem).
 COMBINATION_CHECKS = (
@@ -554,7 +553,6 @@ COMBINATION_CHECKS = (
     (("hpo",), _hpo_checks),
     (("compute", "train"), _device_checks),
     (("compute", "publish"), _kubernetes_checks),
-    (("model",), _model_checks),
 )
 
 

@@ -45,6 +45,10 @@ class ParityError(TrainflowError):
     """The ONNX model's outputs differ from PyTorch's beyond the configured tolerance."""
 
 
+class QuantizationError(TrainflowError):
+    """No INT8 model could be built: every recipe failed (each one's cause is listed)."""
+
+
 class QuantizationAccuracyError(TrainflowError):
     """The INT8 model lost more accuracy than the configured gate allows."""
 

@@ -10,8 +10,9 @@ The ONNX graph therefore outputs the scalar score and consumers apply the cutpoi
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from trainflow.core.errors import ModelLoadError
 from trainflow.core.layout import HEAD as HEAD_FILE
 from trainflow.tasks.heads import read_head
 from trainflow.training.base_model import resolve_base_model
+from trainflow.training.families import anatomy, freeze
+from trainflow.training.preflight import ensure_pad_token, head_plan
+
+log = logging.getLogger(__name__)
 
 
 class Cutpoints(nn.Module):
@@ -66,6 +71,7 @@ class TextModel:
     labels: list[str]
     hf: nn.Module
     cutpoints: Cutpoints | None
+    head_names: list[str] = field(default_factory=list)  # the classifier's parameters (family anatomy)
 
     def parameters(self) -> list[nn.Parameter]:
         params = list(self.hf.parameters())
@@ -74,8 +80,10 @@ class TextModel:
         return params
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """Parameters not taken from the base model: classifier, pooler and cutpoints."""
-        params = [p for n, p in self.hf.named_parameters() if "classifier" in n or "pooler" in n]
+        """The classification head's parameters (found by the family's anatomy, whatever its name:
+        classifier, pooler, score, head) and the cutpoints: they get the head learning rate."""
+        names = set(self.head_names)
+        params = [p for n, p in self.hf.named_parameters() if n in names]
         if self.cutpoints is not None:
             params += list(self.cutpoints.parameters())
         return params
@@ -115,48 +123,68 @@ class TextModel:
 
 
 def build_model(
-    *, task: str, labels: list[str], base: str, freeze_embeddings: bool = False, frozen_layers: int = 0
+    *,
+    task: str,
+    labels: list[str],
+    base: str,
+    freeze_embeddings: bool = False,
+    frozen_layers: int = 0,
+    head: str = "auto",
+    tokenizer: Any = None,
 ) -> TextModel:
-    """Load `base` with a fresh head for the task and freeze the requested lower layers.
+    """Load `base` as a sequence classifier for the task: its own head kept when it fits (`head`
+    'auto'), else a new one (logged); the input embeddings and the lowest `frozen_layers` layers
+    frozen where the family keeps them (trainflow/training/families.py). A decoder without a padding
+    token pads with its end-of-text token (`tokenizer`, loaded from `base` when not given, is told
+    so too).
 
     Raises:
-        ModelLoadError: the base model cannot be found or loaded.
+        ModelLoadError: the base model cannot be found or loaded, its head does not fit and
+            `head` is 'keep', or the freezing does not apply to its family.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_base_model(base)
     num_labels = 1 if task == "ordinal" else len(labels)
+    names = {i: n for i, n in enumerate(labels)} if task == "classification" else {0: "score"}
     try:
-        hf = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            num_labels=num_labels,
-            id2label={i: n for i, n in enumerate(labels)} if task == "classification" else {0: "score"},
-            label2id={n: i for i, n in enumerate(labels)} if task == "classification" else {"score": 0},
+        theirs = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(
+            source, num_labels=num_labels, id2label=names, label2id={n: i for i, n in names.items()}
         )
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"cannot load base model {base!r} (resolved to {source!r}): {err}") from None
+    plan, problem = head_plan(theirs, num_labels, head)
+    if problem:
+        raise ModelLoadError(problem)
+    ensure_pad_token(tokenizer, config)
+    try:
+        hf = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load base model {base!r} (resolved to {source!r}): {err}") from None
-    _freeze(hf, freeze_embeddings, frozen_layers)
+    parts = anatomy(hf)
+    if head == "new":
+        _reset_head(hf)
+    log.info("base model %s (%s, %d layers): %s", base, parts.model_type, parts.n_layers, plan)
+    frozen = freeze(hf, parts, freeze_embeddings=freeze_embeddings, frozen_layers=frozen_layers)
+    if frozen:
+        log.info("frozen: %s", ", ".join(frozen))
     return TextModel(
-        task=task, labels=list(labels), hf=hf, cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None
+        task=task,
+        labels=list(labels),
+        hf=hf,
+        cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None,
+        head_names=parts.head_names,
     )
 
 
-def _freeze(hf: Any, freeze_embeddings: bool, frozen_layers: int) -> None:
-    backbone = getattr(hf, str(hf.base_model_prefix), None)
-    if backbone is None:
-        if freeze_embeddings or frozen_layers:
-            raise ModelLoadError(f"cannot find the backbone of {type(hf).__name__} to freeze layers")
-        return
-    if freeze_embeddings:
-        for p in backbone.embeddings.parameters():
-            p.requires_grad_(False)
-    if frozen_layers:
-        layers = backbone.encoder.layer
-        if frozen_layers > len(layers):
-            raise ModelLoadError(f"model.frozen_layers={frozen_layers} but the model has {len(layers)} layers")
-        for layer in layers[:frozen_layers]:
-            for p in layer.parameters():
-                p.requires_grad_(False)
+def _reset_head(hf: Any) -> None:
+    """Initialise the modules outside the base model afresh (model.head: new)."""
+    prefix = str(hf.base_model_prefix)
+    for name, module in hf.named_children():
+        if name != prefix:
+            module.apply(hf._init_weights)
 
 
 def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:

@@ -354,6 +354,7 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
     log.info("%s", fast.describe())
     accel.apply_global_settings(fast)
     device = torch.device(fast.device)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
     seed_everything(seed)
     model = build_model(
         task=cfg.task.type,
@@ -361,9 +362,10 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
         base=cfg.model.base,
         freeze_embeddings=cfg.model.freeze_embeddings,
         frozen_layers=cfg.model.frozen_layers,
+        head=cfg.model.head,
+        tokenizer=tokenizer,  # a decoder's gets its padding token here
     ).to(device)
     accel.maybe_compile(model.hf, fast)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
     optimizer = torch.optim.AdamW(
         param_groups(model, hparams, cfg.train.head_lr_multiplier), lr=hparams.learning_rate, **accel.adamw_kwargs(fast)
     )
