@@ -48,10 +48,10 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def newest_run() -> Path:
-    runs = sorted((ROOT / "runs").glob("*/*/onnx/model.onnx"), key=lambda p: p.stat().st_mtime)
+    runs = sorted((ROOT / "runs").glob("*/*/onnx/*/model.onnx"), key=lambda p: p.stat().st_mtime)
     if not runs:
-        sys.exit("no run with onnx/model.onnx under runs/: run `make run` first or pass --run-dir")
-    return runs[-1].parent.parent
+        sys.exit("no run with onnx/<attempt>/model.onnx under runs/: run `make run` first or pass --run-dir")
+    return runs[-1].parents[2]
 
 
 def split(run: Path, name: str) -> SplitData:

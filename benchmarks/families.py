@@ -6,8 +6,9 @@ Per family: a random-weight sequence classifier of 6 layers, hidden 384, 12 head
 1,536 (tests/families.py builds it, with a tokenizer of the family's kind and 8,000 tokens trained
 on Rotten Tomatoes snippets) goes through the package path of a run: the ONNX export
 (trainflow/convert/export.py), then the INT8 step as the quantize stage runs it with the shipped
-default recipes (trainflow/convert/quantize.py: the family's graph preparation, the first default
-recipe, the accuracy gate opened wide because random weights have no accuracy to keep). Then both
+default recipes (trainflow/convert/quantize.py: the family's graph preparation, one recipe,
+`--recipe`, by default the first default one, the accuracy gate opened wide because random
+weights have no accuracy to keep). Then both
 models are timed side by side (taking turns per batch) at batch 1 and 32 of texts of exactly 64
 tokens, at each thread count; the fused operators and the file sizes are read from the result.
 Prints a Markdown table (the section "INT8 by model family" of benchmarks/RESULTS.md) and writes
@@ -33,7 +34,7 @@ from tests.tiny import rt_texts  # noqa: E402
 from trainflow.convert.export import export_onnx  # noqa: E402
 from trainflow.convert.onnx_model import FolderTokenizer, cpu_info, thread_sweep  # noqa: E402
 from trainflow.convert.quantize import quantize_and_gate  # noqa: E402
-from trainflow.core.config import ExportConfig, QuantizeConfig  # noqa: E402
+from trainflow.core.config import ExportConfig, QuantizeConfig, default_recipes  # noqa: E402
 from trainflow.core.layout import HEAD  # noqa: E402
 from trainflow.data.dataset import SplitData  # noqa: E402
 
@@ -67,7 +68,7 @@ def _as_training_saves_it(folder: Path) -> None:
     config.save_pretrained(folder)
 
 
-def one_family(name: str, work: Path, corpus: list[str], threads: list[int]) -> dict:
+def one_family(name: str, work: Path, corpus: list[str], threads: list[int], recipe: str) -> dict:
     t0 = time.perf_counter()
     base = build_family(name, work / "base", corpus, shape="bench")
     _as_training_saves_it(base)
@@ -76,8 +77,9 @@ def one_family(name: str, work: Path, corpus: list[str], threads: list[int]) -> 
     tokenizer = FolderTokenizer(work / "onnx")
     texts = long_texts(tokenizer, 132, corpus)
     split = SplitData([str(i) for i in range(len(texts))], texts, [i % 2 for i in range(len(texts))])
+    recipes = [r for r in default_recipes() if r.name == recipe]
     q = QuantizeConfig(max_accuracy_drop=1.0, search=False, latency_samples=8, latency_rounds=1, threads=[1],
-                       screen_samples=8)  # fmt: skip
+                       screen_samples=8, recipes=recipes, max_batch_diff=None)  # fmt: skip
     result = quantize_and_gate(fp32_path=Path(exported.onnx_path), tokenizer=tokenizer, task="classification",
                                n_classes=2, cutpoints=None, calibration=SplitData(split.ids[:16], texts[:16],
                                split.labels[:16]), test=SplitData(split.ids[:32], texts[:32], split.labels[:32]),
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "families_out")
+    parser.add_argument("--recipe", default=default_recipes()[0].name, help="A default recipe's name (the first).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,7 @@ def main() -> None:
     for name in args.families:
         print(f"{name} ...", flush=True)
         try:
-            results.append(one_family(name, args.out / name, corpus, args.threads))
+            results.append(one_family(name, args.out / name, corpus, args.threads, args.recipe))
         except Exception as err:  # noqa: BLE001 - one family's failure is a row of the table
             results.append({"family": name, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
         print(json.dumps(results[-1], default=str)[:400], flush=True)
@@ -146,7 +149,7 @@ def main() -> None:
     env = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_info(), "python": platform.python_version(),
            "shape": {"hidden": hidden, "layers": layers, "heads": heads, "ff": ff, "vocab": vocab, "seq": SEQ}}  # fmt: skip
     (args.out / "families.json").write_text(json.dumps({"env": env, "results": results}, indent=1, default=str))
-    print(f"\n## INT8 by model family ({env['cpu'].get('model', '?')})\n")
+    print(f"\n## INT8 by model family: {args.recipe} ({env['cpu'].get('model', '?')})\n")
     print(f"{env['date']}; random weights, {layers} layers, hidden {hidden}, {heads} heads, feed-forward {ff},"
           f" vocabulary {vocab}, {SEQ} tokens; p50 of ONNX Runtime at batch b and t threads, INT8 (the package's"
           " recipe and graph) against FP32, taking turns.\n")  # fmt: skip

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trainflow_cards as cards
 import trainflow_errors as errors
+import trainflow_liveness
 import trainflow_logs
 from metaflow import Config, FlowSpec, card, checkpoint, config_expr, current, resources, retry, step
 from trainflow_backends import ComputeBackend
@@ -42,7 +43,8 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "defaul
 
 
 def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None:
-    """The run's `runs` record says failed, with the step and the error line."""
+    """The run's `runs` record says failed, with the step and the error line; a failed resume
+    updates the record of the run it resumes."""
     try:
         cfg = flow.cfg
     except Exception:  # noqa: BLE001 - no valid config: nothing to record under
@@ -50,9 +52,10 @@ def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None
     from trainflow.records.runs import write_run_status
 
     ctx = getattr(flow, "ctx", None)
-    write_run_status(cfg, current.run_id, pathspec=current.pathspec, status="failed",
+    write_run_status(cfg, ctx.run_key if ctx else current.run_id, pathspec=current.pathspec, status="failed",
                      started_at=ctx.started_at if ctx else time.time(), failure=(step_name, errors.one_line(err)),
-                     dataset_version=ctx.snapshot.version if ctx else None)  # fmt: skip
+                     dataset_version=ctx.snapshot.version if ctx else None,
+                     resumed_as=trainflow_liveness.resumed_as())  # fmt: skip
 
 
 fails_in_one_line = errors.one_line_errors(_record_failure)
@@ -74,6 +77,7 @@ class TrainFlow(FlowSpec):
 
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def start(self):
         """Validate the config, snapshot and split the data, create the study (stages/prepare.py)."""
         from stages.hpo_worker import task_slots
@@ -96,6 +100,7 @@ class TrainFlow(FlowSpec):
     )
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def train(self):
         """One foreach worker: its quota of trials from the shared study (stages/hpo_worker.py);
         metaflow-checkpoint saves each checkpoint and restores the latest on @retry."""
@@ -120,6 +125,7 @@ class TrainFlow(FlowSpec):
     @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def join(self, inputs):
         """The best complete trial (stages/select.py); the card shows the Optuna history."""
         from stages.select import select_best
@@ -140,6 +146,7 @@ class TrainFlow(FlowSpec):
 
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def export(self):
         """ONNX export and the parity gate (stages/export.py)."""
         from stages.export import export_and_check
@@ -150,6 +157,7 @@ class TrainFlow(FlowSpec):
     @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def quantize(self):
         """INT8 recipe search behind the accuracy gate (stages/quantize.py)."""
         from stages.quantize import quantize_model
@@ -161,6 +169,7 @@ class TrainFlow(FlowSpec):
 
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def publish(self):
         """Package, registry, lineage, cost and records (stages/publish.py), priced from the run's
         task timings (flows/trainflow_timings.py)."""
@@ -177,12 +186,14 @@ class TrainFlow(FlowSpec):
             quant=self.quant,
             pathspec=current.pathspec,
             timings=task_timings(flow_name=current.flow_name, run_id=current.run_id),
+            resumed_as=trainflow_liveness.resumed_as(),
         )
         self.next(self.end)
 
     @card(type="blank", id=cards.CARD_ID)
     @step
     @fails_in_one_line
+    @trainflow_liveness.beating
     def end(self):
         """Print where the package is and its headline metrics (stages/summary.py)."""
         from stages.summary import summarize

@@ -16,9 +16,27 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value.tzinfo is None else value
 
 
+def _origin(task: object) -> object:
+    """The task a `resume` cloned `task` from (following clones of clones), or `task` itself: a
+    cloned task did its work in the run it was cloned from, and its own times are the copy's."""
+    from metaflow import Task
+
+    seen = 0
+    while seen < 100:
+        fields = {m.name: m.value for m in task.metadata if m.name in ("origin-run-id", "origin-task-id")}  # type: ignore[attr-defined]
+        if "origin-task-id" not in fields or "origin-run-id" not in fields:
+            return task
+        flow, _, step, _ = task.pathspec.split("/")  # type: ignore[attr-defined]
+        task = Task(f"{flow}/{fields['origin-run-id']}/{step}/{fields['origin-task-id']}", _namespace_check=False)
+        seen += 1
+    return task
+
+
 def task_timings(*, flow_name: str, run_id: str) -> list[TaskTiming]:
     """Every task of the run: step, task id, created (first attempt) and finished (latest
-    attempt; None while it runs). Reads all namespaces, then restores the caller's.
+    attempt; None while it runs). A task a `resume` cloned is timed as in the run it was cloned
+    from, so resuming never makes finished work look free. Reads all namespaces, then restores
+    the caller's.
 
     Raises:
         RunMetadataError: Metaflow does not know the run.
@@ -36,10 +54,11 @@ def task_timings(*, flow_name: str, run_id: str) -> list[TaskTiming]:
         out = []
         for step in run:
             for task in step:
-                started = _aware(task.created_at)
+                timed = _origin(task)
+                started = _aware(timed.created_at)  # type: ignore[attr-defined]
                 if started is None:
-                    raise RunMetadataError(f"task {task.pathspec} has no creation time")
-                out.append(TaskTiming(step.id, task.id, started, _aware(task.finished_at)))
+                    raise RunMetadataError(f"task {timed.pathspec} has no creation time")  # type: ignore[attr-defined]
+                out.append(TaskTiming(step.id, task.id, started, _aware(timed.finished_at)))  # type: ignore[attr-defined]
     except MetaflowNotFound as err:
         raise RunMetadataError(f"Metaflow has no run {flow_name}/{run_id}: {err}") from None
     finally:

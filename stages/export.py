@@ -10,6 +10,7 @@ from pathlib import Path
 from trainflow.convert.export import ExportOutcome, export_onnx
 from trainflow.convert.parity import check_parity
 from trainflow.core.config import RunConfig
+from trainflow.core.diskspace import machine_limits
 from trainflow.core.faults import fault_window
 from trainflow.core.layout import ONNX_DIR
 from trainflow.data.context import RunContext
@@ -22,17 +23,18 @@ def export_and_check(*, cfg: RunConfig, ctx: RunContext, model_dir: str) -> Expo
     # A folder per attempt: a resumed export never overwrites the ONNX file that an earlier
     # attempt's package (and its lineage) points to.
     onnx_dir = ctx.path / ONNX_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    result = export_onnx(
-        model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export, max_length=cfg.model.max_length
-    )
-    test = load_split(ctx.snapshot, "test")
-    parity = check_parity(
-        model_dir=Path(model_dir),
-        onnx_path=Path(result.onnx_path),
-        texts=test.texts[: cfg.export.parity_samples],
-        max_length=cfg.model.max_length,
-        atol=cfg.export.parity_atol,
-    )
+    with machine_limits("export", "use a machine with more memory or a smaller model.max_length"):
+        result = export_onnx(
+            model_dir=Path(model_dir), out_dir=onnx_dir, export=cfg.export, max_length=cfg.model.max_length
+        )
+        test = load_split(ctx.snapshot, "test")
+        parity = check_parity(
+            model_dir=Path(model_dir),
+            onnx_path=Path(result.onnx_path),
+            texts=test.texts[: cfg.export.parity_samples],
+            max_length=cfg.model.max_length,
+            atol=cfg.export.parity_atol,
+        )
     best_ref = lineage_ref(cfg.name, "best-model", ctx.run_key)
     log_lineage_link(cfg=cfg, run_key=ctx.run_key, directory=ctx.path, job_type="export", kind="onnx-fp32",
                      path=result.onnx_path, parents=(best_ref,), opset=result.opset, parity=asdict(parity))  # fmt: skip

@@ -28,13 +28,15 @@ def publish_run(
     pathspec: str,
     version: str | None = None,
     timings: list[TaskTiming] | None = None,
+    resumed_as: str | None = None,
 ) -> PackageResult:
     """Write the package atomically, register it as `staging`, and write the run, trial,
     package, lineage and cost Parquet records.
 
     `timings` are the run's tasks so far (the flow reads them with `flows/trainflow_timings.py`);
     they are priced with `cfg.cost` into metadata.json `cost` and the `runs`/`costs` records.
-    Without them the cost is recorded as not measured.
+    Without them the cost is recorded as not measured. `resumed_as` is this run's id when it is a
+    `resume` (the records stay the resumed run's).
 
     Safe to repeat (a `resume` after the step was killed): the hidden temporary folder a killed
     attempt of this run left is removed, and a package this run already published (renamed into
@@ -46,5 +48,6 @@ def publish_run(
                      version=done.meta.version, recipe=quant.chosen, int8_accuracy=quant.int8_metrics.get("accuracy"),
                      accuracy_drop=quant.accuracy_drop)  # fmt: skip
     write_run_records(artifact_root=Path(cfg.publish.artifact_root).resolve(), cfg=cfg, run=run, meta=done.meta,
-                      path=done.package.path, run_cost=done.run_cost, pathspec=pathspec)  # fmt: skip
+                      path=done.package.path, run_cost=done.run_cost, pathspec=pathspec,
+                      resumed_as=resumed_as)  # fmt: skip
     return done.package

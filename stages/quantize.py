@@ -8,6 +8,7 @@ from trainflow.convert.export import ExportOutcome
 from trainflow.convert.onnx_model import FolderTokenizer
 from trainflow.convert.quantize import QuantizeResult, quantize_and_gate
 from trainflow.core.config import RunConfig
+from trainflow.core.diskspace import machine_limits
 from trainflow.core.faults import fault_window
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
@@ -18,7 +19,15 @@ def quantize_model(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) 
     """INT8 recipe search and the accuracy gate (raises QuantizationAccuracyError if no recipe passes)."""
     tokenizer = FolderTokenizer(Path(exported.onnx_dir))
     head = read_head(Path(exported.onnx_dir))
-    result = quantize_and_gate(
+    fix = "use a machine with more memory, or quantize.parallel: 1 and fewer quantize.latency_samples"
+    with machine_limits("quantize (the INT8 search)", fix):
+        result = _search(cfg, ctx, exported, tokenizer, head)
+    fault_window("quantize")
+    return result
+
+
+def _search(cfg: RunConfig, ctx: RunContext, exported: ExportOutcome, tokenizer: FolderTokenizer, head: dict):
+    return quantize_and_gate(
         fp32_path=Path(exported.onnx_path),
         tokenizer=tokenizer,
         task=cfg.task.type,
@@ -29,5 +38,3 @@ def quantize_model(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) 
         max_length=cfg.model.max_length,
         q=cfg.quantize,
     )
-    fault_window("quantize")
-    return result

@@ -60,6 +60,7 @@ def tiny_config(tmp: Path, model_dir: Path, **overrides: Any) -> dict[str, Any]:
             "validation_fraction": 0.2,
             "test_fraction": 0.25,
             "calibration_size": 16,
+            "min_split_rows": 20,  # tiny runs judge no model; the real floor is 50
         },  # fmt: skip
         "model": {"base": str(model_dir), "max_length": 32, "freeze_embeddings": False, "frozen_layers": 0},
         "train": {"max_steps": 6, "batch_size": 8, "eval_every": 3, "checkpoint_every": 3},

@@ -106,3 +106,36 @@ def test_margin_knob_makes_the_real_disk_too_small(
     monkeypatch.setenv(MARGIN_ENV, "lots")
     with pytest.raises(DiskSpaceError, match="not a whole number"):
         _train(tmp_path, tiny_model_dir, out, resume_dir=out / "checkpoint")
+
+
+@pytest.mark.parametrize(("point", "kind", "expected"), [
+    ("export-write", "ENOSPC", "export: the disk is full writing <export-write>; free space there"),
+    ("int8-search", "ENOSPC", "quantize (the INT8 search): the disk is full"),
+    ("int8-search", "MemoryError", "quantize (the INT8 search): the machine ran out of memory; use a machine"),
+])  # fmt: skip
+def test_a_full_disk_or_no_memory_in_export_or_the_int8_search_is_one_line(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch, point: str, kind: str, expected: str
+) -> None:
+    """Past the free-space checks (the disk fills, memory runs out meanwhile): one line naming the
+    step and the fix, a TrainflowError the flow prints without a traceback; nothing published."""
+    from stages.export import export_and_check
+    from stages.hpo_worker import run_trials
+    from stages.prepare import prepare_run
+    from stages.quantize import quantize_model
+    from stages.select import select_best
+    from trainflow.core.errors import OutOfMemoryError, TrainflowError
+
+    raw = tiny_config(tmp_path, tiny_model_dir)
+    raw["hpo"].update(n_trials=1, n_workers=1, pruner="none")
+    cfg = parse_config_dict(raw)
+    ctx = prepare_run(cfg=cfg, run_key="r1")
+    run_trials(cfg=cfg, ctx=ctx, worker=0)
+    best, _ = select_best(cfg=cfg, ctx=ctx)
+    monkeypatch.setenv("TRAINFLOW_TEST_MODE", "1")
+    monkeypatch.setenv("TRAINFLOW_FAULT_RAISE", f"{point}:{kind}")
+    with pytest.raises(TrainflowError) as err:
+        exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
+        quantize_model(cfg=cfg, ctx=ctx, exported=exported)
+    assert isinstance(err.value, DiskSpaceError if kind == "ENOSPC" else OutOfMemoryError)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value) and "resume" in str(err.value)
+    assert not (tmp_path / "artifacts" / "tiny").exists()

@@ -82,8 +82,12 @@ def test_a_folder_the_registry_never_saw_is_unregistered_not_ok(tmp_path: Path, 
     assert "m copy is unregistered" in capsys.readouterr().err
     with pytest.raises(PackageVerificationError, match="unregistered"):
         promote(artifact_root=root, version="copy", policy=POLICY)
-    assert cli(["register", "copy", "--artifact-root", str(root)]) == 0  # adopted by an explicit act
-    assert cli(["verify", "copy", "--artifact-root", str(root)]) == 0
+    # A renamed copy is still v1 by its metadata: register refuses to adopt it under another name.
+    assert cli(["register", "copy", "--artifact-root", str(root)]) == 1
+    assert "its metadata.json names m v1, not m copy" in capsys.readouterr().err
+    make_package(root, src, "v2", registered=False)  # put in place by hand, never published
+    assert cli(["register", "v2", "--artifact-root", str(root)]) == 0  # adopted by an explicit act
+    assert cli(["verify", "v2", "--artifact-root", str(root)]) == 0
 
 
 @pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/hostname", "sub/file"])

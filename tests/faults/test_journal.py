@@ -113,3 +113,25 @@ def test_open_storage_checks_a_plain_journal_too(tmp_path: Path, cfg) -> None:
     journal.write_bytes(good + b'{"op_code"')
     optuna.load_study(study_name="s", storage=open_storage(str(journal)))
     assert journal.read_bytes() == good
+
+
+def test_a_journal_that_changes_under_a_running_worker_is_one_line_with_the_repair(tmp_path: Path) -> None:
+    """Another process garbles a record in the middle while the worker runs; the worker's next read
+    fails deep inside Optuna with a JSON error: the first failure already names the record's
+    offset and the repair command (a retry would say the same when it opens the journal)."""
+    import json as _json
+
+    from trainflow.core.errors import JournalCorruptError
+    from trainflow.search.worker import journal_read_errors
+
+    journal = tmp_path / "optuna.journal"
+    lines = [_json.dumps({"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}) + "\n"] * 3
+    journal.write_text("".join(lines))
+    data = journal.read_bytes()
+    first = data.index(b"\n") + 1
+    journal.write_bytes(data[:first] + b'{"op_code": 0, "wor' + b"\n" + data[first + len(lines[1]) :])
+    with pytest.raises(JournalCorruptError) as err, journal_read_errors(str(journal)):
+        _json.loads('{"op_code": 0, "wor')  # what Optuna's reader raises on that record
+    message = str(err.value)
+    assert f"record 2 at byte {first} is corrupt" in message
+    assert f"trainflow journal-repair {journal} --from-byte {first}" in message

@@ -45,14 +45,15 @@ def test_the_dataset_is_hashed_and_parsed_from_the_same_bytes(tmp_path: Path, mo
         return newer if self == path else real(self)  # what a reader sees once the writer is done
 
     monkeypatch.setattr(Path, "read_bytes", changed_meanwhile)
-    snap = snapshot_dataset(data=DataConfig(path=str(path)), task=TASK, seed=0, out_dir=tmp_path / "out")
+    snap = snapshot_dataset(data=DataConfig(path=str(path), min_split_rows=2), task=TASK, seed=0,
+                            out_dir=tmp_path / "out")  # fmt: skip
     assert snap.rows == 60 and snap.sha256 == hashlib.sha256(newer).hexdigest()
 
 
 def test_an_edited_split_file_is_refused_on_load(tmp_path: Path) -> None:
     """10. train.parquet edited after the snapshot: every later load (train, export, quantize,
     resume) refuses it."""
-    snap = snapshot_dataset(data=DataConfig(path=str(_csv(tmp_path / "d.csv", 80))), task=TASK, seed=0,
+    snap = snapshot_dataset(data=DataConfig(path=str(_csv(tmp_path / "d.csv", 80)), min_split_rows=2), task=TASK, seed=0,
                             out_dir=tmp_path / "out")  # fmt: skip
     assert set(snap.split_sha256) == {"train", "validation", "test", "calibration"}
     assert load_split(snap, "train").labels

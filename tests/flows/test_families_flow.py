@@ -44,7 +44,8 @@ def test_the_flow_publishes_a_package_for_another_family(family: str, tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
     (package,) = (tmp_path / "artifacts" / f"mine-{family}").iterdir()
     meta = read_metadata(package)
-    assert meta.base_model.name == str(base) and meta.quantization.chosen_recipe == "dyn-u8s8"
-    assert meta.quantization.graph_optimization["applied"] in ("attention", "fused")
+    assert meta.base_model.name == str(base) and meta.quantization.chosen_recipe == "u8s8"
+    assert meta.quantization.batch_invariance["label_agreement"] == 1.0
+    assert meta.quantization.graph_optimization["applied"] == "fused"
     predictions = load(package).predict(rt_texts(8))
     assert {p.label for p in predictions} <= {"rotten", "fresh"}

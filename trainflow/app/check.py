@@ -12,6 +12,7 @@ from pathlib import Path
 from trainflow.core.config import RunConfig, expand_env
 from trainflow.core.errors import ConfigError
 from trainflow.data.dataset import Inspection, inspect_dataset
+from trainflow.release.signing import signing_key_problem
 from trainflow.training.base_model import resolve_base_model
 from trainflow.training.preflight import ModelReport, inspect_model
 
@@ -24,6 +25,9 @@ def check_environment(cfg: RunConfig) -> str:
             expand_env(cfg.hpo.storage)
         except KeyError as err:
             raise ConfigError("hpo.storage", [str(err.args[0])]) from None
+    if cfg.publish.signing_key and (problem := signing_key_problem(cfg.publish.signing_key,
+                                                                    Path(cfg.publish.artifact_root))):  # fmt: skip
+        raise ConfigError("publish.signing_key", [problem])
     return resolve_base_model(cfg.model.base)
 
 

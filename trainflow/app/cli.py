@@ -52,6 +52,9 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Run config YAML whose registry/retention sections apply.")
 ]
 Limit = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows (per group).")]
+PublicKey = Annotated[
+    Path | None, typer.Option("--public-key", help="PEM public key the package's model.sig must verify with.")
+]
 
 
 class CliFailure(Exception):
@@ -306,22 +309,36 @@ def _resolve_any(artifact_root: Path, version: str, model: str | None) -> str:
 
 @app.command()
 def verify(package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
-           artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None) -> None:  # fmt: skip
+           artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None,
+           public_key: PublicKey = None) -> None:  # fmt: skip
     """Check a package against its SHA256SUMS and the digests the registry recorded when it was
-    published; a folder the registry never saw is reported as unregistered."""
-    from trainflow.release.registry import resolve_model
+    published (a folder the registry never saw is reported as unregistered), and with --public-key
+    its signature. A folder outside any registry is checked against its own SHA256SUMS."""
+    from trainflow.release.package import verify_package
+    from trainflow.release.registry import has_registry, require_registry, resolve_model
     from trainflow.release.registry import verify as verify_registered
+    from trainflow.release.signing import key_path, signature_status, verify_signature
 
-    path = Path(package)
-    if path.is_dir() or "/" in package:
-        folder = path.resolve()
+    key = None if public_key is None else key_path(str(public_key), "public key")
+    if Path(package).is_dir() or "/" in package:
+        folder = Path(os.path.abspath(package))  # as named: a symbolic link is not followed here
         root, model_name, version = folder.parent.parent, folder.parent.name, folder.name
     else:
+        require_registry(artifact_root)
         root, version = artifact_root, package
         model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
-    files = verify_registered(artifact_root=root, model_name=model_name, version=version)
-    _out().print(f"OK: {root / model_name / version} ({len(files)} files match SHA256SUMS and the registry's record)",
-                 markup=False)  # fmt: skip
+        folder = root / model_name / version
+    if has_registry(root):
+        files = verify_registered(artifact_root=root, model_name=model_name, version=version, public_key=key)
+        against = "SHA256SUMS and the registry's record"
+    else:
+        files = verify_package(folder)
+        if key is not None:
+            verify_signature(folder, key)
+        against = "SHA256SUMS (not in a registry: no record to compare with)"
+    signature = f"signature verified with {key}" if key else {
+        "signed": "signed (pass --public-key to check the signature)", "unsigned": "unsigned"}[signature_status(folder)]  # fmt: skip
+    _out().print(f"OK: {folder} ({len(files)} files match {against}; {signature})", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -397,15 +414,18 @@ def register(version: Annotated[str, typer.Argument(help="Package version (a fol
 @app.command()
 def promote(version: Annotated[str, typer.Argument(help="Package version.")],
             artifact_root: ArtifactRoot = Path("artifacts"), model: ModelOpt = None,
-            config: ConfigOpt = None) -> None:  # fmt: skip
+            config: ConfigOpt = None, public_key: PublicKey = None) -> None:  # fmt: skip
     """Make VERSION production; the current production version becomes archived.
 
-    Refused if the package fails verification or its FP32 or INT8 test metric is worse than
+    Refused if the package fails verification, its signature does not verify with --public-key
+    (or the config's registry.public_key), or its FP32 or INT8 test metric is worse than
     production's by more than registry.max_regression."""
     from trainflow.release.registry import promote as do_promote
+    from trainflow.release.signing import key_path
 
     policy, _ = _config_sections(config)
-    events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy)
+    key = None if public_key is None else key_path(str(public_key), "public key")
+    events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy, public_key=key)
     for e in events:
         _out().print(_event_line(e), markup=False, soft_wrap=True)
 

@@ -14,6 +14,7 @@ import onnx
 
 from trainflow.core.config import ExportConfig
 from trainflow.core.diskspace import ensure_free_space
+from trainflow.core.faults import fault_raise
 from trainflow.core.io import atomic_write_json, atomic_write_text
 from trainflow.core.layout import HEAD as HEAD_FILE
 from trainflow.core.layout import ONNX_FP32, TOKENIZER, TOKENIZER_CONFIG
@@ -95,6 +96,7 @@ def export_onnx(*, model_dir: Path, out_dir: Path, export: ExportConfig, max_len
         do_validation=False,
         library_name="transformers",
     )
+    fault_raise("export-write")
     shutil.copy2(model_dir / HEAD_FILE, out_dir / HEAD_FILE)
     configure_tokenizer(out_dir, max_length)
     graph = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False)

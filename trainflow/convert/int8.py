@@ -273,6 +273,7 @@ def quantize_static_int8(
         if n.op_type in recipe.op_types and n.name not in excluded and (nodes is None or n.name in nodes)
     }
     restored = restore_fp32_consumers(out_path, targets)
+    embedding_nodes = quantize_embeddings(out_path) if recipe.embeddings == "int8" else []
     return {
         **recipe.model_dump(),
         "format": "QDQ",
@@ -280,7 +281,40 @@ def quantize_static_int8(
         "fp32_inputs_restored": restored,
         "quantized_nodes": None if nodes is None else len(nodes),
         "calibration_samples": len(reader.batches),
+        "int8_embedding_nodes": embedding_nodes,
     }
+
+
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+
+
+def quantize_embeddings(path: Path) -> list[str]:
+    """Store the embedding tables of `path` (Gather and EmbedLayerNormalization weights) in 8 bits,
+    in place; return the nodes changed. Weight-only: ONNX Runtime dequantizes just the rows a text
+    looks up (a table dequantized whole at every call, as QDQ would do, halved the speed), and no
+    activation is quantized, so a text's answer does not depend on its batch-mates."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    targets = [n.name for n in graph.node if (n.op_type == "Gather" and n.input[0] in tables)
+               or n.op_type == "EmbedLayerNormalization"]  # fmt: skip
+    if not targets:
+        return []
+    tmp = path.with_name(f"{path.stem}.emb.onnx")
+    with _without_preprocess_advice():
+        quantize_dynamic(
+            str(path),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            reduce_range=False,
+            op_types_to_quantize=list(EMBEDDING_OPS),
+            nodes_to_quantize=targets,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    tmp.replace(path)
+    return targets
 
 
 def restore_fp32_consumers(path: Path, quantized: set[str]) -> int:

@@ -56,6 +56,7 @@ from trainflow.convert.outcome import RecipeOutcome
 from trainflow.core.config import QuantizeConfig, RecipeConfig
 from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import QuantizationAccuracyError, QuantizationError
+from trainflow.core.faults import fault_raise
 from trainflow.core.layout import INT8_SEARCH_DIR, ONNX_INT8
 from trainflow.data.dataset import SplitData
 from trainflow.tasks.heads import compute_metrics, predict_classes
@@ -86,6 +87,7 @@ class QuantizeResult:
     graph_optimization: dict[str, object] = field(default_factory=dict)
     primary: str = "int8"  # which model the package serves by default: "int8", or "fp32" if no INT8 was faster
     serving: dict[str, Any] = field(default_factory=dict)  # the thread sweep and the best settings
+    batch_invariance: dict[str, Any] = field(default_factory=dict)  # the chosen model alone vs batched
 
 
 def evaluate_onnx(
@@ -94,6 +96,19 @@ def evaluate_onnx(
     logits = model.logits(split.texts)
     preds = predict_classes(task, logits, None if cutpoints is None else np.asarray(cutpoints))
     return compute_metrics(task, np.asarray(split.labels), preds, n_classes)
+
+
+def batch_invariance(
+    model: OnnxTextModel, texts: list[str], batch_size: int, classes: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """How much a text's outputs depend on its batch-mates: each text scored alone and in batches
+    of `batch_size` (padded to their longest text): the largest logit difference and the share of
+    texts whose predicted class is the same both ways."""
+    alone = model.logits(texts, batch_size=1)
+    batched = model.logits(texts, batch_size=batch_size)
+    agree = float((classes(alone) == classes(batched)).mean()) if len(texts) else 1.0
+    return {"max_abs_diff": float(np.abs(alone - batched).max()) if len(texts) else 0.0, "label_agreement": agree,
+            "n": len(texts), "batch_size": batch_size}  # fmt: skip
 
 
 def _settings_key(recipe: RecipeConfig) -> str:
@@ -207,6 +222,7 @@ class _Reference:
     evaluate: Callable[[OnnxTextModel, SplitData], dict[str, float]]
     test: SplitData
     screen: SplitData
+    classes: Callable[[np.ndarray], np.ndarray]
 
 
 def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[dict, dict | None]:
@@ -215,6 +231,7 @@ def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[d
     row: dict[str, Any] = {"name": recipe.name, "passed": False, "mode": recipe.mode,
                            "graph": recipe.graph_level(q.graph_optimization)}  # fmt: skip
     try:
+        fault_raise("int8-search")
         out = search.build(recipe)
         model = search.model(out)
         screen = ref.evaluate(model, ref.screen)["accuracy"]
@@ -224,6 +241,7 @@ def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[d
                      ref.screen_accuracy, len(ref.screen))  # fmt: skip
             return {**row, "status": "screened-out", "seconds": time.perf_counter() - t0}, None
         metrics = ref.evaluate(model, ref.test)
+        invariance = batch_invariance(model, ref.test.texts, q.batch_check_size, ref.classes)
     except (OSError, MemoryError):
         raise  # the machine, not the recipe: a full disk or no memory fails every recipe alike
     except Exception as err:  # a broken recipe must not hide the others: logged, listed in the table
@@ -232,12 +250,18 @@ def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[d
     drop = ref.metrics["accuracy"] - metrics["accuracy"]
     counts = count_nodes(out)
     detail = search.details[recipe.name]
-    row.update(accuracy=metrics["accuracy"], accuracy_drop=drop, passed=drop <= q.max_accuracy_drop + 1e-12,
+    invariant = q.max_batch_diff is None or (
+        invariance["max_abs_diff"] <= q.max_batch_diff and invariance["label_agreement"] == 1.0
+    )
+    row.update(accuracy=metrics["accuracy"], accuracy_drop=drop, passed=drop <= q.max_accuracy_drop + 1e-12 and invariant,
                quantized_nodes=detail.get("quantized_nodes"), fp32_weight_nodes=detail.get("excluded_nodes", []),
                node_counts={k: v for k, v in counts.items() if k in NODE_KINDS}, detail=detail,
+               batch_max_diff=invariance["max_abs_diff"], batch_label_agreement=invariance["label_agreement"],
                seconds=time.perf_counter() - t0)  # fmt: skip
-    row["status"] = "passed" if row["passed"] else "failed"
-    log.info("INT8 recipe %s: accuracy %.4f (drop %.4f), %s", recipe.name, metrics["accuracy"], drop, row["status"])
+    row["status"] = "passed" if row["passed"] else "failed" if invariant else "batch-dependent"
+    log.info("INT8 recipe %s: accuracy %.4f (drop %.4f), alone vs batched max |logit diff| %.3g (labels agree on"
+             " %.1f %%), %s", recipe.name, metrics["accuracy"], drop, invariance["max_abs_diff"],
+             100 * invariance["label_agreement"], row["status"])  # fmt: skip
     return row, metrics
 
 
@@ -398,6 +422,13 @@ def _result(
         },  # fmt: skip
         primary=primary,
         serving=serving,
+        batch_invariance={
+            "max_abs_diff": best.batch_max_diff,
+            "label_agreement": best.batch_label_agreement,
+            "n": len(ref.test.texts),
+            "batch_size": q.batch_check_size,
+            "required_max_abs_diff": q.max_batch_diff,
+        },
     )
 
 
@@ -439,7 +470,11 @@ def quantize_and_gate(
     t0 = time.perf_counter()
     fp32 = search.model(fp32_path)
     screen = SplitData(test.ids[: q.screen_samples], test.texts[: q.screen_samples], test.labels[: q.screen_samples])
-    ref = _Reference(fp32, evaluate(fp32, test), evaluate(fp32, screen)["accuracy"], evaluate, test, screen)
+
+    def classes(logits: np.ndarray) -> np.ndarray:
+        return predict_classes(task, logits, None if cutpoints is None else np.asarray(cutpoints))
+
+    ref = _Reference(fp32, evaluate(fp32, test), evaluate(fp32, screen)["accuracy"], evaluate, test, screen, classes)
     log.info("INT8 search: FP32 reference on %d test texts in %.1f s (%d threads)", len(test.texts),
              time.perf_counter() - t0, settings.intra_op_num_threads)  # fmt: skip
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])

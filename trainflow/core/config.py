@@ -82,6 +82,10 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     calibration_size: int = Field(64, ge=1)
     max_rows: int | None = Field(None, ge=10, description="Use only the first N rows (smoke runs).")
+    min_split_rows: int = Field(
+        50, ge=1, description="Fewest rows the validation and test splits may have: fewer cannot judge a model."
+    )
+    min_class_rows: int = Field(3, ge=1, description="Fewest training rows a class may have.")
 
 
 class ModelConfig(_Strict):
@@ -243,6 +247,11 @@ class RecipeConfig(_Strict):
     keep_fp32_top_k: int = Field(
         0, ge=0, description="Also keep the k weight nodes with the largest per-layer INT8 output error in FP32."
     )
+    embeddings: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="Static recipes: int8 stores the embedding tables in 8 bits, dequantizing only the rows a text"
+        " looks up (weight-only: no activation is quantized, so answers stay independent of batch-mates).",
+    )
 
     def graph_level(self, default: GraphLevel) -> GraphLevel:
         return self.graph or ("attention" if self.mode == "dynamic" else default)
@@ -254,26 +263,36 @@ DYNAMIC_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
 
 
 def default_recipes() -> list[RecipeConfig]:
-    """Ordered by expected speed on x86 CPUs, fastest first (measured on an AMD AVX2 server and an
-    Intel AVX-512 VNNI/AMX server; benchmarks/RESULTS.md); the search stops at the first that
-    passes the accuracy gate and is faster than FP32. The dynamic recipes also quantize the
-    embedding tables (the INT8 file is about a quarter of the FP32 one); the static ones keep
-    them FP32 (quantized by QDQ, their dequantization ran at every call and halved the speed)."""
+    """Batch-invariant recipes first, fastest expected first (measured on AMD and Intel x86 servers;
+    benchmarks/RESULTS.md); the search stops at the first that passes the accuracy gate and the
+    batch-invariance check and is faster than FP32. The static recipes quantize activations with
+    calibrated, fixed scales, so a text's answer never depends on its batch-mates, and store the
+    embedding tables in 8 bits (weight-only: the file is about a quarter of the FP32 one). The
+    dynamic recipes (activation scales computed per batch at run time: faster on some CPUs, but a
+    text's answer moves with its batch-mates) pass only when `quantize.max_batch_diff` is null."""
     return [
+        RecipeConfig(name="u8s8", embeddings="int8"),
+        # Without reduce_range: more accurate where the CPU has VNNI (no 16-bit saturation).
+        RecipeConfig(name="u8s8-full-range", embeddings="int8", reduce_range=False),
+        RecipeConfig(name="u8s8-percentile", calibration_method="percentile", embeddings="int8"),
+        RecipeConfig(name="u8s8-ff2-fp32", exclude_node_patterns=[FF2_PATTERN], embeddings="int8"),
+        RecipeConfig(name="u8s8-sensitive4-fp32", keep_fp32_top_k=4, embeddings="int8"),
         RecipeConfig(name="dyn-u8s8", mode="dynamic", op_types=DYNAMIC_OPS),
         RecipeConfig(
             name="dyn-u8s8-ff2-fp32", mode="dynamic", op_types=DYNAMIC_OPS, exclude_node_patterns=[FF2_PATTERN]
         ),
-        RecipeConfig(name="u8s8-minmax"),
-        RecipeConfig(name="u8s8-percentile", calibration_method="percentile"),
-        RecipeConfig(name="u8s8-minmax-ff2-fp32", exclude_node_patterns=[FF2_PATTERN]),
-        RecipeConfig(name="u8s8-minmax-sensitive4-fp32", keep_fp32_top_k=4),
-        RecipeConfig(name="s8s8-minmax-ff2-fp32", activation_type="QInt8", exclude_node_patterns=[FF2_PATTERN]),
     ]
 
 
 class QuantizeConfig(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="Fraction, 0.01 = 1 point.")
+    max_batch_diff: float | None = Field(
+        0.01,
+        ge=0,
+        description="Largest logit difference allowed between a test text scored alone and in a batch of"
+        " batch_check_size, with no label changing; null: answers may depend on batch-mates (not for serving).",
+    )
+    batch_check_size: int = Field(32, ge=2, description="The batch size batch invariance is checked at.")
     search: bool = Field(
         True,
         description="Try the recipes in order until one passes the gate and is faster than FP32; false = first only.",
@@ -322,6 +341,9 @@ class QuantizeConfig(_Strict):
             if r.mode == "dynamic" and (r.keep_fp32_top_k or r.activation_type != "QUInt8"):
                 problems.append(f"{where}: a dynamic recipe quantizes activations to uint8 at run time and ranks no"
                                 " layers; drop keep_fp32_top_k and activation_type, or use mode: static")  # fmt: skip
+            if r.mode == "dynamic" and r.embeddings == "int8":
+                problems.append(f"{where}: embeddings: int8 is for static recipes; a dynamic recipe quantizes the"
+                                " embedding tables when its op_types include Gather or EmbedLayerNormalization")  # fmt: skip
             for pattern in r.exclude_node_patterns:
                 try:
                     re.compile(pattern)
@@ -336,6 +358,23 @@ class QuantizeConfig(_Strict):
 class PublishConfig(_Strict):
     artifact_root: str = "artifacts"
     run_root: str = "runs"
+    signing_key: str | None = Field(
+        None,
+        description="PEM elliptic-curve private key that signs every package (model.sig, OpenSSF model signing);"
+        " a path, ${VAR} allowed; kept outside the artifact root and never copied anywhere.",
+    )
+
+    @model_validator(mode="after")
+    def _key_outside_the_store(self) -> PublishConfig:
+        key = self.signing_key
+        if key and "${" not in key:
+            root = Path(self.artifact_root).expanduser().resolve()
+            if Path(key).expanduser().resolve().is_relative_to(root):
+                raise ValueError(
+                    f"publish.signing_key: {key} lies inside publish.artifact_root {self.artifact_root}, where anyone"
+                    " who can write the packages could read or replace it; keep the key outside the artifact root"
+                )
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -381,6 +420,9 @@ class RegistryConfig(_Strict):
     metric: str = Field("accuracy", description="Test metric compared with the production version.")
     max_regression: float = Field(
         0.01, ge=0, description="Refuse a version whose FP32 or INT8 test metric is worse than production's by more."
+    )
+    public_key: str | None = Field(
+        None, description="PEM public key: promote only packages whose model.sig it verifies (${VAR} allowed)."
     )
 
     @model_validator(mode="after")

@@ -8,12 +8,15 @@ blocks): `TRAINFLOW_DISK_MARGIN_BYTES`, default 32 MiB.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from trainflow.core.errors import DiskSpaceError
+from trainflow.core.errors import DiskSpaceError, OutOfMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +55,26 @@ def ensure_free_space(target: Path, needed: int, what: str) -> None:
             "publish.run_root / publish.artifact_root to a larger disk."
         )
     log.debug("%s: %d bytes needed, %d free", what, needed, free)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def machine_limits(step: str, fix: str) -> Iterator[None]:
+    """Turn a full disk or an exhausted memory inside `step` into one line naming the step and the
+    fix (`fix`: what to change before `resume`), instead of a traceback; other errors pass."""
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemoryError(
+            f"{step}: the machine ran out of memory; {fix}, then `python flows/train_flow.py resume`"
+        ) from None
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        raise DiskSpaceError(
+            f"{step}: the disk is full{where}; free space there (nothing was published), then"
+            " `python flows/train_flow.py resume`"
+        ) from None

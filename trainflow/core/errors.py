@@ -113,3 +113,7 @@ class SearchError(TrainflowError):
 
 class WorkerProcessError(TrainflowError):
     """A worker process of a packed GPU slot failed; its trial stays RUNNING for a retry."""
+
+
+class OutOfMemoryError(TrainflowError):
+    """The machine ran out of memory in a step (outside training, which backs off on its own)."""

@@ -34,6 +34,7 @@ VOCAB = "vocab.txt"
 METADATA = "metadata.json"
 MODEL_CARD = "README.md"
 MANIFEST = "SHA256SUMS"
+SIGNATURE = "model.sig"  # OpenSSF model signing signature over every other file (signed packages only)
 # Files copied into a package when the sources have them (the tokenizer's files vary by family).
 PACKAGE_FILES = (ONNX_FP32, ONNX_INT8, HF_CONFIG, HEAD, TOKENIZER, TOKENIZER_CONFIG, SPECIAL_TOKENS, VOCAB)
 # Files every package must hold.
@@ -47,6 +48,7 @@ REGISTRY_LOCK = "registry.lock"
 RECORDS_DIR = "_records"
 
 # --- a run's working folder -------------------------------------------------------------------
+RUN_HEARTBEAT = ".heartbeat"  # touched by every running task of the run (trainflow/records/runs.py)
 DATA_DIR = "data"
 SNAPSHOT = "snapshot.json"
 JOURNAL = "optuna.journal"

@@ -28,7 +28,6 @@ from trainflow.core.layout import SNAPSHOT
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-MIN_ROWS_PER_SPLIT = 2
 
 
 @dataclass(frozen=True)
@@ -225,13 +224,47 @@ def _validate(path: Path, df: pd.DataFrame, data: DataConfig, task: TaskConfig, 
 
 
 def _assign_splits(df: pd.DataFrame, data: DataConfig, seed: int) -> pd.DataFrame:
-    """Deterministic split by a salted hash of the text: identical texts share a split."""
+    """Deterministic, stratified split: within each class, rows ordered by a salted hash of their
+    text go to test, validation and train in the configured fractions (at least one row each where
+    the class has three or more), so every class is in every split; identical texts share a split
+    (the one of their first row), so no text is both trained on and tested."""
     if df["split"].notna().all():
         return df
     u = [int(hashlib.sha256(f"{seed}:{t}".encode()).hexdigest()[:12], 16) / 16**12 for t in df["text"]]
-    test, val = data.test_fraction, data.test_fraction + data.validation_fraction
-    df = df.assign(split=["test" if x < test else "validation" if x < val else "train" for x in u], _u=u)
-    return df.sort_values(["_u", "id"]).drop(columns="_u")
+    df = df.assign(_u=u).sort_values(["_u", "id"])
+    split = pd.Series("train", index=df.index, dtype=object)
+    for _, rows in df.groupby("label", sort=True):
+        n = len(rows)
+        n_test = max(1, round(n * data.test_fraction)) if n >= 3 else 0
+        n_val = max(1, round(n * data.validation_fraction)) if n >= 3 else 0
+        if n_test + n_val >= n:  # keep at least one training row
+            n_val = max(0, n - n_test - 1)
+        split[rows.index[:n_test]] = "test"
+        split[rows.index[n_test : n_test + n_val]] = "validation"
+    df = df.assign(split=split)
+    first = df.groupby("text", sort=False)["split"].transform("first")
+    return df.assign(split=first).drop(columns="_u")
+
+
+def _size_problems(df: pd.DataFrame, counts: dict[str, int], data: DataConfig, task: TaskConfig) -> list[str]:
+    """Splits too small to judge a model, and classes too rare to learn, each naming its option."""
+    problems = [
+        f"the {name} split has {counts[name]} rows, fewer than data.min_split_rows {data.min_split_rows}: add data,"
+        f" raise data.{name}_fraction, or lower data.min_split_rows (a figure from so few rows says little)"
+        for name in ("validation", "test")
+        if counts[name] < data.min_split_rows
+    ]
+    if counts["train"] < 1:
+        problems.append("the train split is empty: lower data.validation_fraction and data.test_fraction")
+    train = df[df["split"] == "train"]["label"].value_counts()
+    for k, name in enumerate(task.labels):
+        have, total = int(train.get(k, 0)), int((df["label"] == k).sum())
+        if total and have < data.min_class_rows:
+            problems.append(
+                f"class {name!r} has {have} training row(s) ({total} in all), fewer than data.min_class_rows"
+                f" {data.min_class_rows}: add rows of it, or lower data.min_class_rows"
+            )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -263,10 +296,10 @@ def inspect_dataset(*, data: DataConfig, task: TaskConfig, seed: int) -> Inspect
     table, clean = _read_table(path, raw, data.encoding)
     df = _assign_splits(_validate(path, table, data, task, clean), data, seed)
     counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
-    if any(n < MIN_ROWS_PER_SPLIT for n in counts.values()):
-        raise DatasetError(
-            path, f"{len(df)} rows give splits {counts}; each split needs >= {MIN_ROWS_PER_SPLIT} rows; add data"
-        )
+    problems = _size_problems(df, counts, data, task)
+    if problems:
+        raise DatasetError(path, f"too little data to judge a model ({len(df)} rows, splits {counts}); nothing was"
+                           " trained:\n" + "\n".join(f"  - {p}" for p in problems))  # fmt: skip
     return Inspection(path, hashlib.sha256(raw).hexdigest(), df, counts)
 
 

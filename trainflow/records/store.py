@@ -15,9 +15,11 @@ DuckDB reads the file list through its Python API.
 from __future__ import annotations
 
 import json
+import time
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 
 from trainflow.core.errors import RecordsError
 from trainflow.core.io import atomic_write
-from trainflow.core.layout import records_dir
+from trainflow.core.layout import RUN_HEARTBEAT, records_dir
 
 T = TypeVar("T")
 
@@ -69,6 +71,9 @@ class RunRow(_Row, kind="runs"):
     config: str  # the resolved run config as JSON (URL passwords redacted)
     failed_step: str | None = None  # status failed: the step that failed
     error: str | None = None  # status failed: its error, one line
+    run_dir: str | None = None  # where its tasks touch their heartbeat (records/runs.py)
+    grace_s: float | None = None  # silent this long while running: shown interrupted
+    resumed_as: str | None = None  # the Metaflow run id of its latest resume, if it was resumed
 
 
 class TrialRow(_Row, kind="trials"):
@@ -273,7 +278,7 @@ def query(artifact_root: Path, sql: str, params: list[Any] | None = None) -> tup
 
 RECENT_RUNS = """
 SELECT run_key, model_name, status, failed_step AS step, error, started_at, round(duration_s, 1) AS duration_s,
-       package_version, round(cost, 4) AS cost, cost_currency
+       package_version, round(cost, 4) AS cost, cost_currency, run_dir, grace_s, resumed_as
 FROM runs ORDER BY started_at DESC NULLS LAST LIMIT ?
 """
 
@@ -323,6 +328,9 @@ class RecentRun:
     package_version: str | None
     cost: float | None
     cost_currency: str | None
+    run_dir: str | None = None
+    grace_s: float | None = None
+    resumed_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -373,8 +381,30 @@ def query_as(row_type: type[T], artifact_root: Path, sql: str, params: list[Any]
     return [row_type(**dict(zip(cols, r))) for r in rows]
 
 
+def shown_status(status: str, *, started_at: str | None, run_dir: str | None, grace_s: float | None,
+                 now: float | None = None) -> str:  # fmt: skip
+    """`interrupted` for a run recorded `running` that has shown no sign of life (its heartbeat, or
+    its start) for longer than its grace period; the recorded status otherwise."""
+    if status != "running" or grace_s is None:
+        return status
+    now = time.time() if now is None else now
+    signs = []
+    if started_at:
+        signs.append(datetime.fromisoformat(started_at).timestamp())
+    if run_dir:
+        beat = Path(run_dir) / RUN_HEARTBEAT
+        if beat.is_file():
+            signs.append(beat.stat().st_mtime)
+    return "interrupted" if signs and now - max(signs) > grace_s else status
+
+
 def recent_runs(artifact_root: Path, limit: int) -> list[RecentRun]:
-    return query_as(RecentRun, artifact_root, RECENT_RUNS, [limit])
+    """The newest runs; a `running` one whose tasks have been silent past its grace period is
+    shown `interrupted` (trainflow/records/runs.py)."""
+    return [
+        replace(r, status=shown_status(r.status, started_at=r.started_at, run_dir=r.run_dir, grace_s=r.grace_s))
+        for r in query_as(RecentRun, artifact_root, RECENT_RUNS, [limit])
+    ]
 
 
 def trials_of_run(artifact_root: Path, run_key: str, limit: int) -> list[TrialSummary]:

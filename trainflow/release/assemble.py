@@ -98,11 +98,12 @@ def _quantization(cfg: RunConfig, quant: QuantizeResult) -> QuantizationInfo:
         chosen_recipe=quant.chosen,
         max_accuracy_drop=cfg.quantize.max_accuracy_drop,
         selection="the first recipe, in the configured order (fastest expected first), whose test accuracy is within"
-        " max_accuracy_drop of FP32 ONNX and whose batch-1 p50 beats FP32's; recipes are screened on"
-        f" {cfg.quantize.screen_samples} test texts first",
+        " max_accuracy_drop of FP32 ONNX, whose answers do not depend on batch-mates (max_batch_diff) and whose"
+        f" batch-1 p50 beats FP32's; recipes are screened on {cfg.quantize.screen_samples} test texts first",
         graph_optimization=quant.graph_optimization,
         session_options=quant.session_options,
         search=quant.search,
+        batch_invariance=quant.batch_invariance,
     )
 
 

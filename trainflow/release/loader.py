@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from trainflow.core.layout import ONNX_FP32, ONNX_INT8, REGISTRY_STATE, TOKENIZE
 from trainflow.release.metadata import PackageMetadata, read_metadata
 from trainflow.release.package import verify_package
 from trainflow.release.registry import verify as verify_registered
+from trainflow.release.signing import key_path, verify_signature
 from trainflow.tasks.heads import ordinal_probabilities, predict_classes
 
 
@@ -83,7 +85,11 @@ def _registry_root(path: Path) -> Path | None:
 
 
 def load(
-    path: str | Path, *, model: Literal["primary", "int8", "fp32"] = "primary", threads: int | None = None
+    path: str | Path,
+    *,
+    model: Literal["primary", "int8", "fp32"] = "primary",
+    threads: int | None = None,
+    public_key: str | Path | None = None,
 ) -> PackageModel:
     """Verify a package, then open it for predictions (no torch is imported).
 
@@ -92,19 +98,24 @@ def load(
     at publish (an unregistered folder there is refused); only then is a session created. The
     model is the package's primary one (INT8, or FP32 if no INT8 was faster where it was built)
     unless `model` says otherwise; `threads` defaults to the thread count measured best for batch 1
-    there, never more than this machine's physical cores.
+    there, never more than this machine's physical cores. With `public_key` (a PEM elliptic-curve
+    public key) the package's model.sig must verify with it: an unsigned package, or one signed by
+    another key, is refused.
 
     Raises:
         PackageVerificationError: a file is changed, missing, extra or not what the registry
             recorded (named), the manifest is forged, or the folder is unregistered in a registry.
         RegistryError: the registry beside the package cannot be read or locked.
     """
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # as named: a symbolic link into a registry is refused there, not followed
     root = _registry_root(path)
+    key = None if public_key is None else key_path(str(public_key), "public key")
     if root is not None:
-        verify_registered(artifact_root=root, model_name=path.parent.name, version=path.name)
+        verify_registered(artifact_root=root, model_name=path.parent.name, version=path.name, public_key=key)
     else:
         verify_package(path)
+        if key is not None:
+            verify_signature(path, key)
     meta = read_metadata(path)
     file = {"primary": meta.primary_file, "int8": ONNX_INT8, "fp32": ONNX_FP32}[model]
     measured = meta.serving.get("best", {}).get("batch1", {}).get("threads")

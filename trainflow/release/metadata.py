@@ -105,6 +105,8 @@ class QuantizationInfo(_Model):
     graph_optimization: dict[str, Any]
     session_options: dict[str, Any]
     search: list[RecipeOutcome]
+    # The chosen INT8 model's test texts scored alone vs in batches (empty in older packages).
+    batch_invariance: dict[str, Any] = Field(default_factory=dict)
 
 
 class ParentRef(_Model):

@@ -85,6 +85,7 @@ def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
         f"- INT8: recipe `{q.chosen_recipe}` ({q.recipe.get('mode', 'static')}), within"
         f" {q.max_accuracy_drop * 100:.1f} points of FP32 by the gate; parity PyTorch vs ONNX max |diff|"
         f" {m.parity.max_abs_diff:.2g}",
+        *_batch_line(q.batch_invariance),
         "",
         "## Evaluation (test split)",
         "",
@@ -95,6 +96,16 @@ def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
         + (f"; best batch-1 setting {threads} thread(s)" if threads else "")
         + ".",
         "",
+    ]
+
+
+def _batch_line(found: dict) -> list[str]:
+    if not found or found.get("max_abs_diff") is None:
+        return []
+    return [
+        f"- Batch invariance: a test text scored alone and in a batch of {found['batch_size']} differs by at most"
+        f" {found['max_abs_diff']:.2g} in its logits; labels agree on {found['label_agreement'] * 100:.1f} % of"
+        f" {found['n']} texts"
     ]
 
 

@@ -29,9 +29,18 @@ from trainflow.core.diskspace import ensure_free_space
 from trainflow.core.errors import PackageVerificationError, PublishError
 from trainflow.core.faults import fault_window
 from trainflow.core.io import fsync_tree, sha256_file
-from trainflow.core.layout import MANIFEST, METADATA, MODEL_CARD, PACKAGE_FILES, PACKAGE_TEMP_PREFIX, REQUIRED_FILES
+from trainflow.core.layout import (
+    MANIFEST,
+    METADATA,
+    MODEL_CARD,
+    PACKAGE_FILES,
+    PACKAGE_TEMP_PREFIX,
+    REQUIRED_FILES,
+    SIGNATURE,
+)
 from trainflow.release.metadata import PackageMetadata
 from trainflow.release.modelcard import render as render_card
+from trainflow.release.signing import sign_package
 
 REQUIRED = REQUIRED_FILES
 
@@ -64,6 +73,7 @@ class Assembled:
     files: dict[str, str]  # name -> SHA-256, SHA256SUMS excluded
     manifest_sha256: str
     lock: Any  # the open lock file that marks `tmp` as in progress; released by `release`
+    signature_sha256: str | None = None  # model.sig's, when the package is signed
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -96,9 +106,12 @@ def remove_stale_temps(model_root: Path, pattern: str) -> list[Path]:
     return removed
 
 
-def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> Assembled:
+def assemble_package(
+    *, artifact_root: Path, sources: list[Path], metadata: PackageMetadata, signing_key: Path | None = None
+) -> Assembled:
     """Copy the package files found in `sources` (first match wins), write metadata.json and
-    SHA256SUMS into a hidden temporary folder beside `<artifact_root>/<model_name>/<version>`.
+    SHA256SUMS into a hidden temporary folder beside `<artifact_root>/<model_name>/<version>`, and
+    with `signing_key` model.sig over all of them (trainflow/release/signing.py).
     The registry moves it into place (`trainflow.release.registry.install`, via
     `trainflow.release.publish.publish_package`).
 
@@ -136,12 +149,13 @@ def assemble_package(*, artifact_root: Path, sources: list[Path], metadata: Pack
         digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = "".join(f"{d}  {n}\n" for n, d in digests.items()).encode()
         (tmp / MANIFEST).write_bytes(manifest)
+        signature = sha256_file(sign_package(tmp, signing_key)) if signing_key is not None else None
         fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         lock.close()
         raise
-    return Assembled(tmp, target, digests, hashlib.sha256(manifest).hexdigest(), lock)
+    return Assembled(tmp, target, digests, hashlib.sha256(manifest).hexdigest(), lock, signature)
 
 
 def read_manifest(path: Path) -> tuple[dict[str, str], str, list[str]]:
@@ -167,11 +181,15 @@ def read_manifest(path: Path) -> tuple[dict[str, str], str, list[str]]:
 
 def _entry_problems(path: Path, listed: dict[str, str]) -> list[str]:
     """The folder's entries (lstat: links are not followed) must be exactly the listed regular
-    files plus SHA256SUMS."""
+    files plus SHA256SUMS (and model.sig, which signs them all)."""
     problems = []
     present = set()
     for entry in os.scandir(path):
         if entry.name == MANIFEST:
+            continue
+        if entry.name == SIGNATURE:
+            if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                problems.append(f"{SIGNATURE}: not a regular file")
             continue
         present.add(entry.name)
         if entry.is_symlink():
@@ -185,11 +203,15 @@ def _entry_problems(path: Path, listed: dict[str, str]) -> list[str]:
 
 
 def verify_package(
-    path: Path, expected: dict[str, str] | None = None, expected_manifest: str | None = None
+    path: Path,
+    expected: dict[str, str] | None = None,
+    expected_manifest: str | None = None,
+    expected_signature: str | None = None,
 ) -> dict[str, str]:
     """Check a package against its SHA256SUMS and, when given, against the digests the registry
     recorded at publish time (`expected`: {file: sha256}, `expected_manifest`: the manifest's
-    SHA-256); return {file: sha256} when intact.
+    SHA-256, `expected_signature`: model.sig's); return {file: sha256} when intact. Whether the
+    signature verifies with a public key is trainflow/release/signing.py's question.
 
     Raises:
         PackageVerificationError: no manifest or a malformed one, a listed file missing or
@@ -213,6 +235,10 @@ def verify_package(
                 problems.append(f"{name}: differs from what the registry recorded at publish time")
         if expected_manifest is not None and expected_manifest != manifest_digest:
             problems.append(f"{MANIFEST}: differs from what the registry recorded at publish time")
+    if expected_signature is not None:
+        sig = path / SIGNATURE
+        if not sig.is_file() or sig.is_symlink() or sha256_file(sig) != expected_signature:
+            problems.append(f"{SIGNATURE}: missing or differs from what the registry recorded at publish time")
     if problems:
         raise PackageVerificationError(f"{path} failed verification:\n" + "\n".join(f"  - {p}" for p in problems))
     return listed

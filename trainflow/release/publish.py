@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trainflow.core.config import RunConfig
+from trainflow.core.errors import PublishError
 from trainflow.core.faults import fault_window
 from trainflow.core.io import sha256_file
 from trainflow.core.layout import PACKAGE_TEMP_PREFIX
@@ -23,6 +24,7 @@ from trainflow.release.assemble import RunOutputs, build_metadata
 from trainflow.release.metadata import PackageMetadata, read_metadata
 from trainflow.release.package import assemble_package, remove_stale_temps, verify_package
 from trainflow.release.registry import ensure_registered, install, metadata_or_none
+from trainflow.release.signing import key_path, signing_key_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,13 @@ class Published:
     run_cost: RunCost | None
 
 
-def publish_package(*, artifact_root: Path, sources: list[Path], metadata: PackageMetadata) -> PackageResult:
-    """Assemble the package and move it into place, registered as staging (one registry lock)."""
-    assembled = assemble_package(artifact_root=artifact_root, sources=sources, metadata=metadata)
+def publish_package(
+    *, artifact_root: Path, sources: list[Path], metadata: PackageMetadata, signing_key: Path | None = None
+) -> PackageResult:
+    """Assemble the package (signed with `signing_key`) and move it into place, registered as
+    staging (one registry lock)."""
+    assembled = assemble_package(artifact_root=artifact_root, sources=sources, metadata=metadata,
+                                 signing_key=signing_key)  # fmt: skip
     install(artifact_root=artifact_root, assembled=assembled)
     return PackageResult(path=str(assembled.target), version=metadata.version, files=assembled.files)
 
@@ -94,7 +100,12 @@ def publish_run_package(
         version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{run_key}"
         meta = build_metadata(cfg=cfg, run=run, pathspec=pathspec, version=version, cost=cost)
         sources = [Path(run.exported.onnx_dir), Path(run.best.model_dir or "")]
-        package = publish_package(artifact_root=root, sources=sources, metadata=meta)
+        key = None
+        if cfg.publish.signing_key:
+            if problem := signing_key_problem(cfg.publish.signing_key, root):
+                raise PublishError(problem)
+            key = key_path(cfg.publish.signing_key, "signing key")
+        package = publish_package(artifact_root=root, sources=sources, metadata=meta, signing_key=key)
     fault_window("publish-renamed")
     # A package renamed into place by an attempt killed before its registration is adopted now.
     ensure_registered(artifact_root=root, model_name=cfg.name, version=meta.version)

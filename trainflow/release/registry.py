@@ -33,11 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from trainflow.core.config import RegistryConfig
 from trainflow.core.errors import MetadataError, PackageVerificationError, PublishError, RegistryError
 from trainflow.core.faults import fault_window
-from trainflow.core.io import atomic_write_json, fsync_dir
-from trainflow.core.layout import MANIFEST, REGISTRY_LOCK, REGISTRY_STATE, package_dir, registry_dir
+from trainflow.core.io import atomic_write_json, fsync_dir, sha256_file
+from trainflow.core.layout import MANIFEST, REGISTRY_LOCK, REGISTRY_STATE, SIGNATURE, package_dir, registry_dir
 from trainflow.records.store import RegistryEvent, write_rows
 from trainflow.release.metadata import Metrics, PackageMetadata, read_metadata
 from trainflow.release.package import Assembled, check_name, read_manifest, verify_package
+from trainflow.release.signing import key_path, verify_signature
 
 Event = RegistryEvent  # the registry's changes are its Parquet records
 
@@ -96,6 +97,7 @@ class VersionEntry(BaseModel):
     changed_by: str
     files: dict[str, str] | None = None
     manifest_sha256: str | None = None
+    signature_sha256: str | None = None  # model.sig's, for a signed package
 
 
 class ModelEntry(BaseModel):
@@ -150,6 +152,10 @@ class RegistryState:
             return None
         return dict(entry.files), entry.manifest_sha256
 
+    def signature_digest(self, model_name: str, version: str) -> str | None:
+        entry = self._entry(model_name, version)
+        return None if entry is None else entry.signature_sha256
+
     def production(self, model_name: str) -> str | None:
         history = self.history(model_name) if model_name in self.data.models else []
         return history[-1] if history else None
@@ -171,6 +177,7 @@ class RegistryState:
         detail: str = "",
         new: bool = False,
         digests: tuple[dict[str, str], str] | None = None,
+        signature: str | None = None,
     ) -> Event:
         """Move a version to `to` and collect the event; `new` records it as coming from no
         stage; `digests` ({file: sha256}, manifest sha256) are recorded with it (at publish)."""
@@ -179,11 +186,11 @@ class RegistryState:
         who = actor()
         versions = self.data.models.setdefault(model_name, ModelEntry()).versions
         old = versions.get(version)
-        files, manifest = (old.files, old.manifest_sha256) if old else (None, None)
+        files, manifest, sig = (old.files, old.manifest_sha256, old.signature_sha256) if old else (None, None, None)
         if digests is not None:
-            files, manifest = dict(digests[0]), digests[1]
+            files, manifest, sig = dict(digests[0]), digests[1], signature
         versions[version] = VersionEntry(stage=to, changed_at=now, changed_by=who, files=files,
-                                         manifest_sha256=manifest)  # fmt: skip
+                                         manifest_sha256=manifest, signature_sha256=sig)  # fmt: skip
         self.data.seq += 1
         event = Event(self.data.seq, model_name, version, action, before, to, who, now, detail, manifest)
         self.events.append(event)
@@ -212,13 +219,25 @@ def _save(artifact_root: Path, data: RegistryFile) -> None:
     atomic_write_json(_state_path(artifact_root), data.to_json())
 
 
+def has_registry(artifact_root: Path) -> bool:
+    return _state_path(artifact_root).is_file()
+
+
+def require_registry(artifact_root: Path) -> None:
+    """RegistryError (creating nothing) unless `artifact_root` holds a registry."""
+    if not has_registry(artifact_root):
+        raise RegistryError(f"no registry at {artifact_root} (is --artifact-root right?)")
+
+
 @contextmanager
-def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[RegistryState]:
+def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S, *, create: bool = False) -> Iterator[RegistryState]:
     """Hold the registry lock; on a clean exit save the state, then write its events.
 
     Raises:
         RegistryError: the lock was not free within `timeout_s`, or the state file is corrupt.
     """
+    if not create:
+        require_registry(artifact_root)
     folder = registry_dir(artifact_root)
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / REGISTRY_LOCK), timeout=timeout_s)
@@ -279,7 +298,19 @@ def _problems(err: PackageVerificationError) -> str:
     return "; ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or str(err)
 
 
-def verify_version(state: RegistryState, model_name: str, version: str) -> dict[str, str]:
+def _placement_problem(root: Path, package: Path) -> str | None:
+    """Why a version folder cannot be trusted where it is: a symbolic link, or a folder that
+    resolves outside the artifact root (another store's files would be vouched for)."""
+    if package.is_symlink() or package.parent.is_symlink():
+        return f"{package} is a symbolic link; a registry vouches only for folders inside its artifact root"
+    if not package.resolve().is_relative_to(Path(root).resolve()):
+        return f"{package} resolves to {package.resolve()}, outside the artifact root {root}"
+    return None
+
+
+def verify_version(
+    state: RegistryState, model_name: str, version: str, public_key: Path | None = None
+) -> dict[str, str]:
     """Verify a package against its manifest and the digests recorded when it was published: the
     one verification of a registered package (the CLI, promote, rollback and the loader use it).
 
@@ -288,6 +319,8 @@ def verify_version(state: RegistryState, model_name: str, version: str) -> dict[
             verification (the message names each file that differs).
     """
     package = package_dir(state.root, model_name, version)
+    if problem := _placement_problem(state.root, package):
+        raise PackageVerificationError(f"{model_name} {version} fails verification: {problem}")
     if state.recorded_stage(model_name, version) is None:
         raise PackageVerificationError(
             f"{model_name} {version} is unregistered: the registry at {state.root} never saw it, so nothing vouches"
@@ -297,24 +330,29 @@ def verify_version(state: RegistryState, model_name: str, version: str) -> dict[
     try:
         if recorded is None:  # registered before digests were recorded: the manifest is all there is
             return verify_package(package)
-        return verify_package(package, expected=recorded[0], expected_manifest=recorded[1])
+        files = verify_package(package, expected=recorded[0], expected_manifest=recorded[1],
+                               expected_signature=state.signature_digest(model_name, version))  # fmt: skip
     except PackageVerificationError as err:
         raise PackageVerificationError(f"{model_name} {version} fails verification: {_problems(err)}") from None
+    if public_key is not None:
+        verify_signature(package, public_key)
+    return files
 
 
-def _verified(state: RegistryState, model_name: str, version: str, doing: str) -> Path:
+def _verified(state: RegistryState, model_name: str, version: str, doing: str, public_key: Path | None = None) -> Path:
     try:
-        verify_version(state, model_name, version)
+        verify_version(state, model_name, version, public_key)
     except PackageVerificationError as err:
         raise PackageVerificationError(f"refusing to {doing} {model_name} {version}: {err}") from None
     return package_dir(state.root, model_name, version)
 
 
-def verify(*, artifact_root: Path, model_name: str, version: str) -> dict[str, str]:
-    """`verify_version` under the registry lock (the CLI and the package loader)."""
+def verify(*, artifact_root: Path, model_name: str, version: str, public_key: Path | None = None) -> dict[str, str]:
+    """`verify_version` under the registry lock (the CLI and the package loader). Raises
+    RegistryError (creating nothing) when the root holds no registry."""
     check_names(version=version, model_name=model_name)
     with locked(artifact_root) as state:
-        return verify_version(state, model_name, version)
+        return verify_version(state, model_name, version, public_key)
 
 
 def _test_metric(meta: PackageMetadata, split: Literal["fp32", "int8"], metric: str, who: str) -> float:
@@ -357,7 +395,7 @@ def install(*, artifact_root: Path, assembled: Assembled) -> Event:
     """
     model_name, version = assembled.target.parent.name, assembled.target.name
     try:
-        with locked(artifact_root) as state:
+        with locked(artifact_root, create=True) as state:
             if assembled.target.exists() or state.recorded_stage(model_name, version) not in (None, "deleted"):
                 raise PublishError(f"package {assembled.target} exists already; versions are immutable")
             fault_window("publish-install")
@@ -365,7 +403,8 @@ def install(*, artifact_root: Path, assembled: Assembled) -> Event:
             fsync_dir(assembled.target.parent)
             new = state.recorded_stage(model_name, version) is None
             return state.set_stage(model_name, version, "staging", action="publish", new=new,
-                                   digests=(assembled.files, assembled.manifest_sha256))  # fmt: skip
+                                   digests=(assembled.files, assembled.manifest_sha256),
+                                   signature=assembled.signature_sha256)  # fmt: skip
     except BaseException:
         shutil.rmtree(assembled.tmp, ignore_errors=True)
         raise
@@ -377,10 +416,13 @@ def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
     """Adopt a package folder the registry never saw as `staging`, recording its digests as they
     are now (the package must be self-consistent). For folders published by other means."""
     check_names(version=version, model_name=model_name)
-    with locked(artifact_root) as state:
-        package = artifact_root / model_name / version
-        if not (package / MANIFEST).is_file():
-            raise RegistryError(f"cannot register {model_name} {version}: no package at {package}")
+    package = package_dir(artifact_root, model_name, version)
+    if not (package / MANIFEST).is_file():
+        raise RegistryError(f"cannot register {model_name} {version}: no package at {package}")
+    if problem := _placement_problem(artifact_root, package):
+        raise PackageVerificationError(f"cannot register {model_name} {version}: {problem}")
+    # Adopting a package is how a registry can begin (a folder copied in by hand), so it may create one.
+    with locked(artifact_root, create=True) as state:
         recorded = state.recorded_stage(model_name, version)
         if recorded not in (None, "deleted"):
             raise RegistryError(f"{model_name} {version} is registered already (stage {recorded})")
@@ -388,28 +430,48 @@ def register(*, artifact_root: Path, model_name: str, version: str) -> Event:
             files = verify_package(package)
         except PackageVerificationError as err:
             raise PackageVerificationError(f"cannot register {model_name} {version}: {_problems(err)}") from None
+        meta = _metadata(package, f"register {model_name} {version}")
+        if (meta.model_name, meta.version) != (model_name, version):
+            raise PackageVerificationError(
+                f"cannot register {package}: its metadata.json names {meta.model_name} {meta.version}, not"
+                f" {model_name} {version} (a copy renamed by hand?)"
+            )
         manifest = read_manifest(package)[1]
+        sig = package / SIGNATURE
         return state.set_stage(model_name, version, "staging", action="register", new=recorded is None,
-                               digests=(files, manifest))  # fmt: skip
+                               digests=(files, manifest), signature=sha256_file(sig) if sig.is_file() else None)  # fmt: skip
 
 
 def ensure_registered(*, artifact_root: Path, model_name: str, version: str) -> Event | None:
     """`register` unless the version is recorded already: a package in place that an earlier
     attempt of this run published before registration was part of the rename. The new event,
     or None."""
-    with locked(artifact_root) as state:
+    with locked(artifact_root, create=True) as state:
         if state.recorded_stage(model_name, version) not in (None, "deleted"):
             return None
     return register(artifact_root=artifact_root, model_name=model_name, version=version)
 
 
-def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_name: str | None = None) -> list[Event]:
-    """Make `version` production; the previous production version becomes archived.
+def promote(
+    *,
+    artifact_root: Path,
+    version: str,
+    policy: RegistryConfig,
+    model_name: str | None = None,
+    public_key: Path | None = None,
+) -> list[Event]:
+    """Make `version` production; the previous production version becomes archived. With a
+    public key (`public_key`, or `policy.public_key`) the package's signature must verify with it.
 
     Raises:
-        RegistryError: unknown or deleted version, already production, the package fails
-            verification, or its test metric regresses against production beyond the margin.
+        RegistryError: unknown or deleted version, already production, no registry, or its test
+            metric regresses against production beyond the margin.
+        PackageVerificationError: the package fails verification, or its signature (when a key is
+            given) is missing, another key's or broken.
     """
+    require_registry(artifact_root)
+    if public_key is None and policy.public_key:
+        public_key = key_path(policy.public_key, "registry.public_key")
     model_name = resolve_model(artifact_root=artifact_root, version=version, model_name=model_name)
     with locked(artifact_root) as state:
         stage = state.stage(model_name, version)
@@ -419,7 +481,7 @@ def promote(*, artifact_root: Path, version: str, policy: RegistryConfig, model_
             raise RegistryError(f"cannot promote {model_name} {version}: no such package (stage {stage})")
         if stage == "production":
             raise RegistryError(f"{model_name} {version} is production already")
-        package = _verified(state, model_name, version, "promote")
+        package = _verified(state, model_name, version, "promote", public_key)
         current = state.production(model_name)
         detail = f"previous production: {current}" if current else "first production version"
         if current is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,15 @@ from typing import Literal
 from trainflow.core.config import RetentionRule
 from trainflow.core.errors import RetentionError
 from trainflow.core.layout import trial_checkpoints
-from trainflow.release.registry import PROTECTED, RegistryState, locked, metadata_or_none, packages_on_disk
+from trainflow.release.registry import (
+    PROTECTED,
+    RegistryFile,
+    RegistryState,
+    has_registry,
+    locked,
+    metadata_or_none,
+    packages_on_disk,
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,13 @@ def apply_retention(
     """
     now = now or datetime.now(UTC)
     failure = None
-    with locked(artifact_root) as state:
+    # No registry: no version is registered as staging, so only checkpoints can go; nothing is created.
+    registry = (
+        locked(artifact_root)
+        if has_registry(artifact_root)
+        else nullcontext(RegistryState(artifact_root, RegistryFile()))
+    )
+    with registry as state:
         plan = _plan(artifact_root=artifact_root, run_root=run_root, rule=rule, now=now, state=state,
                      datastore_root=datastore_root)  # fmt: skip
         if dry_run:

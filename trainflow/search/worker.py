@@ -22,6 +22,7 @@ trial whose owner is back is continued (1), not failed (2).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -36,11 +37,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from trainflow.core.config import RunConfig
+from trainflow.core.config import RunConfig, expand_env
+from trainflow.core.errors import JournalCorruptError
 from trainflow.core.layout import CHECKPOINT_DIR, trial_dir
 from trainflow.data.dataset import SplitData
 from trainflow.records.tracking import TrialLogger, lineage_artifact, lineage_ref, trial_run
 from trainflow.search.heartbeat import beat, heartbeat
+from trainflow.search.journal import check_journal
 from trainflow.search.optuna_private import retry_history, storage_of, trial_by_id, trial_id
 from trainflow.search.study import (
     CURVES_ATTR,
@@ -79,7 +82,7 @@ def run_worker(
     next attempt of this worker continues it. `resume_dir` is a checkpoint loaded by the caller
     (metaflow-checkpoint); local checkpoints under `work_dir` are found without it."""
     torch.set_num_threads(cpu_threads(cfg.train.num_threads, cfg.hpo.n_workers))
-    with stop_on_signals() as stop_requested:
+    with stop_on_signals() as stop_requested, journal_read_errors(storage):
         study = open_study(cfg, open_storage(storage, cfg.hpo), study_name, sampler_seed=worker)
         quota = worker_quota(cfg.hpo.n_trials, cfg.hpo.n_workers, worker)
         ran: list[int] = []
@@ -101,6 +104,25 @@ def run_worker(
                 _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop)
             ran.append(trial.number)
         return [r for r in trial_records(study) if r.number in ran]
+
+
+@contextmanager
+def journal_read_errors(storage: str) -> Iterator[None]:
+    """A journal that cannot be read back while the worker runs (another process truncated or
+    garbled it: Optuna raises a JSON error from deep inside) becomes one line: the corrupt record's
+    offset and the repair command when the file shows one, else what happened and what to do."""
+    try:
+        yield
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if "://" in storage:
+            raise
+        path = Path(expand_env(storage))
+        check_journal(path)  # raises JournalCorruptError with the offset and `trainflow journal-repair`
+        raise JournalCorruptError(
+            f"Optuna journal {path} changed under this worker ({type(err).__name__}: {err}): something shortened or"
+            " rewrote it while the run was writing it; a retry or `python flows/train_flow.py resume` reads it"
+            " afresh (it is intact now)"
+        ) from None
 
 
 def _continue_own_trial(study: optuna.Study, worker: int) -> optuna.Trial | None:

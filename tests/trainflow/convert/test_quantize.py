@@ -204,9 +204,13 @@ def test_each_default_static_recipe_builds_a_valid_qdq_model(
     by_name = {n.name: n for n in fp32_graph.node}
     activations = {by_name[n].input[0] for n in quantized}
     counts = count_nodes(out)
+    embedding_nodes = info["int8_embedding_nodes"]
+    assert bool(embedding_nodes) == (recipe.embeddings == "int8")
     assert counts["QuantizeLinear"] == len(activations)
-    assert counts["DequantizeLinear"] == len(activations) + len(quantized)
-    assert counts["MatMul"] == count_nodes(prepared)["MatMul"]
+    assert counts["DequantizeLinear"] == len(activations) + len(quantized) + len(embedding_nodes)
+    before = count_nodes(prepared)
+    # Quantizing the embeddings rewrites the head's Gemm nodes as the MatMul + Add they are (FP32).
+    assert counts["MatMul"] + counts.get("Gemm", 0) == before["MatMul"] + before.get("Gemm", 0)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     act_dtype = np.uint8 if recipe.activation_type == "QUInt8" else np.int8
     for name in quantized:
@@ -214,8 +218,10 @@ def test_each_default_static_recipe_builds_a_valid_qdq_model(
         weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0]
                          == next(x for x in model.graph.node if x.name == name).input[1])  # fmt: skip
         w = inits[weight_dq.input[0]]
-        assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 64, "reduce_range: 7-bit weights"
+        assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= (64 if recipe.reduce_range else 127)
         assert inits[weight_dq.input[1]].shape == (w.shape[1],), "per-channel scales, one per output column"
+    for gather in (n for n in model.graph.node if n.op_type == "Gather" and n.name in embedding_nodes):
+        assert inits[gather.input[0]].dtype in (np.int8, np.uint8), "an 8-bit table, dequantized after the lookup"
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == act_dtype for z in zero_points)
     for name in excluded:
@@ -226,7 +232,13 @@ def test_each_default_static_recipe_builds_a_valid_qdq_model(
     # sharing its input with a quantized one, not the residual Add beside FF1.
     readers = {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
                and any(_inputs_from_dq(model.graph, n.name))}  # fmt: skip
-    assert readers == set(quantized)
+    # ...but what reads an 8-bit embedding row after its lookup (the embeddings' sums).
+    looked_up = {o for n in model.graph.node if n.name in embedding_nodes for o in n.output}
+    rows = {
+        o for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in looked_up for o in n.output
+    }
+    embedding_readers = {n.name for n in model.graph.node if set(n.input) & rows}
+    assert readers == set(quantized) | embedding_readers
 
 
 @pytest.mark.parametrize("recipe", [r for r in default_recipes() if r.mode == "dynamic"], ids=lambda r: r.name)
@@ -273,7 +285,8 @@ def test_dynamic_int8_runs_without_skip_layer_norm_and_residual_sum_keeps_logits
     prepared, out = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
     prepare_graph(fp32_path=tiny_onnx / "model.onnx", out_path=prepared, level="attention", tokenizer=tok,
                   texts=CALIBRATION, max_length=32, atol=1e-4)  # fmt: skip
-    quantize_dynamic_int8(model_path=prepared, out_path=out, recipe=default_recipes()[0])
+    dyn = next(r for r in default_recipes() if r.name == "dyn-u8s8")
+    quantize_dynamic_int8(model_path=prepared, out_path=out, recipe=dyn)
     for path in (prepared, out):
         ops = _session_ops(path)
         assert ops.get("Sum") == 4 and ops.get("LayerNormalization") == 4
@@ -514,3 +527,23 @@ def test_a_parallel_wave_of_dynamic_recipes_shares_one_graph_safely(fragile: tup
         _search(model, tok, test, recipes, drop=0.0, parallel=2)
     assert str(parallel.value) == str(serial.value)
     assert str(parallel.value).count("screened-out") == 2 and "error" not in str(parallel.value).split("(1.0000)")[1]
+
+
+def test_a_recipe_whose_answers_depend_on_batch_mates_is_refused(tmp_path: Path, tiny_onnx: Path) -> None:
+    """Dynamic INT8 scales activations per batch: a text's logits move with its batch-mates, which
+    the gate measures on the test split (alone vs in batches) and refuses; the static recipe's
+    fixed scales keep them still."""
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx, onnx_dir)
+    tok = AutoTokenizer.from_pretrained(onnx_dir)
+    labels = OnnxTextModel(onnx_dir / "model.onnx", tok, 32).logits(TEST_TEXTS).argmax(1)
+    recipes = {r.name: r for r in default_recipes()}
+    q = QuantizeConfig(max_accuracy_drop=1.0, max_batch_diff=0.0, batch_check_size=8,
+                       recipes=[recipes["dyn-u8s8"], recipes["u8s8"]], **FAST)  # fmt: skip
+    result = quantize_and_gate(fp32_path=onnx_dir / "model.onnx", tokenizer=tok, task="classification",
+                               n_classes=2, cutpoints=None, calibration=_split(CALIBRATION, [0] * 16),
+                               test=_split(TEST_TEXTS, labels), max_length=32, q=q)  # fmt: skip
+    dyn, static = result.search
+    assert dyn["status"] == "batch-dependent" and dyn["batch_max_diff"] > 0 and not dyn["passed"]
+    assert static["batch_max_diff"] == 0.0 and static["batch_label_agreement"] == 1.0
+    assert result.chosen == "u8s8" and result.batch_invariance["max_abs_diff"] == 0.0

@@ -27,6 +27,7 @@ def _rows(n: int = 40) -> list[dict]:
 
 
 def _snap(path: Path, tmp_path: Path, task: TaskConfig = TASK, **data):
+    data.setdefault("min_split_rows", 2)  # small files: these tests are about reading and splitting them
     return snapshot_dataset(data=DataConfig(path=str(path), **data), task=task, seed=1, out_dir=tmp_path / "out")
 
 
@@ -86,7 +87,7 @@ def test_jsonl_gz_and_parquet_inputs(tmp_path: Path) -> None:
             41,
         ),
         (lambda rows: [{**r, "label": "pos"} for r in rows], "every row has the same label", None),
-        (lambda rows: rows[:4], "each split needs", None),
+        (lambda rows: rows[:4], "too little data to judge a model", None),
     ],
     ids=["missing-column", "empty-text", "unknown-label", "duplicate-id", "one-label", "too-few-rows"],
 )
@@ -140,3 +141,42 @@ def test_shipped_datasets_load(tmp_path: Path) -> None:
     drug = _snap(root / "drug_reviews.csv.gz", tmp_path,
                  task=TaskConfig(type="ordinal", labels=["negative", "neutral", "positive"]))  # fmt: skip
     assert drug.rows == 979 and set(drug.labels) == {"negative", "neutral", "positive"}
+
+
+def test_data_too_small_to_judge_a_model_is_refused_naming_the_options(tmp_path: Path) -> None:
+    path = _csv(tmp_path, _rows(30))
+    with pytest.raises(DatasetError) as err:
+        snapshot_dataset(data=DataConfig(path=str(path)), task=TASK, seed=1, out_dir=tmp_path / "out")
+    message = str(err.value)
+    assert "validation split has" in message and "test split has" in message and "data.min_split_rows 50" in message
+    assert not (tmp_path / "out").exists(), "nothing is written"
+
+
+def test_a_class_with_too_few_training_rows_is_refused(tmp_path: Path) -> None:
+    rows = _rows(200)
+    rows[5]["split"] = rows[7]["split"] = "test"  # the only 'odd' rows, in the test split alone
+    rows[5]["label"] = rows[7]["label"] = "odd"
+    for i, r in enumerate(rows):
+        r.setdefault("split", ["train", "train", "train", "validation", "test"][i % 5])
+    path = _csv(tmp_path, rows)
+    task = TaskConfig(type="classification", labels=["neg", "pos", "odd"])
+    with pytest.raises(
+        DatasetError, match=r"class 'odd' has 0 training row\(s\) \(2 in all\), fewer than data.min_class_rows 3"
+    ):
+        _snap(path, tmp_path, task=task)
+
+
+def test_the_split_is_stratified_and_identical_texts_share_a_split(tmp_path: Path) -> None:
+    rows = _rows(300)
+    for r in rows[:12]:
+        r["label"] = "odd"  # a rare class: 4 % of the rows
+    rows.append({"id": "dup", "text": rows[20]["text"], "label": rows[20]["label"]})
+    path = _csv(tmp_path, rows)
+    task = TaskConfig(type="classification", labels=["neg", "pos", "odd"])
+    snap = _snap(path, tmp_path, task=task, validation_fraction=0.15, test_fraction=0.2)
+    for split in ("train", "validation", "test"):
+        assert snap.split_labels[split].get("odd", 0) >= 1, f"the rare class is in {split}"
+    frames = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "validation", "test")}
+    where = {s for s, f in frames.items() if rows[20]["text"] in set(f["text"])}
+    assert len(where) == 1, "a text and its duplicate land in one split"
+    assert abs(len(frames["test"]) - 0.2 * 301) <= 3 and abs(len(frames["validation"]) - 0.15 * 301) <= 3

@@ -87,13 +87,17 @@ def test_a_package_the_registry_never_saw_is_adopted_only_by_register(tmp_path: 
     root = tmp_path / "art"
     make_package(root, src, "old", registered=False)
     assert stages_of(root) == {"old": "unregistered"}
+    with pytest.raises(RegistryError, match=r"no registry at .* \(is --artifact-root right\?\)"):
+        promote(artifact_root=root, version="old", policy=POLICY)  # and nothing is created there
+    assert not (root / REGISTRY_DIR).exists()
+    make_package(root, src, "new")  # now a registry exists, which never saw "old"
     with pytest.raises(PackageVerificationError, match="m old is unregistered"):
         promote(artifact_root=root, version="old", policy=POLICY)
     register(artifact_root=root, model_name="m", version="old")
     promote(artifact_root=root, version="old", policy=POLICY)
-    assert stages_of(root) == {"old": "production"}
+    assert stages_of(root) == {"old": "production", "new": "staging"}
     assert [(e.action, e.from_stage, e.to_stage) for e in registry_events(artifact_root=root)] == [
-        ("register", None, "staging"), ("promote", "staging", "production")]  # fmt: skip
+        ("publish", None, "staging"), ("register", None, "staging"), ("promote", "staging", "production")]  # fmt: skip
 
 
 @pytest.mark.parametrize("what", ["candidate", "rollback target"])
