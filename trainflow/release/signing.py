@@ -96,9 +96,20 @@ def verify_signature(folder: Path, public_key: Path) -> None:
 
 def _reason(err: BaseException) -> str:
     text = " ".join(str(err).split())
-    changed = re.findall(r"Hash mismatch for '([^']+)'", text)
+    # model_signing reports a list repr of lines; a line whose digest bytes hold a double quote
+    # comes back with its single quotes escaped (\'name\'), so both spellings are read.
+    changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)
+    extra = re.findall(r"Extra files found in model \\?'[^']*\\?': ([^\"'\]]+)", text)
+    missing = re.findall(r"Missing files in model \\?'[^']*\\?': ([^\"'\]]+)", text)
+    parts = []
     if changed:
-        return "files changed since they were signed: " + ", ".join(sorted(set(changed)))
+        parts.append("files changed since they were signed: " + ", ".join(sorted(set(changed))))
+    if extra:
+        parts.append("files added since it was signed: " + ", ".join(n.strip().rstrip("\\") for n in extra))
+    if missing:
+        parts.append("files removed since it was signed: " + ", ".join(n.strip().rstrip("\\") for n in missing))
+    if parts:
+        return "; ".join(parts)
     if "Key mismatch" in text:
         return "it was signed with another key"
     return (text or type(err).__name__)[:300]

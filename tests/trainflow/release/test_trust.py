@@ -211,3 +211,20 @@ def test_commands_on_a_root_without_a_registry_create_nothing(tmp_path: Path, ca
     with pytest.raises(RegistryError, match="no registry at"):
         verify_registered(artifact_root=mistyped, model_name="m", version="v1")
     assert verify_package  # the format check needs no registry (a folder elsewhere is checked alone)
+
+
+def test_every_changed_added_and_removed_file_is_named_whatever_quoting_the_digests_force() -> None:
+    from trainflow.release.signing import _reason
+
+    # model_signing's message is the repr of a list of lines; a digest whose bytes hold a double
+    # quote makes Python escape that line's single quotes.
+    quoted = "Hash mismatch for 'SHA256SUMS': Expected 'Digest(digest_value=b'\"x')', Actual 'y'"
+    plain = "Hash mismatch for 'model_int8.onnx': Expected 'a', Actual 'b'"
+    extra = "Extra files found in model 'v1': evil.py, notes.txt"
+    missing = "Missing files in model 'v1': model_card.md"
+    err = ValueError(f"Signature mismatch: {[quoted, plain, extra, missing]}")
+    assert "\\'SHA256SUMS\\'" in str(err)  # the escaped spelling is really produced
+    assert _reason(err) == (
+        "files changed since they were signed: SHA256SUMS, model_int8.onnx; files added since it was signed:"
+        " evil.py, notes.txt; files removed since it was signed: model_card.md"
+    )
