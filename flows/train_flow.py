@@ -5,7 +5,9 @@ Steps:
   train     (foreach worker) ask trials from the shared study, train, report, tell;
             @checkpoint-resumable, @retry-able, @resources from config; runs on SLURM
             or Kubernetes when `compute.backend` says so (flows/trainflow_backends.py)
-  join      choose the best complete trial by the configured metric
+  join      choose the best complete trial by the configured metric (within hpo.constraints)
+  refit     with hpo.refit, train the best configuration again on train + validation
+            (@checkpoint-resumable, @retry-able, on the trials' backend); else pass the best on
   export    ONNX export with Optimum (opset from config) + PyTorch-vs-ORT parity gate
   quantize  INT8 static QDQ quantization + accuracy gate + CPU latency
   publish   atomic, checksummed deployment package (registered as staging), lineage,
@@ -75,6 +77,13 @@ class TrainFlow(FlowSpec):
     def cfg(self) -> RunConfig:
         return RunConfig.model_validate(dict(self.config))
 
+    @property
+    def chosen_cfg(self) -> RunConfig:
+        """The best trial's configuration (its searched fields set): what export and quantize build on."""
+        from trainflow.search.space import apply
+
+        return apply(self.cfg, self.best.params)
+
     @step
     @fails_in_one_line
     @trainflow_liveness.beating
@@ -128,11 +137,12 @@ class TrainFlow(FlowSpec):
     @trainflow_liveness.beating
     def join(self, inputs):
         """The best complete trial (stages/select.py); the card shows the Optuna history."""
-        from stages.select import select_best
+        from stages.select import search_stopped, select_best
         from trainflow.app import reports
 
         self.merge_artifacts(inputs, include=["ctx"])
         self.best, self.trial_records = select_best(cfg=self.cfg, ctx=self.ctx)
+        self.search_stopped = search_stopped(cfg=self.cfg, ctx=self.ctx)
         cards.show(
             lambda: reports.hpo_report(
                 storage=self.ctx.storage,
@@ -142,6 +152,38 @@ class TrainFlow(FlowSpec):
                 hpo=self.cfg.hpo,
             )
         )
+        self.next(self.refit)
+
+    @checkpoint(show_card=False)
+    @retry(
+        times=config_expr("config.compute.retries"),
+        minutes_between_retries=config_expr("config.compute.retry_delay_minutes"),
+    )
+    @resources(
+        cpu=config_expr("config.compute.cpus"),
+        gpu=config_expr("config.compute.gpus"),
+        memory=config_expr("config.compute.memory_mb"),
+    )
+    @step
+    @fails_in_one_line
+    @trainflow_liveness.beating
+    def refit(self):
+        """With hpo.refit, the best configuration trained again on train + validation
+        (stages/refit.py; metaflow-checkpoint saves each checkpoint and restores the latest on
+        @retry); without, the best trial's model goes on as it is."""
+        self.model_dir, self.refit_result = self.best.model_dir, None
+        if self.cfg.hpo.refit:
+            from stages.refit import refit_model
+
+            loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
+            self.refit_result = refit_model(
+                cfg=self.cfg,
+                ctx=self.ctx,
+                best=self.best,
+                resume_dir=loaded,
+                on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"refit": self.best.number}),
+            )
+            self.model_dir = self.refit_result.model_dir
         self.next(self.export)
 
     @step
@@ -151,7 +193,8 @@ class TrainFlow(FlowSpec):
         """ONNX export and the parity gate (stages/export.py)."""
         from stages.export import export_and_check
 
-        self.exported = export_and_check(cfg=self.cfg, ctx=self.ctx, model_dir=self.best.model_dir)
+        self.exported = export_and_check(cfg=self.chosen_cfg, ctx=self.ctx, model_dir=self.model_dir,
+                                         refitted=self.refit_result is not None)  # fmt: skip
         self.next(self.quantize)
 
     @card(type="blank", id=cards.CARD_ID)
@@ -163,7 +206,7 @@ class TrainFlow(FlowSpec):
         from stages.quantize import quantize_model
         from trainflow.app import reports
 
-        self.quant = quantize_model(cfg=self.cfg, ctx=self.ctx, exported=self.exported)
+        self.quant = quantize_model(cfg=self.chosen_cfg, ctx=self.ctx, exported=self.exported)
         cards.show(lambda: reports.quantize_report(parity=self.exported.parity, quant=self.quant))
         self.next(self.publish)
 
@@ -187,6 +230,8 @@ class TrainFlow(FlowSpec):
             pathspec=current.pathspec,
             timings=task_timings(flow_name=current.flow_name, run_id=current.run_id),
             resumed_as=trainflow_liveness.resumed_as(),
+            refit=self.refit_result,
+            stopped=self.search_stopped,
         )
         self.next(self.end)
 

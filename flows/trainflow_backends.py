@@ -1,8 +1,9 @@
-"""Send the training trials to SLURM or Kubernetes by config; all other steps stay local.
+"""Send the training trials (and the refit) to SLURM or Kubernetes by config; all other steps
+stay local.
 
 `ComputeBackend` is a Metaflow FlowMutator: it reads `compute:` of the run config and adds
 `@slurm` (metaflow-slurm) or `@kubernetes` (built into Metaflow) plus `@environment` to the
-`train` step. `patch_metaflow_slurm()` works around gaps of metaflow-slurm 0.0.4 (listed in its
+`train` and `refit` steps (the refit runs only with `hpo.refit`). `patch_metaflow_slurm()` works around gaps of metaflow-slurm 0.0.4 (listed in its
 docstring). This module is Metaflow glue; it lives with the flow, not in `trainflow/`.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from metaflow import FlowMutator
 
 TRAIN_STEP = "train"
+REFIT_STEP = "refit"  # hpo.refit: trains like a trial, so it runs where the trials run
 # Variables every trial needs on any backend (never secrets: those stay in the login environment
 # or a credentials file, so they never reach decorator attributes, artifacts or job scripts).
 FORWARDED = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "WANDB_MODE", "WANDB_PROJECT")
@@ -65,8 +67,8 @@ def job_environment(compute: dict[str, Any]) -> dict[str, str]:
 
 
 class ComputeBackend(FlowMutator):
-    """Attach the configured backend's decorator to the trial step (pre_mutate: before the
-    graph is built, once the config is read)."""
+    """Attach the configured backend's decorator to the trial and refit steps (pre_mutate: before
+    the graph is built, once the config is read)."""
 
     def pre_mutate(self, mutable_flow: Any) -> None:
         config = dict(mutable_flow.configs).get("config")
@@ -74,17 +76,21 @@ class ComputeBackend(FlowMutator):
             return
         compute = config["compute"]
         backend = compute["backend"]
-        step = dict(mutable_flow.steps)[TRAIN_STEP]
         if backend == "local":
             return
         if backend == "slurm":
             patch_metaflow_slurm()
-            step.add_decorator("slurm", deco_kwargs=slurm_attributes(compute))
-        elif backend == "kubernetes":
-            step.add_decorator("kubernetes", deco_kwargs=kubernetes_attributes(compute))
-        env = job_environment(compute)
-        if env:
-            step.add_decorator("environment", deco_kwargs={"vars": env})
+        steps = dict(mutable_flow.steps)
+        # Without hpo.refit the refit step only passes the best model on: it stays local.
+        for name in (TRAIN_STEP, REFIT_STEP) if config["hpo"].get("refit") else (TRAIN_STEP,):
+            step = steps[name]
+            if backend == "slurm":
+                step.add_decorator("slurm", deco_kwargs=slurm_attributes(compute))
+            elif backend == "kubernetes":
+                step.add_decorator("kubernetes", deco_kwargs=kubernetes_attributes(compute))
+            env = job_environment(compute)
+            if env:
+                step.add_decorator("environment", deco_kwargs={"vars": env})
 
 
 def patch_metaflow_slurm() -> bool:

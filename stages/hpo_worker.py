@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from trainflow.convert.deploy_cost import measure_deploy_cost
 from trainflow.core.config import RunConfig
+from trainflow.core.layout import deploy_cost_dir
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
 from trainflow.search.study import TrialRecord, open_study, trial_records
@@ -54,7 +56,16 @@ def run_one_worker(
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> list[TrialRecord]:
     """HPO worker `worker`'s quota of trials on the run's train and validation splits, in this
-    process (a packed worker runs this in a process of its own)."""
+    process (a packed worker runs this in a process of its own). With `hpo.constraints` each
+    trial's INT8 latency and size come from its architecture, measured once on this machine
+    (cached under the run root for later trials and runs)."""
+    deploy_cost = None
+    if cfg.hpo.constraints is not None:
+        texts = load_split(ctx.snapshot, "calibration").texts
+
+        def deploy_cost(trial_cfg: RunConfig) -> dict[str, float]:
+            return measure_deploy_cost(trial_cfg, texts=texts, cache_dir=deploy_cost_dir(cfg.publish.run_root))
+
     return run_worker(
         cfg=cfg,
         storage=ctx.storage,
@@ -66,4 +77,5 @@ def run_one_worker(
         group=ctx.run_key,
         resume_dir=resume_dir,
         on_checkpoint=on_checkpoint,
+        deploy_cost=deploy_cost,
     )

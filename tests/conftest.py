@@ -81,13 +81,16 @@ class FlowRun:
 
 @pytest.fixture(scope="session")
 def tiny_flow_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> FlowRun:
-    """Run TrainFlow once (W&B offline) through metaflow.Runner: a flow run takes minutes here."""
+    """Run TrainFlow once (W&B offline) through metaflow.Runner: a flow run takes minutes here.
+    Under generous deployment limits, so each trial's INT8 latency and size are measured (and
+    every trial is within them)."""
     from metaflow import Runner
 
     from tests.tiny import ROOT, write_config
 
     root = tmp_path_factory.mktemp("flow")
-    cfg = tiny_config(root, tiny_model_dir, tracking__wandb_mode="offline")
+    cfg = tiny_config(root, tiny_model_dir, tracking__wandb_mode="offline",
+                      hpo__constraints={"max_latency_ms": 1000, "max_size_mb": 100})  # fmt: skip
     config_path = write_config(root / "cfg.yaml", cfg)
     env = {**os.environ, "METAFLOW_USER": "e2e", "WANDB_MODE": "offline", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root)}
     with Runner(str(ROOT / "flows" / "train_flow.py"), show_output=False, cwd=str(root), env=env,

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RT_DATA = ROOT / "data" / "rotten_tomatoes.csv.gz"
 
 
-def build_tiny_bert(folder: Path, corpus: list[str], vocab_size: int = 400) -> Path:
-    """A ~0.1 M parameter BERT with a WordPiece tokenizer trained on `corpus`, saved to `folder`."""
+def build_tiny_bert(folder: Path, corpus: list[str], vocab_size: int = 400, layers: int = 2, hidden: int = 32) -> Path:
+    """A ~0.1 M parameter BERT (2 layers of width 32 unless told) with a WordPiece tokenizer trained
+    on `corpus`, saved to `folder`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -32,8 +33,8 @@ def build_tiny_bert(folder: Path, corpus: list[str], vocab_size: int = 400) -> P
         mask_token="[MASK]", model_max_length=128,
     )  # fmt: skip
     config = BertConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=128,
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     BertModel(config).save_pretrained(folder)

@@ -44,7 +44,7 @@ from trainflow.release.package import verify_package
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PY = sys.executable  # the interpreter running the tests (make test: .venv; pixi run test: pixi's)
-STEPS = ["start", "train", "join", "export", "quantize", "publish", "end"]
+STEPS = ["start", "train", "join", "refit", "export", "quantize", "publish", "end"]
 POINTS = ["start", "join", "export", "quantize", "publish", "publish-renamed"]
 
 

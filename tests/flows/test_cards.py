@@ -85,12 +85,14 @@ def test_hpo_card_draws_history_and_trials_table(rendered, tiny_flow_run) -> Non
     _, dom = rendered["join"]
     assert "Hyperparameter search" in dom
     assert "Optuna history" in dom
-    # history + one slice plot per searched parameter (2 trials are too few for importances)
-    assert len(charts(dom)) == 1 + 3, "history chart and 3 slice plots"
+    # history + metric against INT8 latency + one slice plot per searched parameter (2 trials are
+    # too few for importances)
+    assert len(charts(dom)) == 1 + 1 + 3, "history chart, the Pareto chart and 3 slice plots"
+    assert "against INT8 latency" in dom and "INT8 ms" in dom
     assert "not computed: " in dom
     rows = table_rows(dom)
     trials = [r for r in rows if r and r[0].split(" ")[0] in {"0", "1"} and len(r) >= 4 and r[1] == "COMPLETE"]
-    assert len(trials) == 2
+    assert len(trials) == 2 and all(r[-1] == "yes" for r in trials), "within the limits"
     best = tiny_flow_run.run.data.best.number
     assert any(r[0] == f"{best} (best)" for r in trials)
 

@@ -21,7 +21,7 @@ from tests.tiny import ROOT
 from trainflow.app.cli import main as cli
 from trainflow.records.store import RunRow, write_rows
 
-PANELS = ("leaderboard", "runs", "history", "states", "recipes", "registry", "lineage")
+PANELS = ("leaderboard", "runs", "history", "pareto", "states", "recipes", "registry", "lineage")
 
 
 @pytest.fixture(autouse=True)
@@ -109,9 +109,20 @@ def test_every_panel_renders_from_the_records(rendered: str) -> None:
         body = panel(rendered, name)
         assert 'class="error"' not in body, body[:2000]
         assert "<table" in body or 'class="note"' in body, f"panel {name} is blank"
-    for name in ("leaderboard", "runs", "history", "states", "recipes", "registry", "lineage"):
+    for name in PANELS:
         assert "<table" in panel(rendered, name), f"panel {name} drew no table from a published run"
     assert re.search(r'class="chart[^"]*".*?<svg', panel(rendered, "history"), flags=re.S), "the Optuna history chart"
+    assert re.search(r'class="chart[^"]*".*?<svg', panel(rendered, "pareto"), flags=re.S), "metric against latency"
+
+
+def test_the_pareto_panel_shows_each_trials_deployed_cost_as_recorded(rendered: str, records: Path) -> None:
+    from trainflow.records.store import query
+
+    (rows,) = [r for caption, r in tables(rendered).items() if caption.startswith("deployed cost of the trials of")]
+    _, recorded = query(records, "SELECT number, state, latency_ms, feasible FROM trials ORDER BY number")
+    assert [(int(r[0]), r[1], r[5]) for r in rows] == [(n, s, "yes") for n, s, _, f in recorded if f]
+    assert all(float(r[3]) == pytest.approx(lat, abs=1e-3) for r, (_, _, lat, _) in zip(rows, recorded, strict=True))
+    assert any(r[6] == "true" for r in rows), "the best trial is on the Pareto front"
 
 
 def test_leaderboard_and_runs_equal_the_cli(rendered: str, records: Path, capsys: pytest.CaptureFixture[str]) -> None:

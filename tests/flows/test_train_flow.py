@@ -45,7 +45,7 @@ def test_flow_publishes_a_verified_package_and_records(tiny_flow_run) -> None:
     # Cost from the run's own task timings (read through the Metaflow client in publish),
     # lineage, and the registry entry.
     steps = [s["step"] for s in meta["cost"]["by_step"]]
-    assert steps == ["start", "train", "join", "export", "quantize", "publish"], steps
+    assert steps == ["start", "train", "join", "refit", "export", "quantize", "publish"], steps
     assert next(s for s in meta["cost"]["by_step"] if s["step"] == "train")["tasks"] == 2
     assert query(art, "SELECT cost FROM runs")[1][0][0] == meta["cost"]["total"] > 0
     kinds = [n["kind"] for n in meta["lineage"]["nodes"]]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainflow.core.config import RunConfig, expand_env
-from trainflow.core.errors import ConfigError
+from trainflow.core.config import RunConfig, SearchParam, expand_env
+from trainflow.core.errors import ConfigError, ModelLoadError
 from trainflow.data.dataset import Inspection, inspect_dataset
 from trainflow.release.signing import signing_key_problem
 from trainflow.training.base_model import resolve_base_model
@@ -58,7 +58,42 @@ def check_run(cfg: RunConfig) -> CheckReport:
     return CheckReport(cfg, base, inspect_dataset(data=cfg.data, task=cfg.task, seed=cfg.seed))
 
 
-def check_model(cfg: RunConfig) -> ModelReport:
-    """The base model can be fine-tuned as configured: config, weights, tokenizer, family anatomy,
-    freezing and head (no weights are loaded). Raises ModelLoadError listing every problem."""
-    return inspect_model(model=cfg.model, task=cfg.task)
+def check_model(cfg: RunConfig) -> list[ModelReport]:
+    """Every base model the run may train can be fine-tuned as configured: config, weights,
+    tokenizer, family anatomy, freezing and head (no weights are loaded); with `model.base`
+    searched, each choice, and with `model.frozen_layers` or `model.max_length` searched, the
+    largest value against each base. Raises ModelLoadError listing every problem."""
+    space = cfg.hpo.search_space
+    bases = list(space["model.base"].choices or []) if "model.base" in space else [cfg.model.base]
+    frozen = _largest(space.get("model.frozen_layers"))
+    length = _largest(space.get("model.max_length"))
+    # A searched field is checked at its largest value below, not at its (unused) config value.
+    fixed = {"frozen_layers": 0 if frozen is not None else cfg.model.frozen_layers,
+             "max_length": min(cfg.model.max_length, length) if length is not None else cfg.model.max_length}  # fmt: skip
+    reports, problems = [], []
+    for base in bases:
+        where = f"hpo.search_space.model.base choice {base!r}: " if "model.base" in space else ""
+        try:
+            report = inspect_model(model=cfg.model.model_copy(update={"base": str(base), **fixed}), task=cfg.task)
+        except ModelLoadError as err:
+            problems.append(where + str(err))
+            continue
+        reports.append(report)
+        if frozen and not report.separable_layers:
+            problems.append(f"hpo.search_space.model.frozen_layers: {base} cannot freeze its lowest layers alone (they"
+                            " share their weights); search it only over bases whose layers are separate")  # fmt: skip
+        elif frozen is not None and frozen > report.n_layers:
+            problems.append(f"hpo.search_space.model.frozen_layers: {frozen} is above the {report.n_layers} layers of"
+                            f" {base}; search at most {report.n_layers}")  # fmt: skip
+        if length is not None and report.positions and length > report.positions:
+            problems.append(f"hpo.search_space.model.max_length: {length} exceeds the {report.positions} positions of"
+                            f" {base}; search at most {report.positions}")  # fmt: skip
+    if problems:
+        raise ModelLoadError("\n".join(problems))
+    return reports
+
+
+def _largest(spec: SearchParam | None) -> int | None:
+    if spec is None:
+        return None
+    return int(max(spec.choices)) if spec.choices is not None else int(spec.high)  # type: ignore[arg-type, type-var]

@@ -111,13 +111,13 @@ def check(
     try:
         cfg = load_config(config)
         report = check_run(cfg)
-        model = check_model(cfg)
+        models = check_model(cfg)
     except TrainflowError as failure:  # every problem, one per line (the run would refuse the same)
         lines = str(failure).splitlines()
         err.print("\n".join([f"error: {lines[0]}", *lines[1:]]), markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out = _out()
-    for line in [*report.lines(), *model.lines()]:
+    for line in [*report.lines(), *(line for m in models for line in m.lines())]:
         out.print(line, markup=False, soft_wrap=True)
     out.print(f"OK: {config} is ready to run (python flows/train_flow.py --config config {config} run)", markup=False)
 
@@ -209,7 +209,8 @@ def runs(artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 20) -> 
 @app.command()
 def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")],
            artifact_root: ArtifactRoot = Path("artifacts"), limit: Limit = 100) -> None:  # fmt: skip
-    """The Optuna trials of one run."""
+    """The Optuna trials of one run: parameters, metric, duration and, under deployment limits
+    (hpo.constraints), each trial's INT8 latency, size and whether it was within them."""
     from trainflow.records.store import has_records, trials_of_run
 
     if not has_records(artifact_root, "trials"):
@@ -218,7 +219,10 @@ def trials(run: Annotated[str, typer.Argument(help="Run key (Metaflow run id).")
     if not found:
         raise CliFailure(f"no trials recorded for run {run!r}")
     cols = ["number", "state", "worker", "value", "params", "seconds"]
-    rows = [(t.number, t.state, t.worker, t.value, t.params, t.seconds) for t in found]
+    rows: list[tuple[Any, ...]] = [(t.number, t.state, t.worker, t.value, t.params, t.seconds) for t in found]
+    if any(t.latency_ms is not None for t in found):
+        cols += ["latency_ms", "size_mb", "feasible"]
+        rows = [(*row, t.latency_ms, t.size_mb, t.feasible) for row, t in zip(rows, found, strict=True)]
     _out().print(_table(f"Trials of run {run}", cols, rows))
 
 
@@ -265,7 +269,8 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
     nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
     checks = check_lineage(nodes=nodes, package=package)
     out = _out()
-    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"]
+    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model", "best_model", "onnx_fp32",
+             "onnx_int8"]  # fmt: skip
     chain = " → ".join(
         ", ".join(n.id for n in nodes if n.kind == kind) for kind in order if any(n.kind == kind for n in nodes)
     )

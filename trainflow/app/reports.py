@@ -17,7 +17,7 @@ import optuna
 
 from trainflow.app.blocks import Block, Chart, Markdown, Progress, Table
 from trainflow.core.config import HpoConfig
-from trainflow.search.study import CURVES_ATTR, TrialRecord, open_storage
+from trainflow.search.study import CURVES_ATTR, TrialRecord, open_storage, pareto_front, stopped_reason
 
 if TYPE_CHECKING:  # the results the cards show: their modules (torch, onnx) are loaded by the steps
     from trainflow.convert.parity import ParityResult
@@ -128,7 +128,10 @@ def slice_specs(records: Sequence[TrialRecord], metric: str) -> list[dict[str, A
     specs = []
     for name in sorted({k for r in done for k in r.params}):
         values = [{"trial": r.number, name: r.params[name], metric: r.value} for r in done if name in r.params]
-        positive = all(v[name] > 0 for v in values)
+        numeric = all(isinstance(v[name], int | float) and not isinstance(v[name], bool) for v in values)
+        positive = numeric and all(v[name] > 0 for v in values)
+        x = ({"field": name, "type": "quantitative", "scale": {"type": "log" if positive else "linear"}} if numeric
+             else {"field": name, "type": "nominal"})  # fmt: skip
         specs.append(
             {
                 "$schema": VEGA_LITE,
@@ -137,7 +140,7 @@ def slice_specs(records: Sequence[TrialRecord], metric: str) -> list[dict[str, A
                 "height": 160,
                 "mark": {"type": "point", "filled": True, "size": 80},
                 "encoding": {
-                    "x": {"field": name, "type": "quantitative", "scale": {"type": "log" if positive else "linear"}},
+                    "x": x,
                     "y": {"field": metric, "type": "quantitative", "scale": {"zero": False}, "axis": VALUE_AXIS},
                     "tooltip": [{"field": "trial"}, {"field": name}, {"field": metric}],
                 },
@@ -160,8 +163,35 @@ def importance_spec(importances: dict[str, float], method: str) -> dict[str, Any
     }
 
 
+def pareto_spec(records: Sequence[TrialRecord], metric: str, direction: str, hpo: HpoConfig) -> dict[str, Any]:
+    """Vega-Lite: each complete trial's validation metric against its INT8 latency, the Pareto
+    front (no trial better on both) as a line, and the latency limit as a rule."""
+    front = {r.number for r in pareto_front(list(records), direction)}
+    rows = [{"trial": r.number, "latency_ms": r.latency_ms, "value": r.value, "size_mb": r.size_mb,
+             "pareto": r.number in front} for r in records
+            if r.state == "COMPLETE" and r.value is not None and r.latency_ms is not None]  # fmt: skip
+    x = {"field": "latency_ms", "type": "quantitative", "title": "INT8 p50 latency (ms)", "scale": {"zero": False}}
+    y = {"field": "value", "type": "quantitative", "title": f"validation {metric}", "scale": {"zero": False},
+         "axis": VALUE_AXIS}  # fmt: skip
+    layers: list[dict[str, Any]] = [
+        {"transform": [{"filter": "datum.pareto"}], "mark": {"type": "line", "color": "#e45756"},
+         "encoding": {"x": x, "y": y, "order": {"field": "latency_ms"}}},
+        {"mark": {"type": "point", "filled": True, "size": 80},
+         "encoding": {"x": x, "y": y, "color": {"field": "pareto", "type": "nominal", "title": "Pareto front"},
+                      "tooltip": [{"field": "trial"}, {"field": "value", "format": ".4f"},
+                                  {"field": "latency_ms", "format": ".2f"}, {"field": "size_mb", "format": ".1f"}]}},
+    ]  # fmt: skip
+    limit = hpo.constraints.max_latency_ms if hpo.constraints else None
+    if limit is not None:
+        layers.append({"data": {"values": [{"limit": limit}]}, "mark": {"type": "rule", "strokeDash": [4, 4]},
+                       "encoding": {"x": {"field": "limit", "type": "quantitative"}}})  # fmt: skip
+    return {"$schema": VEGA_LITE, "title": f"Validation {metric} against INT8 latency ({direction})",
+            "data": {"values": rows}, "height": 240, "layer": layers}  # fmt: skip
+
+
 def trials_table(records: Sequence[TrialRecord], best: int | None) -> Table:
     params = sorted({k for r in records for k in r.params})
+    costs = any(r.latency_ms is not None for r in records)
     rows = [
         [
             f"{r.number}{' (best)' if r.number == best else ''}",
@@ -171,10 +201,12 @@ def trials_table(records: Sequence[TrialRecord], best: int | None) -> Table:
             *(_fmt(r.params.get(p)) for p in params),
             _fmt(r.steps),
             _fmt(None if r.duration_s is None else round(r.duration_s, 1)),
+            *((_fmt(r.latency_ms), _fmt(r.size_mb), _fmt(r.feasible)) if costs else ()),
         ]
         for r in sorted(records, key=lambda r: r.number)
     ]
-    return Table(["trial", "state", "worker", "value", *params, "steps", "seconds"], rows)
+    extra = ["INT8 ms", "INT8 MB", "within limits"] if costs else []
+    return Table(["trial", "state", "worker", "value", *params, "steps", "seconds", *extra], rows)
 
 
 def hpo_report(
@@ -192,7 +224,12 @@ def hpo_report(
         Progress("trials finished", finished, hpo.n_trials),
         Chart(history_spec(records, metric, direction)),
     ]
-    importances, method = param_importances(load_study(storage, study_name))
+    study = load_study(storage, study_name)
+    if (reason := stopped_reason(study)) is not None:
+        blocks.insert(1, Markdown(f"The search stopped before {hpo.n_trials} trials: {reason}."))
+    if any(r.latency_ms is not None for r in records):
+        blocks.append(Chart(pareto_spec(records, metric, direction, hpo)))
+    importances, method = param_importances(study)
     if importances is None:
         blocks.append(Markdown(f"**Parameter importances** {method}; value by parameter instead:"))
         blocks += [Chart(spec) for spec in slice_specs(records, metric)]

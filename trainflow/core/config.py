@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from trainflow.core.errors import ConfigError
 
@@ -103,7 +103,14 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     max_steps: int = Field(60, ge=1)
     batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Backbone LR (searched by hpo.search_space).")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of the steps the LR warms up over.")
     head_lr_multiplier: float = Field(10.0, gt=0, description="LR of the new head / backbone LR.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Every dropout rate of the model; None keeps the base model's own."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Classification loss label smoothing.")
     eval_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -125,10 +132,83 @@ class TrainConfig(_Strict):
     gpus_per_trial: int = Field(1, ge=1, description="Data-parallel GPUs per trial (only 1 is wired so far).")
 
 
-class SearchSpace(_Strict):
-    learning_rate: tuple[float, float] = (2e-5, 3e-4)
-    weight_decay: tuple[float, float] = (0.0, 0.1)
-    warmup_ratio: tuple[float, float] = (0.0, 0.2)
+# Config fields the search may set, by dotted path. Their types and bounds come from the fields.
+SEARCHABLE = (
+    "train.learning_rate", "train.weight_decay", "train.warmup_ratio", "train.batch_size", "train.max_steps",
+    "train.head_lr_multiplier", "train.dropout", "train.label_smoothing", "model.frozen_layers",
+    "model.max_length", "model.base",
+)  # fmt: skip
+# The form a search space had before it took dotted paths: `learning_rate: [low, high]` and two more.
+LEGACY_SPACE = {"learning_rate": ("train.learning_rate", True), "weight_decay": ("train.weight_decay", False),
+                "warmup_ratio": ("train.warmup_ratio", False)}  # fmt: skip
+
+
+class SearchParam(_Strict):
+    """One searched field: a range (`low`, `high`, optional `log` scale and `step`; float or int
+    after the field's type) or `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SearchParam:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None and ranged:
+            raise ValueError("give either low/high or choices, not both")
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give low and high, or choices")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty; list at least one value")
+        if ranged and self.low > self.high:  # type: ignore[operator]
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and ranged and self.low <= 0:  # type: ignore[operator]
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+
+def _default_space() -> dict[str, SearchParam]:
+    return {
+        "train.learning_rate": SearchParam(low=2e-5, high=3e-4, log=True),
+        "train.weight_decay": SearchParam(low=0.0, high=0.1),
+        "train.warmup_ratio": SearchParam(low=0.0, high=0.2),
+    }
+
+
+class PrunerConfig(_Strict):
+    """`hpo.pruner` as a mapping: the pruner and its parameters (the resource is evaluation steps)."""
+
+    type: Literal["median", "percentile", "successive_halving", "hyperband", "none"]
+    percentile: float = Field(25.0, gt=0, lt=100, description="percentile: prune below this percentile.")
+    n_startup_trials: int = Field(1, ge=0, description="median/percentile: trials finished before any pruning.")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="median/percentile: steps never pruned (default: eval_every)."
+    )
+    min_resource: int | None = Field(
+        None, ge=1, description="successive_halving/hyperband: steps of the first rung (default: train.eval_every)."
+    )
+    reduction_factor: int = Field(3, ge=2, description="successive_halving/hyperband: 1/this of a rung goes on.")
+    min_early_stopping_rate: int = Field(0, ge=0, description="successive_halving: skip this many rungs.")
+
+
+class BudgetConfig(_Strict):
+    timeout_minutes: float | None = Field(None, gt=0, description="No trial starts after this; running ones finish.")
+    target: float | None = Field(None, description="Stop asking once the best trial reaches this metric value.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many completed trials without improvement.")
+
+
+class ConstraintsConfig(_Strict):
+    """The deployed model's limits: INT8 p50 latency on this CPU and INT8 file size, measured once
+    per architecture (base model x max_length) on an untrained model of that shape."""
+
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    threads: int = Field(1, ge=1, description="ONNX Runtime threads the latency is measured with.")
+    batch: int = Field(1, ge=1, description="Batch size the latency is measured at.")
 
 
 class HpoConfig(_Strict):
@@ -139,8 +219,21 @@ class HpoConfig(_Strict):
     )
     metric: str = "accuracy"
     storage: str | None = Field(None, description="Optuna storage URL or journal path; None = run root.")
-    pruner: Literal["median", "none"] = "median"
-    search_space: SearchSpace = SearchSpace()
+    sampler: Literal["tpe", "random", "cmaes", "gp", "grid"] = Field("tpe", description="Seeded by the run's seed.")
+    pruner: PrunerConfig = Field(
+        default_factory=lambda: PrunerConfig(type="median"),
+        description="median | percentile | successive_halving | hyperband | none, or {type: ..., its parameters}.",
+    )
+    search_space: dict[str, SearchParam] = Field(
+        default_factory=_default_space,
+        description="Dotted config paths (train.learning_rate, model.base, ...) to ranges or choices; the old"
+        " `learning_rate: [low, high]` form (and weight_decay, warmup_ratio) keeps its meaning.",
+    )
+    budget: BudgetConfig = BudgetConfig()
+    constraints: ConstraintsConfig | None = None
+    warm_start: str | None = Field(None, description="A run id or Optuna journal whose best trials are tried first.")
+    warm_start_trials: int = Field(3, ge=1)
+    refit: bool = Field(False, description="Train the best configuration again on train + validation before export.")
     heartbeat_interval: int = Field(
         30, ge=0, description="Seconds between a running trial's heartbeats in the study; 0 = no heartbeats."
     )
@@ -149,9 +242,34 @@ class HpoConfig(_Strict):
     )
     stale_trial_retries: int = Field(1, ge=0, description="How often a trial failed by the heartbeat is re-run.")
 
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_name(cls, value: Any) -> Any:
+        """`pruner: median` reads as `pruner: {type: median}` (the pruner's defaults)."""
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _legacy_space(cls, value: Any) -> Any:
+        """`learning_rate: [2e-5, 3e-4]` (and its two siblings) reads as the dotted form it meant."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, spec in value.items():
+            if key in LEGACY_SPACE and isinstance(spec, list | tuple) and len(spec) == 2:
+                path, log = LEGACY_SPACE[key]
+                out[path] = {"low": spec[0], "high": spec[1], "log": log}
+            else:
+                out[key] = spec
+        return out
+
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
         return METRIC_DIRECTIONS[self.metric]
+
+    @property
+    def pruner_config(self) -> PrunerConfig:
+        return self.pruner
 
 
 class SlurmConfig(_Strict):
@@ -546,17 +664,70 @@ def _hpo_checks(c: Any) -> list[str]:
             f"hpo.n_workers: {c.hpo.n_workers} exceeds hpo.n_trials {c.hpo.n_trials}; idle workers would start;"
             " lower n_workers"
         )
-    for key in ("learning_rate", "weight_decay", "warmup_ratio"):
-        low, high = getattr(c.hpo.search_space, key)
-        if not 0 <= low <= high:
-            problems.append(f"hpo.search_space.{key}: [{low}, {high}] must satisfy 0 <= low <= high")
-    if c.hpo.search_space.learning_rate[0] <= 0:
-        problems.append("hpo.search_space.learning_rate: the lower bound must be > 0 (log scale)")
     if c.hpo.heartbeat_interval and c.hpo.heartbeat_grace_period < 2 * c.hpo.heartbeat_interval:
         problems.append(
             f"hpo.heartbeat_grace_period: {c.hpo.heartbeat_grace_period} s is under twice hpo.heartbeat_interval"
             f" ({c.hpo.heartbeat_interval} s); one late beat would fail a live trial"
         )
+    return problems
+
+
+def _search_checks(c: Any) -> list[str]:
+    """The search's pruner, limits and smoothing fit the task and the training length."""
+    problems = []
+    p = c.hpo.pruner_config
+    if p.type in ("successive_halving", "hyperband") and (p.min_resource or c.train.eval_every) > c.train.max_steps:
+        problems.append(f"hpo.pruner.min_resource: {p.min_resource or c.train.eval_every} steps exceed train.max_steps"
+                        f" {c.train.max_steps}; the first rung would never be reached: lower it")  # fmt: skip
+    limits = c.hpo.constraints
+    if limits is not None and limits.max_latency_ms is None and limits.max_size_mb is None:
+        problems.append("hpo.constraints: set max_latency_ms, max_size_mb or both (or remove hpo.constraints)")
+    smoothing = c.train.label_smoothing > 0 or "train.label_smoothing" in c.hpo.search_space
+    if smoothing and c.task.type != "classification":
+        problems.append(f"train.label_smoothing: a {c.task.type} task's loss has no classes to smooth; set it to 0"
+                        " and do not search it")  # fmt: skip
+    if c.hpo.warm_start is not None and not str(c.hpo.warm_start).strip():
+        problems.append("hpo.warm_start: empty; name a run id of this model or an Optuna journal, or remove it")
+    return problems
+
+
+def _value_problem(section: BaseModel, name: str, value: Any) -> str | None:
+    """Why `value` is not a valid `name` of `section` (its type and bounds), or None."""
+    try:
+        type(section).model_validate({**section.model_dump(), name: value})
+    except ValidationError as err:
+        return "; ".join(e["msg"] for e in err.errors() if e["loc"] and e["loc"][0] == name) or str(err)
+    return None
+
+
+def _search_space_checks(c: Any) -> list[str]:
+    """Each searched path is a searchable field and every value it may take is valid for it."""
+    problems = []
+    sections = {"train": c.train, "model": c.model}
+    for path, spec in c.hpo.search_space.items():
+        where = f"hpo.search_space.{path}"
+        if path not in SEARCHABLE:
+            problems.append(f"{where}: not a field the search can set; searchable: {', '.join(SEARCHABLE)}")
+            continue
+        group, name = path.split(".")
+        section = sections[group]
+        annotation = str(type(section).model_fields[name].annotation)
+        integer = "int" in annotation and "float" not in annotation
+        if spec.choices is None:
+            if "float" not in annotation and not integer:
+                problems.append(f"{where}: {path} is not a number; list its values as choices: [...]")
+                continue
+            if integer and any(v is not None and float(v) != int(v) for v in (spec.low, spec.high, spec.step)):
+                problems.append(f"{where}: {path} is an integer; give integer low, high and step")
+                continue
+            values = [spec.low, spec.high]
+        else:
+            values = list(spec.choices)
+        for value in [int(v) for v in values] if integer and spec.choices is None else values:  # type: ignore[arg-type]
+            if problem := _value_problem(section, name, value):
+                problems.append(f"{where}: {value!r} is not a valid {path} ({problem})")
+        if c.hpo.sampler == "grid" and spec.choices is None and not integer:
+            problems.append(f"{where}: the grid sampler takes choices and integer ranges; list the values as choices")
     return problems
 
 
@@ -593,6 +764,8 @@ COMBINATION_CHECKS = (
     (("task", "hpo"), _metric_checks),
     (("data",), _data_checks),
     (("hpo",), _hpo_checks),
+    (("hpo", "train", "model"), _search_space_checks),
+    (("hpo", "train", "task"), _search_checks),
     (("compute", "train"), _device_checks),
     (("compute", "publish"), _kubernetes_checks),
 )

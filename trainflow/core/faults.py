@@ -9,7 +9,7 @@ hook only makes the timing deterministic; nothing here simulates the fault itsel
 `fault_raise` makes a point raise a full disk's or an exhausted memory's error instead
 (TRAINFLOW_FAULT_RAISE, test mode only): export-write, int8-search.
 
-Points: start, join, export, quantize (after the work of each step, before it returns),
+Points: start, join, refit, export, quantize (after the work of each step, before it returns),
 publish (package files copied into the hidden temporary folder, manifest not yet written),
 publish-renamed (package renamed into place, Parquet records not yet written).
 """

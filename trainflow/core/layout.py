@@ -14,6 +14,8 @@ Three roots, each set in the config's `publish:` section:
     trials/trial-NNNN/best/step-N/          the trial's best model so far (versioned)
     onnx/<attempt>/model.onnx               the export, one folder per attempt
     onnx/<attempt>/int8-search/             the INT8 candidates while they are searched
+    refit/checkpoint/, refit/best/          the refit of the best configuration (hpo.refit)
+  <run_root>/.deploy-cost/<key>.json        INT8 latency and size per architecture (hpo.constraints)
 Every module that reads or writes one of these names takes it from here, so renaming a folder
 cannot leave a reader (retention, lineage, the loader) looking in the old place.
 """
@@ -56,6 +58,8 @@ TRIALS_DIR = "trials"
 TRIAL_PREFIX = "trial-"
 CHECKPOINT_DIR = "checkpoint"  # a trial's resumable state: a VersionedDir of step folders
 BEST_DIR = "best"  # a trial's best validation model so far: a VersionedDir of step folders
+REFIT_DIR = "refit"  # hpo.refit: the best configuration trained again (checkpoint/ and best/ as a trial's)
+DEPLOY_COST_DIR = ".deploy-cost"  # under the run root: shared by every run and model
 ONNX_DIR = "onnx"
 INT8_SEARCH_DIR = "int8-search"
 
@@ -85,6 +89,10 @@ def records_dir(artifact_root: Path, kind: str) -> Path:
 
 def run_dir(run_root: Path, model_name: str, run_key: str) -> Path:
     return Path(run_root) / model_name / run_key
+
+
+def deploy_cost_dir(run_root: Path | str) -> Path:
+    return Path(run_root) / DEPLOY_COST_DIR
 
 
 def trial_dir(run_folder: Path, number: int) -> Path:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # The steps that carry `@resources` from `compute:` (flows/train_flow.py); the others run with
 # Metaflow's defaults for an undecorated step: 1 CPU, 4,096 MB, no GPU.
 TRIAL_STEPS = ("train",)
+# With hpo.refit the refit step trains like a trial, on the trials' resources; else it only passes the model on.
+REFIT_STEP = "refit"
 DEFAULT_CPUS = 1
 DEFAULT_MEMORY_MB = 4096
 
@@ -127,11 +129,14 @@ class RunCost:
         )
 
 
-def declared_resources(*, compute: ComputeConfig, cost: CostConfig) -> tuple[dict[str, Resources], Resources]:
-    """(resources of the steps that `compute:` decorates, resources of every other step)."""
+def declared_resources(
+    *, compute: ComputeConfig, cost: CostConfig, refit: bool = False
+) -> tuple[dict[str, Resources], Resources]:
+    """(resources of the steps that `compute:` decorates, resources of every other step); the
+    refit step counts as a trial step when it trains (`refit`)."""
     trial = Resources(compute.cpus, compute.gpus, compute.memory_mb / 1024, cost.gpu_type)
     default = Resources(DEFAULT_CPUS, 0, DEFAULT_MEMORY_MB / 1024, cost.gpu_type)
-    return dict.fromkeys(TRIAL_STEPS, trial), default
+    return dict.fromkeys((*TRIAL_STEPS, *((REFIT_STEP,) if refit else ())), trial), default
 
 
 def price_tasks(
@@ -200,6 +205,6 @@ def price_run(
     *, cfg: RunConfig, timings: Iterable[TaskTiming], run_key: str = "", now: datetime | None = None
 ) -> RunCost:
     """Price a run's tasks with `cfg.cost` and the resources each step declared."""
-    per_step, default = declared_resources(compute=cfg.compute, cost=cfg.cost)
+    per_step, default = declared_resources(compute=cfg.compute, cost=cfg.cost, refit=cfg.hpo.refit)
     return price_tasks(timings=timings, resources=per_step, default=default, rates=cfg.cost,
                        now=now or datetime.now(UTC), run_key=run_key, model_name=cfg.name)  # fmt: skip

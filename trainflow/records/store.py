@@ -92,6 +92,9 @@ class TrialRow(_Row, kind="trials"):
     duration_s: float | None
     steps: int | None
     resumed_from_step: int | None
+    latency_ms: float | None = None  # hpo.constraints: the deployed INT8 model's p50 (per architecture)
+    size_mb: float | None = None
+    feasible: bool | None = None  # within hpo.constraints; None when none were set
 
 
 class PackageRow(_Row, kind="packages"):
@@ -283,7 +286,8 @@ FROM runs ORDER BY started_at DESC NULLS LAST LIMIT ?
 """
 
 TRIALS_OF_RUN = """
-SELECT number, state, worker, round(value, 4) AS value, params, round(duration_s, 1) AS seconds
+SELECT number, state, worker, round(value, 4) AS value, params, round(duration_s, 1) AS seconds,
+       round(latency_ms, 2) AS latency_ms, round(size_mb, 1) AS size_mb, feasible
 FROM trials WHERE run_key = ? ORDER BY number LIMIT ?
 """
 
@@ -341,6 +345,9 @@ class TrialSummary:
     value: float | None
     params: str  # JSON
     seconds: float | None
+    latency_ms: float | None = None
+    size_mb: float | None = None
+    feasible: bool | None = None
 
 
 @dataclass(frozen=True)

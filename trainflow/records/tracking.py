@@ -135,6 +135,7 @@ LINEAGE_TYPES = {
     "dataset": "dataset",
     "trial-model": "model",
     "best-model": "model",
+    "refit-model": "model",
     "onnx-fp32": "onnx",
     "int8-package": "package",
 }

@@ -26,6 +26,8 @@ from trainflow.release.metadata import (
     QuantizationInfo,
     RunRef,
 )
+from trainflow.search import space as search_space
+from trainflow.search.refit import RefitResult
 from trainflow.search.study import TrialRecord
 from trainflow.tasks.heads import majority_baseline, read_head
 from trainflow.training.base_model import checksum_model_dir, count_parameters, resolve_base_model
@@ -46,6 +48,13 @@ class RunOutputs:
     records: list[TrialRecord]
     exported: ExportOutcome
     quant: QuantizeResult
+    refit: RefitResult | None = None  # hpo.refit: the model exported is this refit of the best trial's configuration
+    stopped: str | None = None  # why the search stopped early (hpo.budget)
+
+    @property
+    def model_dir(self) -> str:
+        """The model that was exported: the refit's, else the best trial's."""
+        return self.refit.model_dir if self.refit is not None else str(self.best.model_dir or "")
 
 
 def package_versions() -> dict[str, str]:
@@ -116,6 +125,7 @@ def _lineage(run: RunOutputs) -> LineageInfo:
         best=run.best,
         fp32_onnx=Path(run.exported.onnx_path),
         int8_onnx=Path(run.quant.int8_path),
+        refit_model_dir=Path(run.refit.model_dir) if run.refit is not None else None,
     )
     return LineageInfo(
         dataset_sha256=run.ctx.snapshot.sha256,
@@ -137,12 +147,41 @@ def _onnx_info(cfg: RunConfig, run: RunOutputs) -> OnnxInfo:
                     max_length=cfg.model.max_length, session_options=run.quant.session_options)  # fmt: skip
 
 
+def hyperparameters(chosen: RunConfig) -> dict[str, object]:
+    """What trained the chosen model: every training field and the model fields the search can set."""
+    m = chosen.model
+    return {**chosen.train.model_dump(), "base": m.base, "frozen_layers": m.frozen_layers, "max_length": m.max_length}
+
+
+def _hpo_summary(cfg: RunConfig, run: RunOutputs) -> HpoSummary:
+    best, records, limits = run.best, run.records, cfg.hpo.constraints
+    constraints = None
+    if limits is not None:
+        constraints = {**limits.model_dump(), "best_latency_ms": best.latency_ms, "best_size_mb": best.size_mb,
+                       "infeasible_trials": sum(r.feasible is False for r in records)}  # fmt: skip
+    return HpoSummary(
+        metric=cfg.hpo.metric,
+        direction=cfg.hpo.direction,
+        best_trial=best.number,
+        n_trials=len(records),
+        states={r.state: sum(x.state == r.state for x in records) for r in records},
+        sampler=cfg.hpo.sampler,
+        pruner=cfg.hpo.pruner_config.type,
+        searched=list(cfg.hpo.search_space),
+        stopped=run.stopped,
+        constraints=constraints,
+        refit=run.refit.to_dict() if run.refit is not None else None,
+    )
+
+
 def build_metadata(
     *, cfg: RunConfig, run: RunOutputs, pathspec: str, version: str, cost: CostSummary
 ) -> PackageMetadata:
-    """The package's metadata.json (trainflow/release/metadata.py) from what the run's steps produced."""
-    base_dir = resolve_base_model(cfg.model.base)
-    best, records = run.best, run.records
+    """The package's metadata.json (trainflow/release/metadata.py) from what the run's steps produced.
+    `cfg` is the run's config; the chosen configuration is the best trial's (its searched fields set)."""
+    best = run.best
+    chosen = search_space.apply(cfg, best.params)
+    base_dir = resolve_base_model(chosen.model.base)
     return PackageMetadata(
         model_name=cfg.name,
         version=version,
@@ -152,18 +191,12 @@ def build_metadata(
         cutpoints=read_head(Path(run.exported.onnx_dir))["cutpoints"],
         onnx=_onnx_info(cfg, run),
         base_model=BaseModelInfo(
-            name=cfg.model.base,
+            name=chosen.model.base,
             sha256=checksum_model_dir(base_dir) if Path(base_dir).is_dir() else None,
-            parameters=count_parameters(Path(best.model_dir or "")),
+            parameters=count_parameters(Path(run.model_dir)),
         ),
-        hyperparameters={**best.params, **cfg.train.model_dump(), "frozen_layers": cfg.model.frozen_layers},
-        hpo=HpoSummary(
-            metric=cfg.hpo.metric,
-            direction=cfg.hpo.direction,
-            best_trial=best.number,
-            n_trials=len(records),
-            states={r.state: sum(x.state == r.state for x in records) for r in records},
-        ),
+        hyperparameters=hyperparameters(chosen),
+        hpo=_hpo_summary(cfg, run),
         metrics=_metrics(cfg, run),
         quantization=_quantization(cfg, run.quant),
         dataset=run.ctx.snapshot.summary(),

@@ -51,10 +51,17 @@ def _node(
 
 
 def build_lineage(
-    *, snapshot: Snapshot, records: list[TrialRecord], best: TrialRecord, fp32_onnx: Path, int8_onnx: Path
+    *,
+    snapshot: Snapshot,
+    records: list[TrialRecord],
+    best: TrialRecord,
+    fp32_onnx: Path,
+    int8_onnx: Path,
+    refit_model_dir: Path | None = None,
 ) -> list[Node]:
     """Nodes for the dataset, every completed trial (its last resumable checkpoint, if one was
-    written, and its best weights), the chosen model and both ONNX files.
+    written, and its best weights), the refit of the best trial's configuration (`hpo.refit`: its
+    parents are that trial's model and the dataset), the chosen model and both ONNX files.
 
     Raises:
         LineageError: a completed trial's or an ONNX file is missing.
@@ -88,6 +95,13 @@ def build_lineage(
     if best.number not in trial_models:
         raise LineageError(f"best trial {best.number} is not among the completed trials {sorted(trial_models)}")
     chosen = trial_models[best.number]
+    if refit_model_dir is not None:
+        weights = Path(refit_model_dir) / WEIGHTS
+        if not weights.is_file():
+            raise LineageError(f"refit: {weights} is missing; cannot record its lineage")
+        chosen = _node("refit-model", "refit_model", str(weights.resolve()), sha256_file(weights),
+                       [chosen.ref(), dataset.ref()], trial=best.number)  # fmt: skip
+        nodes.append(chosen)
     best_node = _node("best-model", "best_model", chosen.path, chosen.sha256, [chosen.ref()], trial=best.number)
     for path in (fp32_onnx, int8_onnx):
         if not Path(path).is_file():

@@ -94,6 +94,12 @@ class HpoSummary(_Model):
     best_trial: int
     n_trials: int
     states: dict[str, int]
+    sampler: str | None = None  # None: a package from before the declared search space (TPE)
+    pruner: str | None = None
+    searched: list[str] = Field(default_factory=list)  # the config fields the search set
+    stopped: str | None = None  # why the search stopped early (hpo.budget), if it did
+    constraints: dict[str, Any] | None = None  # hpo.constraints and the best trial's measured cost
+    refit: dict[str, Any] | None = None  # hpo.refit: the refitted model (trainflow/search/refit.py)
 
 
 class QuantizationInfo(_Model):
@@ -115,7 +121,7 @@ class ParentRef(_Model):
 
 
 LineageKind = Literal[
-    "dataset", "dataset_split", "trial_checkpoint", "trial_model", "best_model", "onnx_fp32", "onnx_int8"
+    "dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model", "best_model", "onnx_fp32", "onnx_int8"
 ]
 
 

@@ -70,6 +70,24 @@ def _model_and_data(meta: PackageMetadata) -> list[str]:
     ]
 
 
+def _search_lines(meta: PackageMetadata) -> list[str]:
+    """What the search set, why it stopped, its deployment limits and the refit (newer packages)."""
+    h, hp, lines = meta.hpo, meta.hyperparameters, []
+    if h.searched:
+        values = ", ".join(f"{p.split('.', 1)[1]} {hp.get(p.split('.', 1)[1])}" for p in h.searched)
+        lines.append(f"- Searched ({h.sampler} sampler, {h.pruner} pruner): {values}")
+    if h.stopped:
+        lines.append(f"- The search stopped early: {h.stopped}")
+    if h.constraints:
+        c = h.constraints
+        lines.append(f"- Chosen among trials within {c.get('max_latency_ms') or '-'} ms INT8 latency and"
+                     f" {c.get('max_size_mb') or '-'} MB ({c.get('infeasible_trials', 0)} over the limits, not trained)")  # fmt: skip
+    if h.refit:
+        lines.append(f"- Refitted on train + validation ({h.refit['train_rows']} rows) for {h.refit['steps']} steps with"
+                     f" trial {h.refit['trial']}'s configuration")  # fmt: skip
+    return lines
+
+
 def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
     m, hp, q = meta.metrics, meta.hyperparameters, meta.quantization
     threads = meta.serving.get("best", {}).get("batch1", {}).get("threads")
@@ -82,6 +100,7 @@ def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
         f"- Best hyperparameters: learning rate {hp.get('learning_rate'):.3g}, weight decay"
         f" {hp.get('weight_decay'):.3g}, warmup {hp.get('warmup_ratio'):.3g}, {hp.get('max_steps')} steps of"
         f" batch {hp.get('batch_size')}",
+        *_search_lines(meta),
         f"- INT8: recipe `{q.chosen_recipe}` ({q.recipe.get('mode', 'static')}), within"
         f" {q.max_accuracy_drop * 100:.1f} points of FP32 by the gate; parity PyTorch vs ONNX max |diff|"
         f" {m.parity.max_abs_diff:.2g}",

@@ -99,7 +99,7 @@ def publish_run_package(
         cost = run_cost.summary() if run_cost else CostSummary.not_measured()
         version = version or f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{run_key}"
         meta = build_metadata(cfg=cfg, run=run, pathspec=pathspec, version=version, cost=cost)
-        sources = [Path(run.exported.onnx_dir), Path(run.best.model_dir or "")]
+        sources = [Path(run.exported.onnx_dir), Path(run.model_dir)]
         key = None
         if cfg.publish.signing_key:
             if problem := signing_key_problem(cfg.publish.signing_key, root):

@@ -73,7 +73,8 @@ def trial_rows(cfg: RunConfig, run_key: str, records: list[TrialRecord]) -> list
     return [
         TrialRow(run_key=run_key, model_name=cfg.name, task=cfg.task.type, number=r.number, state=r.state,
                  worker=r.worker, params=as_json(r.params), value=r.value, metrics=as_json(r.metrics),
-                 model_dir=r.model_dir, duration_s=r.duration_s, steps=r.steps, resumed_from_step=r.resumed_from_step)
+                 model_dir=r.model_dir, duration_s=r.duration_s, steps=r.steps, resumed_from_step=r.resumed_from_step,
+                 latency_ms=r.latency_ms, size_mb=r.size_mb, feasible=r.feasible)
         for r in records
     ]  # fmt: skip
 

@@ -42,15 +42,21 @@ from trainflow.core.errors import JournalCorruptError
 from trainflow.core.layout import CHECKPOINT_DIR, trial_dir
 from trainflow.data.dataset import SplitData
 from trainflow.records.tracking import TrialLogger, lineage_artifact, lineage_ref, trial_run
+from trainflow.search import space as search_space
 from trainflow.search.heartbeat import beat, heartbeat
 from trainflow.search.journal import check_journal
 from trainflow.search.optuna_private import retry_history, storage_of, trial_by_id, trial_id
 from trainflow.search.study import (
+    CONSTRAINTS_ATTR,
     CURVES_ATTR,
     FINISHED,
+    STOPPED_ATTR,
     TrialRecord,
+    budget_stop_reason,
+    mark_started,
     open_storage,
     open_study,
+    stopped_reason,
     suggest,
     trial_records,
     worker_quota,
@@ -74,8 +80,11 @@ def run_worker(
     group: str,
     resume_dir: Path | None = None,
     on_checkpoint: Any = None,
+    deploy_cost: DeployCost | None = None,
 ) -> list[TrialRecord]:
-    """Run this worker's quota of trials; return the records of the trials it ran.
+    """Run this worker's quota of trials; return the records of the trials it ran. The worker asks
+    no more trials once the study's budget says the search is over (`hpo.budget`); with
+    `hpo.constraints`, `deploy_cost(trial config)` gives each trial's INT8 latency and size.
 
     SIGTERM or SIGUSR1 (SLURM's warning before preemption or the time limit) makes the running
     trial save a checkpoint and raise TrainingInterrupted; the trial stays RUNNING and the
@@ -93,6 +102,12 @@ def run_worker(
                 mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
                 if sum(t.state in FINISHED for t in mine) >= quota:
                     break
+                if (reason := budget_stop_reason(study, cfg)) is not None:
+                    if stopped_reason(study) is None:
+                        study.set_user_attr(STOPPED_ATTR, reason)
+                    log.info("worker %d: no more trials: the search stopped because %s", worker, reason)
+                    break
+                mark_started(study)  # the time budget counts from the first trial asked
                 trial = _ask(study)  # a re-queued (WAITING) trial first, else a new one
                 trial.set_user_attr("worker", worker)
                 if (origin := _retried_from(trial)) is not None:
@@ -101,7 +116,8 @@ def run_worker(
             resume = _latest_checkpoint(cfg, trial, work_dir, resume_dir)
             with heartbeat(study, trial, cfg.hpo.heartbeat_grace_period) as beat_lost:
                 stop = (lambda: stop_requested() or beat_lost()) if cfg.hpo.heartbeat_interval else stop_requested
-                _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop)
+                _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop,
+                           deploy_cost)  # fmt: skip
             ran.append(trial.number)
         return [r for r in trial_records(study) if r.number in ran]
 
@@ -183,8 +199,11 @@ def _latest_checkpoint(cfg: RunConfig, trial: optuna.Trial, work_dir: Path, load
     roots = [loaded, *(trial_dir(work_dir, n) / CHECKPOINT_DIR for n in sorted(lineage))]
     hparams, seed = asdict(suggest(trial, cfg)), trial_seed(cfg, trial)
 
+    params = dict(trial.params)
+
     def ours(meta: dict[str, Any]) -> bool:
-        return meta.get("trial") in lineage and meta.get("hparams") == hparams and meta.get("seed") == seed
+        return (meta.get("trial") in lineage and meta.get("hparams") == hparams and meta.get("seed") == seed
+                and meta.get("params", params) == params)  # fmt: skip
 
     found = latest_checkpoint(roots, accept=ours)
     if found is not None:
@@ -223,9 +242,17 @@ def _run_trial(
     resume_dir: Checkpoint | None,
     on_checkpoint: Any,
     stop_requested: Callable[[], bool],
+    deploy_cost: DeployCost | None = None,
 ) -> None:
-    hparams = suggest(trial, cfg)
+    trial_cfg = search_space.trial_config(trial, cfg)
+    hparams = search_space.hyperparams(trial_cfg)
     metric = cfg.hpo.metric
+    limited = cfg.hpo.constraints is not None and deploy_cost is not None
+    if limited and not _record_deploy_cost(trial, trial_cfg, deploy_cost):  # type: ignore[arg-type]
+        # Never trained: it could never be chosen. Pruned with its constraint values recorded,
+        # so the sampler's constraints_func learns where the limits are.
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
 
     def on_eval(step: int, metrics: dict[str, float]) -> None:
         report_and_prune(trial, metric, step, metrics[metric], hparams.max_steps)
@@ -236,7 +263,12 @@ def _run_trial(
         run_id=f"{group}-trial-{trial.number}",
         group=group,
         name=f"trial-{trial.number}",
-        config={"trial": trial.number, "hparams": asdict(hparams), "run_config": cfg.public_dump()},
+        config={
+            "trial": trial.number,
+            "params": dict(trial.params),
+            "hparams": asdict(hparams),
+            "run_config": trial_cfg.public_dump(),
+        },  # fmt: skip
         directory=work_dir,
         points=trial.user_attrs.get(CURVES_ATTR),  # what an earlier attempt recorded
     ) as tlog:
@@ -249,7 +281,7 @@ def _run_trial(
 
         try:
             result = train_model(
-                cfg=cfg,
+                cfg=trial_cfg,
                 hparams=hparams,
                 train=train,
                 validation=validation,
@@ -259,7 +291,7 @@ def _run_trial(
                 on_checkpoint=checkpointed,
                 on_eval=on_eval,
                 log_values=tlog.log,
-                checkpoint_tags={"trial": trial.number},
+                checkpoint_tags={"trial": trial.number, "params": dict(trial.params)},
                 stop_requested=stop_requested,
             )
         except optuna.TrialPruned as pruned:
@@ -271,6 +303,29 @@ def _run_trial(
         _record_complete(cfg, study, trial, result, tlog, group)
 
 
+# The deployed cost of a trial's architecture: {"latency_ms": ..., "size_mb": ...}
+DeployCost = Callable[[RunConfig], dict[str, float]]
+
+
+def _record_deploy_cost(trial: optuna.Trial, trial_cfg: RunConfig, deploy_cost: DeployCost) -> bool:
+    """Record the trial's INT8 latency and size (measured once per architecture by `deploy_cost`)
+    and whether they are within `hpo.constraints`, as user attrs Optuna's constraints_func reads;
+    return whether they are."""
+    limits = trial_cfg.hpo.constraints
+    assert limits is not None
+    cost = deploy_cost(trial_cfg)
+    over = [cost["latency_ms"] - (limits.max_latency_ms or float("inf")),
+            cost["size_mb"] - (limits.max_size_mb or float("inf"))]  # fmt: skip
+    feasible = all(v <= 0 for v in over)
+    trial.set_user_attr("latency_ms", cost["latency_ms"])
+    trial.set_user_attr("size_mb", cost["size_mb"])
+    trial.set_user_attr("feasible", feasible)
+    trial.set_user_attr(CONSTRAINTS_ATTR, [v if v != float("-inf") else -1e9 for v in over])
+    log.info("trial %d: INT8 %.2f ms, %.1f MB: %s", trial.number, cost["latency_ms"], cost["size_mb"],
+             "within hpo.constraints" if feasible else "over hpo.constraints: not trained")  # fmt: skip
+    return feasible
+
+
 def _record_complete(
     cfg: RunConfig, study: optuna.Study, trial: optuna.Trial, result: TrainResult, tlog: TrialLogger, group: str
 ) -> None:
@@ -279,6 +334,7 @@ def _record_complete(
     trial.set_user_attr("model_dir", result.model_dir)
     trial.set_user_attr("steps", result.steps_run + result.resumed_from_step)
     trial.set_user_attr("resumed_from_step", result.resumed_from_step)
+    trial.set_user_attr("best_step", result.best_step)
     trial.set_user_attr(CURVES_ATTR, tlog.points)
     study.tell(trial, result.metrics[cfg.hpo.metric])
     tlog.log_artifact(

@@ -72,6 +72,7 @@ class TextModel:
     hf: nn.Module
     cutpoints: Cutpoints | None
     head_names: list[str] = field(default_factory=list)  # the classifier's parameters (family anatomy)
+    label_smoothing: float = 0.0  # train.label_smoothing: applied to the training loss only
 
     def parameters(self) -> list[nn.Parameter]:
         params = list(self.hf.parameters())
@@ -101,8 +102,11 @@ class TextModel:
         return self.hf(**batch).logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss while training (label smoothing for classification), else the plain
+        negative log-likelihood (validation)."""
         if self.cutpoints is None:
-            return F.cross_entropy(logits, labels)
+            smoothing = self.label_smoothing if self.hf.training else 0.0
+            return F.cross_entropy(logits, labels, label_smoothing=smoothing)
         return cumulative_link_nll(logits.squeeze(-1), self.cutpoints(), labels)
 
     def cutpoint_values(self) -> list[float] | None:
@@ -131,12 +135,15 @@ def build_model(
     frozen_layers: int = 0,
     head: str = "auto",
     tokenizer: Any = None,
+    dropout: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> TextModel:
     """Load `base` as a sequence classifier for the task: its own head kept when it fits (`head`
     'auto'), else a new one (logged); the input embeddings and the lowest `frozen_layers` layers
     frozen where the family keeps them (trainflow/training/families.py). A decoder without a padding
     token pads with its end-of-text token (`tokenizer`, loaded from `base` when not given, is told
-    so too).
+    so too). `dropout` (not None) sets every dropout rate of the family's config (hidden,
+    attention, classifier: `set_dropout`); `label_smoothing` applies to the training loss.
 
     Raises:
         ModelLoadError: the base model cannot be found or loaded, its head does not fit and
@@ -155,6 +162,8 @@ def build_model(
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"cannot load base model {base!r} (resolved to {source!r}): {err}") from None
+    if dropout is not None:
+        set_dropout(config, dropout)
     plan, problem = head_plan(theirs, num_labels, head)
     if problem:
         raise ModelLoadError(problem)
@@ -176,7 +185,28 @@ def build_model(
         hf=hf,
         cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None,
         head_names=parts.head_names,
+        label_smoothing=label_smoothing,
     )
+
+
+def dropout_fields(config: Any) -> list[str]:
+    """The dropout rates of a Hugging Face config, whatever the family names them
+    (`hidden_dropout_prob`, `attention_probs_dropout_prob`, `classifier_dropout`, DistilBERT's
+    `dropout` and `seq_classif_dropout`, GPT-2's `resid_pdrop`, ModernBERT's `mlp_dropout`, ...)."""
+    names = []
+    for name, value in config.to_dict().items():
+        rate = "dropout" in name or name.endswith("pdrop")
+        if rate and not isinstance(value, bool) and (value is None or isinstance(value, int | float)):
+            names.append(name)
+    return sorted(names)
+
+
+def set_dropout(config: Any, rate: float) -> list[str]:
+    """Set every dropout rate of `config` to `rate`; the names set."""
+    names = dropout_fields(config)
+    for name in names:
+        setattr(config, name, float(rate))
+    return names
 
 
 def _reset_head(hf: Any) -> None:

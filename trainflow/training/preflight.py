@@ -40,6 +40,8 @@ class ModelReport:
     head: str
     inputs: list[str]
     pad: str
+    positions: int = 0  # max_position_embeddings (0: not stated)
+    separable_layers: bool = True  # False: the layers share weights (ALBERT), none can be frozen alone
 
     def lines(self) -> list[str]:
         return [
@@ -179,4 +181,4 @@ def inspect_model(*, model: ModelConfig, task: TaskConfig) -> ModelReport:
          *([f"layers 1-{model.frozen_layers} of {parts.n_layers}"] if model.frozen_layers else [])]
     ) or "nothing"  # fmt: skip
     return ModelReport(folder, parts.model_type, "known" if parts.known else "generic", parts.n_layers, frozen,
-                       head, inputs, pad)  # fmt: skip
+                       head, inputs, pad, positions, parts.layers is not None)  # fmt: skip

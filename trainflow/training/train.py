@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -364,6 +365,8 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
         frozen_layers=cfg.model.frozen_layers,
         head=cfg.model.head,
         tokenizer=tokenizer,  # a decoder's gets its padding token here
+        dropout=cfg.train.dropout,
+        label_smoothing=cfg.train.label_smoothing,
     ).to(device)
     accel.maybe_compile(model.hf, fast)
     optimizer = torch.optim.AdamW(
@@ -476,9 +479,10 @@ def optimizer_step(
 
 
 def _evaluate_and_keep_best(
-    session: _Session, cfg: RunConfig, validation: SplitData, progress: _Progress, best_root: Path
+    session: _Session, cfg: RunConfig, validation: SplitData, progress: _Progress, best_root: Path, keep_last: bool
 ) -> dict[str, float]:
-    """Validate at `progress.step`; a new best model is saved as a version of `best_root`."""
+    """Validate at `progress.step`; a new best model (with `keep_last`: every model validated, so
+    the last one is kept) is saved as a version of `best_root`."""
     with accel.autocast(session.fast):
         metrics = evaluate(session.model, session.val_enc, validation.labels, session.pad_id, session.device)
     progress.history.append({"step": progress.step, **metrics})
@@ -486,7 +490,7 @@ def _evaluate_and_keep_best(
         "step %d/%d: validation %s", progress.step, cfg.train.max_steps, {k: round(v, 4) for k, v in metrics.items()}
     )
     value, sign = metrics[cfg.hpo.metric], (1 if cfg.hpo.direction == "maximize" else -1)
-    if progress.best_value is None or sign * value > sign * progress.best_value:
+    if keep_last or progress.best_value is None or sign * value > sign * progress.best_value:
         progress.best_value, progress.best_step, progress.best_metrics = value, progress.step, metrics
         ensure_free_space(best_root, checkpoint_size_estimate(session.model, session.optimizer), "the best model")
         progress.best_dir = VersionedDir(best_root).write(
@@ -530,8 +534,11 @@ def train_model(
     stop_after_step: int | None = None,
     checkpoint_tags: dict | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    keep: Literal["best", "last"] = "best",
 ) -> TrainResult:
-    """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`.
+    """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`
+    (`keep` 'last': the model of the last step, for a refit whose validation split is part of its
+    training data).
 
     Resumes from `resume_dir` (a checkpoint the caller chose, or a folder whose newest intact
     checkpoint is taken) when there is one (the architecture and all
@@ -572,7 +579,7 @@ def train_model(
             if log_values is not None:
                 log_values(step, {"train/loss": loss, "train/lr": float(session.scheduler.get_last_lr()[0])})
             if step % cfg.train.eval_every == 0 or step == hparams.max_steps:
-                metrics = _evaluate_and_keep_best(session, cfg, validation, progress, best_root)
+                metrics = _evaluate_and_keep_best(session, cfg, validation, progress, best_root, keep == "last")
                 if log_values is not None:
                     log_values(step, {f"val/{k}": v for k, v in metrics.items()})
                 if on_eval is not None:

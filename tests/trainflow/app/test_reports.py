@@ -76,6 +76,35 @@ def test_hpo_report_blocks_and_table(tmp_path, cfg) -> None:
     assert [row[1] for row in table.rows] == ["COMPLETE", "PRUNED", "COMPLETE"]
 
 
+def test_the_join_card_plots_metric_against_latency_and_says_why_the_search_stopped(tmp_path, cfg) -> None:
+    from trainflow.search.study import STOPPED_ATTR
+
+    storage, name = str(tmp_path / "optuna.journal"), "s"
+    study = open_study(cfg, storage, name)
+    for value, latency, size, feasible in [(0.9, 9.0, 5.0, False), (0.8, 2.0, 1.0, True), (0.7, 1.0, 1.0, True),
+                                           (0.6, 3.0, 1.0, True), (0.75, 2.5, 1.0, True)]:  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(params={"model.base": "deep" if latency > 5 else "small"},
+                                                  distributions={"model.base": optuna.distributions.CategoricalDistribution(["small", "deep"])},
+                                                  value=value, user_attrs={"latency_ms": latency, "size_mb": size,
+                                                                           "feasible": feasible}))  # fmt: skip
+    study.set_user_attr(STOPPED_ATTR, "trial 1 reached the target accuracy 0.8 (hpo.budget.target)")
+    records = trial_records(study)
+    hpo = HpoConfig(n_trials=8, constraints={"max_latency_ms": 5.0})
+    blocks = reports.hpo_report(storage=storage, study_name=name, records=records, best=records[1], hpo=hpo)
+    assert "stopped before 8 trials: trial 1 reached the target accuracy 0.8" in blocks[1].text
+    (pareto,) = [
+        b.spec for b in blocks if isinstance(b, reports.Chart) and "against INT8 latency" in str(b.spec["title"])
+    ]
+    rows = {r["trial"]: r["pareto"] for r in pareto["data"]["values"]}
+    assert rows == {0: True, 1: True, 2: True, 3: False, 4: False}
+    assert pareto["layer"][-1]["data"]["values"] == [{"limit": 5.0}]
+    table = blocks[-1]
+    assert table.headers[-3:] == ["INT8 ms", "INT8 MB", "within limits"] and table.rows[0][-1] == "no"
+    # A categorical parameter (a base model) gets a nominal axis in the slice plots.
+    (spec,) = reports.slice_specs(records, "accuracy")
+    assert spec["encoding"]["x"]["type"] == "nominal"
+
+
 def test_importances_with_enough_trials(tmp_path, cfg) -> None:
     study = reports.load_study(*_study(tmp_path, [0.5, 0.6, 0.55, 0.7, 0.65, 0.62], cfg))
     imp, method = reports.param_importances(study)

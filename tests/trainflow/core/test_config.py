@@ -23,7 +23,7 @@ def test_every_shipped_config_validates_and_opens_with_a_comment(path: Path) -> 
 def test_all_problems_reported_at_once(tiny_cfg: dict) -> None:
     tiny_cfg["train"]["max_steps"] = "many"  # wrong type
     tiny_cfg["train"]["epochs"] = 3  # unknown key
-    tiny_cfg["hpo"]["pruner"] = "hyperband"  # not an option
+    tiny_cfg["hpo"]["pruner"] = "asha"  # not an option
     del tiny_cfg["task"]  # missing
     with pytest.raises(ConfigError) as info:
         parse_config_dict(tiny_cfg, "t.yaml")

@@ -49,7 +49,7 @@ def test_workers_share_a_journal_study_and_run_exactly_n_trials(tmp_path, tiny_c
     best = best_trial(reloaded)
     assert Path(best.model_dir, "model.safetensors").is_file(), "best model is on disk, not only in memory"
     assert best.value == max(r.value for r in records if r.state == "COMPLETE")
-    assert set(best.params) == {"learning_rate", "weight_decay", "warmup_ratio"}
+    assert set(best.params) == {"train.learning_rate", "train.weight_decay", "train.warmup_ratio"}
 
 
 def test_a_trial_left_running_is_continued_not_asked_again(tmp_path, tiny_cfg, splits) -> None:
@@ -59,10 +59,11 @@ def test_a_trial_left_running_is_continued_not_asked_again(tmp_path, tiny_cfg, s
     study = open_study(cfg, storage, "s")
     crashed = study.ask()  # an earlier attempt asked, suggested and died
     crashed.set_user_attr("worker", 0)
-    lr = crashed.suggest_float("learning_rate", *cfg.hpo.search_space.learning_rate, log=True)
+    space = cfg.hpo.search_space["train.learning_rate"]
+    lr = crashed.suggest_float("train.learning_rate", space.low, space.high, log=True)
     ran = _worker(cfg, storage, 0, splits, tmp_path)
     assert [r.number for r in ran] == [crashed.number]
-    assert ran[0].state == "COMPLETE" and ran[0].params["learning_rate"] == lr
+    assert ran[0].state == "COMPLETE" and ran[0].params["train.learning_rate"] == lr
     assert len(study.trials) == 1
 
 

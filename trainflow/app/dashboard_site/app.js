@@ -265,6 +265,54 @@ async function history(body) {
   body.append(table(["number", "state", "value", "best_so_far", "seconds"], rows, `trials of ${run} (${metric})`));
 }
 
+// The complete trials no other beats on both the metric and the INT8 latency.
+function paretoFront(rows, higher) {
+  const done = rows.filter((r) => r.state === "COMPLETE" && r.value !== null && r.latency_ms !== null);
+  const score = (r) => (higher ? r.value : -r.value);
+  return new Set(
+    done
+      .filter((r) => !done.some((o) => score(o) >= score(r) && o.latency_ms <= r.latency_ms && (score(o) > score(r) || o.latency_ms < r.latency_ms)))
+      .map((r) => r.number),
+  );
+}
+
+async function pareto(body) {
+  const run = $("f-run").value;
+  if (unavailable(body, "trials", run, "run")) {
+    return;
+  }
+  const rows = await query(
+    `SELECT number, state, round(value, 4) AS value, round(latency_ms, 3) AS latency_ms, round(size_mb, 2) AS size_mb, feasible
+     FROM trials WHERE run_key = ? AND latency_ms IS NOT NULL ORDER BY number`,
+    run,
+  );
+  if (rows.length === 0) {
+    return note(body, `Run ${run} searched without deployment limits (hpo.constraints): no INT8 latency was measured per trial.`);
+  }
+  const { metric, higher } = await runDirection(run);
+  const front = paretoFront(rows, higher);
+  for (const r of rows) {
+    r.pareto = front.has(r.number);
+    r.within_limits = r.feasible === null ? null : r.feasible ? "yes" : "no (not trained)";
+  }
+  const x = { field: "latency_ms", type: "quantitative", title: "INT8 p50 latency (ms)", scale: { zero: false } };
+  const y = { field: "value", type: "quantitative", title: `validation ${metric}`, scale: { zero: false } };
+  const spec = {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    width: 520,
+    height: 220,
+    data: { values: rows.filter((r) => r.value !== null) },
+    layer: [
+      { transform: [{ filter: "datum.pareto" }], mark: { type: "line", color: "#c81e1e" }, encoding: { x, y, order: { field: "latency_ms" } } },
+      { mark: { type: "point", filled: true, size: 60 }, encoding: { x, y, color: { field: "pareto", type: "nominal", title: "Pareto front" } } },
+    ],
+  };
+  const chart = el("div", { class: "chart" });
+  body.append(chart);
+  await window.vegaEmbed(chart, spec, { actions: false, renderer: "svg" });
+  body.append(table(["number", "state", "value", "latency_ms", "size_mb", "within_limits", "pareto"], rows, `deployed cost of the trials of ${run} (${metric})`));
+}
+
 async function states(body) {
   const run = $("f-run").value;
   if (unavailable(body, "trials", run, "run")) {
@@ -362,7 +410,7 @@ async function lineage(body) {
   body.append(table(["node_id", "kind", "sha256", "parents", "package_file", "trial", "path"], rows, `lineage of ${chosen.join(" ")}`));
 }
 
-const PANELS = { leaderboard, runs, history, states, recipes, registry, lineage };
+const PANELS = { leaderboard, runs, history, pareto, states, recipes, registry, lineage };
 
 async function drawAll() {
   document.body.dataset.ready = "0";
