@@ -66,8 +66,8 @@ fails_in_one_line = errors.one_line_errors(_record_failure)
 @ComputeBackend
 class TrainFlow(FlowSpec):
     """Fine-tune a text classifier with an Optuna search and publish a checksummed ONNX + INT8
-    package. Steps: start -> train (foreach worker) -> join -> export -> quantize -> publish -> end;
-    each step calls one function of `stages/` and stores its result (see the module docstring)."""
+    package. Steps: start -> train (foreach worker) -> join -> refit (with hpo.refit) -> export ->
+    quantize -> publish -> end; each step calls one function of `stages/` and stores its result."""
 
     config = Config(
         "config", default=DEFAULT_CONFIG, parser=errors.config_parser(metaflow_config_parser, DEFAULT_CONFIG)

@@ -45,6 +45,6 @@ def test_the_image_build_installs_the_pins_with_the_cuda_torch(tmp_path: Path) -
         assert cuda not in ("", "None"), cuda
         assert "apptainer %test passed" in out
         steps = re.search(r"%runscript show: (\d+) steps", out)
-        assert steps and int(steps.group(1)) == 7, out[-2000:]  # start train join export quantize publish end
+        assert steps and int(steps.group(1)) == 8, out[-2000:]  # start train join refit export quantize publish end
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # ~6 GB
