@@ -102,14 +102,6 @@ def make_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
                                           reduction_factor=p.reduction_factor)  # fmt: skip
 
 
-CONSTRAINTS_ATTR = "constraints"  # trial user attr: [latency - limit, size - limit], <= 0 is feasible
-
-
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's constraints of a trial (values <= 0 are satisfied); none recorded: satisfied."""
-    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0]))
-
-
 class _AskTellGridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler, for workers that ask and tell: once the grid is exhausted Optuna's
     calls `study.stop()`, which only `study.optimize` accepts; here the budget check ends the search
@@ -120,10 +112,10 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 
 
 def make_sampler(cfg: RunConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded; TPE and GP learn which trials broke the deployment limits
-    (`hpo.constraints`) through Optuna's constraints_func."""
+    """The configured sampler, seeded. TPE and GP learn which trials broke the deployment limits
+    (`hpo.constraints`) from the constraint values the worker sets on each trial
+    (`Trial.set_constraint`)."""
     name = cfg.hpo.sampler
-    constraints = constraint_values if cfg.hpo.constraints is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "random":
@@ -131,12 +123,10 @@ def make_sampler(cfg: RunConfig, seed: int) -> optuna.samplers.BaseSampler:
         if name == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.hpo.n_workers)
         if name == "gp":
-            return optuna.samplers.GPSampler(
-                seed=seed, constraints_func=constraints, n_startup_trials=cfg.hpo.n_workers
-            )
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.hpo.n_workers)
         if name == "grid":
             return _AskTellGridSampler(search_space.grid(cfg), seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.hpo.n_workers, constraints_func=constraints)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.hpo.n_workers)
 
 
 def open_study(

@@ -47,7 +47,6 @@ from trainflow.search.heartbeat import beat, heartbeat
 from trainflow.search.journal import check_journal
 from trainflow.search.optuna_private import retry_history, storage_of, trial_by_id, trial_id
 from trainflow.search.study import (
-    CONSTRAINTS_ATTR,
     CURVES_ATTR,
     FINISHED,
     STOPPED_ATTR,
@@ -250,7 +249,7 @@ def _run_trial(
     limited = cfg.hpo.constraints is not None and deploy_cost is not None
     if limited and not _record_deploy_cost(trial, trial_cfg, deploy_cost):  # type: ignore[arg-type]
         # Never trained: it could never be chosen. Pruned with its constraint values recorded,
-        # so the sampler's constraints_func learns where the limits are.
+        # so the sampler learns where the limits are.
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return
 
@@ -309,7 +308,7 @@ DeployCost = Callable[[RunConfig], dict[str, float]]
 
 def _record_deploy_cost(trial: optuna.Trial, trial_cfg: RunConfig, deploy_cost: DeployCost) -> bool:
     """Record the trial's INT8 latency and size (measured once per architecture by `deploy_cost`)
-    and whether they are within `hpo.constraints`, as user attrs Optuna's constraints_func reads;
+    and whether they are within `hpo.constraints`, as user attrs, and Optuna's constraint values (<= 0 within the limit) its samplers read;
     return whether they are."""
     limits = trial_cfg.hpo.constraints
     assert limits is not None
@@ -320,7 +319,8 @@ def _record_deploy_cost(trial: optuna.Trial, trial_cfg: RunConfig, deploy_cost: 
     trial.set_user_attr("latency_ms", cost["latency_ms"])
     trial.set_user_attr("size_mb", cost["size_mb"])
     trial.set_user_attr("feasible", feasible)
-    trial.set_user_attr(CONSTRAINTS_ATTR, [v if v != float("-inf") else -1e9 for v in over])
+    trial.set_constraint("latency_ms", over[0] if over[0] != float("-inf") else -1e9)
+    trial.set_constraint("size_mb", over[1] if over[1] != float("-inf") else -1e9)
     log.info("trial %d: INT8 %.2f ms, %.1f MB: %s", trial.number, cost["latency_ms"], cost["size_mb"],
              "within hpo.constraints" if feasible else "over hpo.constraints: not trained")  # fmt: skip
     return feasible
