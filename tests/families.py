@@ -55,6 +55,7 @@ FAMILIES: dict[str, Family] = {
 SHAPES = {
     # (hidden, layers, heads, feed-forward, vocabulary)
     "tiny": (32, 2, 2, 64, 400),
+    "tiny4": (32, 4, 2, 64, 400),  # deep enough to cut a student from
     "bench": (384, 6, 12, 1536, 8000),
 }
 SPECIAL = {
