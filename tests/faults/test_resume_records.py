@@ -68,17 +68,20 @@ def test_kill_interrupted_failed_resume_resume_and_a_no_op_resume(tmp_path: Path
     (published,) = _runs(art)
     assert (published.run_key, published.status) == (origin.run_key, "published")
     assert published.resumed_as and published.resumed_as != after.resumed_as
-    cost = query(art, "SELECT sum(cost), sum(seconds) FROM costs WHERE run_key = ?", [origin.run_key])[1][0]
+    total = "SELECT sum(cost), sum(seconds) FROM costs WHERE run_key = ?"
+    cost = query(art, total, [origin.run_key])[1][0]
     duration = published.duration_s
     assert cost[0] > 0 and duration > 0
 
     # A no-op `resume publish`: the cloned steps are priced as they ran, the idle time not counted.
-    time.sleep(3)
+    time.sleep(40)
     again = subprocess.run(_flow(tmp_path, "resume", "publish"), cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=900)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     (republished,) = _runs(art)
-    cost2 = query(art, "SELECT sum(cost), sum(seconds) FROM costs WHERE run_key = ?", [origin.run_key])[1][0]
-    assert cost2[0] == pytest.approx(cost[0], rel=0.15) and cost2[1] == pytest.approx(cost[1], rel=0.15)
-    assert republished.duration_s == pytest.approx(duration, rel=0.2), "the resume's idle wait is not counted"
+    cost2 = query(art, total, [origin.run_key])[1][0]
+    # The idle wait (40 s, more than the priced time) is not counted. The cloned steps' times, read
+    # back through Metaflow's client, vary by up to about 20 % between two publishes, hence 25 %.
+    assert cost2[0] == pytest.approx(cost[0], rel=0.25) and cost2[1] == pytest.approx(cost[1], rel=0.25)
+    assert republished.duration_s == pytest.approx(duration, rel=0.25), "the resume's idle wait is not counted"
     assert len(list((art / "tiny").iterdir())) == 1, "published once"
