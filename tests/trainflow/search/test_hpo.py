@@ -5,21 +5,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.tiny import rt_texts
+from tests.search_helpers import run_one_worker
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import SearchError
-from trainflow.data.dataset import SplitData
 from trainflow.search.study import best_trial, open_study, trial_records, worker_quota
-from trainflow.search.worker import run_worker
-
-
-@pytest.fixture(scope="module")
-def splits() -> tuple[SplitData, SplitData]:
-    texts = rt_texts(80)
-    labels = [i % 2 for i in range(80)]
-    return SplitData([str(i) for i in range(60)], texts[:60], labels[:60]), SplitData(
-        [str(i) for i in range(60, 80)], texts[60:], labels[60:]
-    )
 
 
 def test_quota_splits_trials_exactly() -> None:
@@ -27,21 +16,15 @@ def test_quota_splits_trials_exactly() -> None:
     assert sum(worker_quota(7, 3, w) for w in range(3)) == 7
 
 
-def _worker(cfg, storage: str, worker: int, splits, work: Path, **kw):
-    train, val = splits
-    return run_worker(cfg=cfg, storage=storage, study_name="s", worker=worker, train=train, validation=val,
-                      work_dir=work, group="g", **kw)  # fmt: skip
-
-
 def test_workers_share_a_journal_study_and_run_exactly_n_trials(tmp_path, tiny_cfg, splits) -> None:
     tiny_cfg["hpo"].update(n_trials=3, n_workers=2)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran0 = _worker(cfg, storage, 0, splits, tmp_path)
-    ran1 = _worker(cfg, storage, 1, splits, tmp_path)
+    ran0 = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran1 = run_one_worker(cfg, storage, 1, splits, tmp_path)
     assert [r.worker for r in ran0] == [0, 0] and [r.worker for r in ran1] == [1]
     # A second call of a finished worker (e.g. a retry after the task body ended) asks nothing new.
-    assert _worker(cfg, storage, 1, splits, tmp_path) == []
+    assert run_one_worker(cfg, storage, 1, splits, tmp_path) == []
     reloaded = optuna.load_study(study_name="s", storage=open_study(cfg, storage, "s")._storage)
     records = trial_records(reloaded)
     assert len(records) == 3
@@ -61,7 +44,7 @@ def test_a_trial_left_running_is_continued_not_asked_again(tmp_path, tiny_cfg, s
     crashed.set_user_attr("worker", 0)
     space = cfg.hpo.search_space["train.learning_rate"]
     lr = crashed.suggest_float("train.learning_rate", space.low, space.high, log=True)
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     assert [r.number for r in ran] == [crashed.number]
     assert ran[0].state == "COMPLETE" and ran[0].params["train.learning_rate"] == lr
     assert len(study.trials) == 1
@@ -78,7 +61,7 @@ def test_pruner_stops_a_trial_worse_than_the_median(tmp_path, tiny_cfg, splits) 
         params={}, distributions={}, value=1.0, intermediate_values={3: 1.0, 6: 1.0},
         user_attrs={"worker": 99},
     ))  # fmt: skip
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     assert ran[0].state == "PRUNED"
 
 

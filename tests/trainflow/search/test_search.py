@@ -4,15 +4,13 @@ files) and real workers training the tiny model."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.tiny import rt_texts
+from tests.search_helpers import run_one_worker
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import ConfigError
-from trainflow.data.dataset import SplitData
 from trainflow.search import space as search_space
 from trainflow.search.study import (
     STARTED_ATTR,
@@ -24,21 +22,6 @@ from trainflow.search.study import (
     stopped_reason,
     trial_records,
 )
-from trainflow.search.worker import run_worker
-
-
-@pytest.fixture(scope="module")
-def splits() -> tuple[SplitData, SplitData]:
-    texts = rt_texts(80)
-    labels = [i % 2 for i in range(80)]
-    return (SplitData([str(i) for i in range(60)], texts[:60], labels[:60]),
-            SplitData([str(i) for i in range(60, 80)], texts[60:], labels[60:]))  # fmt: skip
-
-
-def _worker(cfg, storage: str, worker: int, splits, work: Path, **kw):
-    train, val = splits
-    return run_worker(cfg=cfg, storage=storage, study_name="s", worker=worker, train=train, validation=val,
-                      work_dir=work, group="g", **kw)  # fmt: skip
 
 
 def _problems(raw: dict) -> list[str]:
@@ -157,7 +140,7 @@ def test_every_sampler_runs_real_trials_from_the_shared_study(tmp_path, tiny_cfg
     tiny_cfg["train"].update(max_steps=2, eval_every=2, checkpoint_every=2)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     study = open_study(cfg, storage, "s")
     kinds = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "gp": optuna.samplers.GPSampler,
              "cmaes": optuna.samplers.CmaEsSampler, "grid": optuna.samplers.GridSampler}  # fmt: skip
@@ -212,7 +195,7 @@ def test_every_pruner_stops_a_weaker_trial_at_an_evaluation(tmp_path, tiny_cfg, 
     study = open_study(cfg, storage, "s")
     assert type(make_pruner(cfg)).__name__.lower().startswith(name.replace("_", ""))
     _plant_strong_trials(study, 3)
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     assert [r.state for r in ran] == ["PRUNED"], ran
     (trial,) = [t for t in open_study(cfg, storage, "s").trials if t.user_attrs.get("worker") == 0]
     assert max(trial.intermediate_values) == 3, "pruned at its first evaluation, not trained to the end"
@@ -225,7 +208,7 @@ def test_a_trial_that_reaches_its_last_step_completes_under_every_pruner(tmp_pat
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
     _plant_strong_trials(open_study(cfg, storage, "s"), 3, steps=(3,))
-    assert [r.state for r in _worker(cfg, storage, 0, splits, tmp_path)] == ["COMPLETE"]
+    assert [r.state for r in run_one_worker(cfg, storage, 0, splits, tmp_path)] == ["COMPLETE"]
 
 
 def test_successive_halving_judges_across_workers_through_the_study(tmp_path, tiny_cfg, splits) -> None:
@@ -234,8 +217,8 @@ def test_successive_halving_judges_across_workers_through_the_study(tmp_path, ti
     tiny_cfg["train"].update(max_steps=9, eval_every=3, checkpoint_every=9)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    _worker(cfg, storage, 0, splits, tmp_path)
-    _worker(cfg, storage, 1, splits, tmp_path)
+    run_one_worker(cfg, storage, 0, splits, tmp_path)
+    run_one_worker(cfg, storage, 1, splits, tmp_path)
     trials = open_study(cfg, storage, "s").trials
     assert len(trials) == 4 and all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                                     for t in trials)  # fmt: skip
@@ -250,20 +233,20 @@ def test_a_time_budget_stops_asking_and_lets_the_running_trial_finish(tmp_path, 
     tiny_cfg["hpo"].update(n_trials=3, n_workers=1, pruner="none", budget={"timeout_minutes": 0.001})
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     assert [r.state for r in ran] == ["COMPLETE"], "the trial that started finished; no other started"
     study = open_study(cfg, storage, "s")
     assert "time budget of 0.001 min" in stopped_reason(study)
     # A second worker honours the same budget through the study.
     cfg2 = parse_config_dict({**tiny_cfg, "hpo": {**tiny_cfg["hpo"], "n_workers": 2}})
-    assert _worker(cfg2, storage, 1, splits, tmp_path) == []
+    assert run_one_worker(cfg2, storage, 1, splits, tmp_path) == []
 
 
 def test_a_target_stops_the_search_once_a_trial_reaches_it(tmp_path, tiny_cfg, splits) -> None:
     tiny_cfg["hpo"].update(n_trials=3, n_workers=1, pruner="none", budget={"target": 0.0})
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = _worker(cfg, storage, 0, splits, tmp_path)
+    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
     assert len(ran) == 1
     assert stopped_reason(open_study(cfg, storage, "s")) == (
         f"trial {ran[0].number} reached the target accuracy 0 (hpo.budget.target)"
@@ -281,7 +264,7 @@ def test_patience_stops_after_trials_without_improvement(tmp_path, tiny_cfg, spl
     assert (
         budget_stop_reason(study, cfg) == "2 completed trials in a row did not improve on 0.9000 (hpo.budget.patience)"
     )
-    assert _worker(cfg, str(tmp_path / "study.journal"), 0, splits, tmp_path) == []
+    assert run_one_worker(cfg, str(tmp_path / "study.journal"), 0, splits, tmp_path) == []
 
 
 def test_the_time_budget_counts_from_the_first_trial_asked(tmp_path, tiny_cfg) -> None:
