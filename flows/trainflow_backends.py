@@ -3,8 +3,9 @@ stay local.
 
 `ComputeBackend` is a Metaflow FlowMutator: it reads `compute:` of the run config and adds
 `@slurm` (metaflow-slurm) or `@kubernetes` (built into Metaflow) plus `@environment` to the
-`train` and `refit` steps (the refit runs only with `hpo.refit`). `patch_metaflow_slurm()` works around gaps of metaflow-slurm 0.0.4 (listed in its
-docstring). This module is Metaflow glue; it lives with the flow, not in `trainflow/`.
+`train` and `refit` steps (the refit only with `hpo.refit`). `patch_metaflow_slurm()` works
+around gaps of metaflow-slurm 0.0.4 (listed in its docstring). This module is Metaflow glue; it
+lives with the flow, not in `trainflow/`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 from metaflow import FlowMutator
 
-TRAIN_STEP = "train"
-REFIT_STEP = "refit"  # hpo.refit: trains like a trial, so it runs where the trials run
+from trainflow.records.cost import training_steps
+
 # Variables every trial needs on any backend (never secrets: those stay in the login environment
 # or a credentials file, so they never reach decorator attributes, artifacts or job scripts).
 FORWARDED = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "WANDB_MODE", "WANDB_PROJECT")
@@ -81,14 +82,14 @@ class ComputeBackend(FlowMutator):
         if backend == "slurm":
             patch_metaflow_slurm()
         steps = dict(mutable_flow.steps)
+        env = job_environment(compute)
         # Without hpo.refit the refit step only passes the best model on: it stays local.
-        for name in (TRAIN_STEP, REFIT_STEP) if config["hpo"].get("refit") else (TRAIN_STEP,):
+        for name in training_steps(bool(config["hpo"].get("refit"))):
             step = steps[name]
             if backend == "slurm":
                 step.add_decorator("slurm", deco_kwargs=slurm_attributes(compute))
             elif backend == "kubernetes":
                 step.add_decorator("kubernetes", deco_kwargs=kubernetes_attributes(compute))
-            env = job_environment(compute)
             if env:
                 step.add_decorator("environment", deco_kwargs={"vars": env})
 

@@ -17,7 +17,7 @@ def small_splits() -> tuple[SplitData, SplitData]:
             SplitData([str(i) for i in range(60, 80)], texts[60:], labels[60:]))  # fmt: skip
 
 
-def run_one_worker(cfg: Any, storage: str, worker: int, splits: tuple[SplitData, SplitData], work: Path, **kw: Any):
+def work_on_study(cfg: Any, storage: str, worker: int, splits: tuple[SplitData, SplitData], work: Path, **kw: Any):
     """`run_worker` for worker `worker` of study "s" on `splits`; the records of the trials it ran."""
     from trainflow.search.worker import run_worker
 

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 TRIAL_STEPS = ("train",)
 # With hpo.refit the refit step trains like a trial, on the trials' resources; else it only passes the model on.
 REFIT_STEP = "refit"
+
+
+def training_steps(refit: bool) -> tuple[str, ...]:
+    """The steps that train like a trial: on the trials' resources and backend (`hpo.refit`)."""
+    return (*TRIAL_STEPS, REFIT_STEP) if refit else TRIAL_STEPS
+
+
 DEFAULT_CPUS = 1
 DEFAULT_MEMORY_MB = 4096
 
@@ -136,7 +143,7 @@ def declared_resources(
     refit step counts as a trial step when it trains (`refit`)."""
     trial = Resources(compute.cpus, compute.gpus, compute.memory_mb / 1024, cost.gpu_type)
     default = Resources(DEFAULT_CPUS, 0, DEFAULT_MEMORY_MB / 1024, cost.gpu_type)
-    return dict.fromkeys((*TRIAL_STEPS, *((REFIT_STEP,) if refit else ())), trial), default
+    return dict.fromkeys(training_steps(refit), trial), default
 
 
 def price_tasks(

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.search_helpers import run_one_worker
+from tests.search_helpers import work_on_study
 from tests.tiny import build_tiny_bert, rt_texts
 from trainflow.convert.deploy_cost import architecture_key, measure_deploy_cost
 from trainflow.core import layout
@@ -77,7 +77,7 @@ def test_trials_over_the_limits_are_not_trained_and_the_best_is_feasible(
     tiny_cfg["seed"] = 1  # a draw of both bases in 4 trials
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path, deploy_cost=deploy_cost)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path, deploy_cost=deploy_cost)
     assert len(calls) == 4 and len(list(cache.glob("*.json"))) == 2, "measured once per base, then cached"
     by_base = {b: [r for r in ran if r.params["model.base"] == b] for b in (str(tiny_model_dir), str(deep_model_dir))}
     assert all(by_base.values()), "both bases were drawn"
@@ -98,7 +98,7 @@ def test_no_trial_within_the_limits_is_one_line_naming_the_fastest(tmp_path, tin
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
     deploy_cost, _ = _cost(tmp_path / "cache")
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path, deploy_cost=deploy_cost)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path, deploy_cost=deploy_cost)
     assert [r.state for r in ran] == ["PRUNED", "PRUNED"]
     with pytest.raises(SearchError) as info:
         best_trial(open_study(cfg, storage, "s"))
@@ -141,7 +141,7 @@ def test_warm_start_queues_the_earlier_best_trials_that_fit(tmp_path, tiny_cfg, 
     assert notes == ["warm start: earlier trial 2 (0.9000) skipped: its train.learning_rate 0.5 is outside this"
                      " search space"]  # fmt: skip
     assert warm_start(study, cfg) == [] and len(study.trials) == 2, "queued once per study"
-    ran = run_one_worker(cfg, str(tmp_path / "new.journal"), 0, splits, tmp_path)
+    ran = work_on_study(cfg, str(tmp_path / "new.journal"), 0, splits, tmp_path)
     assert [r.params for r in ran] == [fits, {f"train.{k}": v for k, v in legacy.items()}]
 
 
@@ -180,7 +180,7 @@ def test_refit_trains_the_best_configuration_on_train_and_validation(tmp_path, t
     tiny_cfg["train"].update(max_steps=6, eval_every=3, checkpoint_every=2)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    run_one_worker(cfg, storage, 0, splits, tmp_path)
+    work_on_study(cfg, storage, 0, splits, tmp_path)
     best = best_trial(open_study(cfg, storage, "s"))
     assert best.best_step in (3, 6)
     train, val = splits

@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.search_helpers import run_one_worker
+from tests.search_helpers import work_on_study
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import SearchError
 from trainflow.search.study import best_trial, open_study, trial_records, worker_quota
@@ -20,11 +20,11 @@ def test_workers_share_a_journal_study_and_run_exactly_n_trials(tmp_path, tiny_c
     tiny_cfg["hpo"].update(n_trials=3, n_workers=2)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran0 = run_one_worker(cfg, storage, 0, splits, tmp_path)
-    ran1 = run_one_worker(cfg, storage, 1, splits, tmp_path)
+    ran0 = work_on_study(cfg, storage, 0, splits, tmp_path)
+    ran1 = work_on_study(cfg, storage, 1, splits, tmp_path)
     assert [r.worker for r in ran0] == [0, 0] and [r.worker for r in ran1] == [1]
     # A second call of a finished worker (e.g. a retry after the task body ended) asks nothing new.
-    assert run_one_worker(cfg, storage, 1, splits, tmp_path) == []
+    assert work_on_study(cfg, storage, 1, splits, tmp_path) == []
     reloaded = optuna.load_study(study_name="s", storage=open_study(cfg, storage, "s")._storage)
     records = trial_records(reloaded)
     assert len(records) == 3
@@ -44,7 +44,7 @@ def test_a_trial_left_running_is_continued_not_asked_again(tmp_path, tiny_cfg, s
     crashed.set_user_attr("worker", 0)
     space = cfg.hpo.search_space["train.learning_rate"]
     lr = crashed.suggest_float("train.learning_rate", space.low, space.high, log=True)
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     assert [r.number for r in ran] == [crashed.number]
     assert ran[0].state == "COMPLETE" and ran[0].params["train.learning_rate"] == lr
     assert len(study.trials) == 1
@@ -61,7 +61,7 @@ def test_pruner_stops_a_trial_worse_than_the_median(tmp_path, tiny_cfg, splits) 
         params={}, distributions={}, value=1.0, intermediate_values={3: 1.0, 6: 1.0},
         user_attrs={"worker": 99},
     ))  # fmt: skip
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     assert ran[0].state == "PRUNED"
 
 

@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from tests.search_helpers import run_one_worker
+from tests.search_helpers import work_on_study
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import ConfigError
 from trainflow.search import space as search_space
@@ -140,7 +140,7 @@ def test_every_sampler_runs_real_trials_from_the_shared_study(tmp_path, tiny_cfg
     tiny_cfg["train"].update(max_steps=2, eval_every=2, checkpoint_every=2)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     study = open_study(cfg, storage, "s")
     kinds = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "gp": optuna.samplers.GPSampler,
              "cmaes": optuna.samplers.CmaEsSampler, "grid": optuna.samplers.GridSampler}  # fmt: skip
@@ -195,7 +195,7 @@ def test_every_pruner_stops_a_weaker_trial_at_an_evaluation(tmp_path, tiny_cfg, 
     study = open_study(cfg, storage, "s")
     assert type(make_pruner(cfg)).__name__.lower().startswith(name.replace("_", ""))
     _plant_strong_trials(study, 3)
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     assert [r.state for r in ran] == ["PRUNED"], ran
     (trial,) = [t for t in open_study(cfg, storage, "s").trials if t.user_attrs.get("worker") == 0]
     assert max(trial.intermediate_values) == 3, "pruned at its first evaluation, not trained to the end"
@@ -208,7 +208,7 @@ def test_a_trial_that_reaches_its_last_step_completes_under_every_pruner(tmp_pat
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
     _plant_strong_trials(open_study(cfg, storage, "s"), 3, steps=(3,))
-    assert [r.state for r in run_one_worker(cfg, storage, 0, splits, tmp_path)] == ["COMPLETE"]
+    assert [r.state for r in work_on_study(cfg, storage, 0, splits, tmp_path)] == ["COMPLETE"]
 
 
 def test_successive_halving_judges_across_workers_through_the_study(tmp_path, tiny_cfg, splits) -> None:
@@ -217,8 +217,8 @@ def test_successive_halving_judges_across_workers_through_the_study(tmp_path, ti
     tiny_cfg["train"].update(max_steps=9, eval_every=3, checkpoint_every=9)
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    run_one_worker(cfg, storage, 0, splits, tmp_path)
-    run_one_worker(cfg, storage, 1, splits, tmp_path)
+    work_on_study(cfg, storage, 0, splits, tmp_path)
+    work_on_study(cfg, storage, 1, splits, tmp_path)
     trials = open_study(cfg, storage, "s").trials
     assert len(trials) == 4 and all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                                     for t in trials)  # fmt: skip
@@ -233,20 +233,20 @@ def test_a_time_budget_stops_asking_and_lets_the_running_trial_finish(tmp_path, 
     tiny_cfg["hpo"].update(n_trials=3, n_workers=1, pruner="none", budget={"timeout_minutes": 0.001})
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     assert [r.state for r in ran] == ["COMPLETE"], "the trial that started finished; no other started"
     study = open_study(cfg, storage, "s")
     assert "time budget of 0.001 min" in stopped_reason(study)
     # A second worker honours the same budget through the study.
     cfg2 = parse_config_dict({**tiny_cfg, "hpo": {**tiny_cfg["hpo"], "n_workers": 2}})
-    assert run_one_worker(cfg2, storage, 1, splits, tmp_path) == []
+    assert work_on_study(cfg2, storage, 1, splits, tmp_path) == []
 
 
 def test_a_target_stops_the_search_once_a_trial_reaches_it(tmp_path, tiny_cfg, splits) -> None:
     tiny_cfg["hpo"].update(n_trials=3, n_workers=1, pruner="none", budget={"target": 0.0})
     cfg = parse_config_dict(tiny_cfg)
     storage = str(tmp_path / "study.journal")
-    ran = run_one_worker(cfg, storage, 0, splits, tmp_path)
+    ran = work_on_study(cfg, storage, 0, splits, tmp_path)
     assert len(ran) == 1
     assert stopped_reason(open_study(cfg, storage, "s")) == (
         f"trial {ran[0].number} reached the target accuracy 0 (hpo.budget.target)"
@@ -264,7 +264,7 @@ def test_patience_stops_after_trials_without_improvement(tmp_path, tiny_cfg, spl
     assert (
         budget_stop_reason(study, cfg) == "2 completed trials in a row did not improve on 0.9000 (hpo.budget.patience)"
     )
-    assert run_one_worker(cfg, str(tmp_path / "study.journal"), 0, splits, tmp_path) == []
+    assert work_on_study(cfg, str(tmp_path / "study.journal"), 0, splits, tmp_path) == []
 
 
 def test_the_time_budget_counts_from_the_first_trial_asked(tmp_path, tiny_cfg) -> None:
