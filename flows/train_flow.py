@@ -63,6 +63,18 @@ def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None
 fails_in_one_line = errors.one_line_errors(_record_failure)
 
 
+# The trials and the refit train alike: retried, with the resources `compute:` declares.
+trial_retry = retry(
+    times=config_expr("config.compute.retries"),
+    minutes_between_retries=config_expr("config.compute.retry_delay_minutes"),
+)
+trial_resources = resources(
+    cpu=config_expr("config.compute.cpus"),
+    gpu=config_expr("config.compute.gpus"),
+    memory=config_expr("config.compute.memory_mb"),
+)
+
+
 @ComputeBackend
 class TrainFlow(FlowSpec):
     """Fine-tune a text classifier with an Optuna search and publish a checksummed ONNX + INT8
@@ -98,15 +110,8 @@ class TrainFlow(FlowSpec):
 
     @card(type="blank", id=cards.CARD_ID)
     @checkpoint(show_card=False)
-    @retry(
-        times=config_expr("config.compute.retries"),
-        minutes_between_retries=config_expr("config.compute.retry_delay_minutes"),
-    )
-    @resources(
-        cpu=config_expr("config.compute.cpus"),
-        gpu=config_expr("config.compute.gpus"),
-        memory=config_expr("config.compute.memory_mb"),
-    )
+    @trial_retry
+    @trial_resources
     @step
     @fails_in_one_line
     @trainflow_liveness.beating
@@ -155,15 +160,8 @@ class TrainFlow(FlowSpec):
         self.next(self.refit)
 
     @checkpoint(show_card=False)
-    @retry(
-        times=config_expr("config.compute.retries"),
-        minutes_between_retries=config_expr("config.compute.retry_delay_minutes"),
-    )
-    @resources(
-        cpu=config_expr("config.compute.cpus"),
-        gpu=config_expr("config.compute.gpus"),
-        memory=config_expr("config.compute.memory_mb"),
-    )
+    @trial_retry
+    @trial_resources
     @step
     @fails_in_one_line
     @trainflow_liveness.beating
