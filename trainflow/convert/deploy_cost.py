@@ -14,11 +14,11 @@ Workers measuring the same architecture at once wait for each other (a file lock
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,10 +40,22 @@ from trainflow.training.base_model import checksum_model_dir, resolve_base_model
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=32)
+def _checksum(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    return checksum_model_dir(folder)
+
+
+def _base_checksum(folder: Path) -> str:
+    """The base model folder's checksum, hashed once per process while its files are unchanged
+    (every trial asks; a large base takes seconds to hash)."""
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
+    return _checksum(str(folder), stamp)
+
+
 def architecture_key(cfg: RunConfig) -> str:
     """What the deployed cost depends on, hashed (see the module docstring)."""
     folder = resolve_base_model(cfg.model.base)
-    base = checksum_model_dir(folder) if Path(folder).is_dir() else cfg.model.base
+    base = _base_checksum(Path(folder)) if Path(folder).is_dir() else cfg.model.base
     limits = cfg.hpo.constraints
     parts = {
         "base": base,
@@ -123,5 +135,4 @@ def _measure(cfg: RunConfig, texts: list[str]) -> dict[str, float]:
                             batch_sizes=(batch,), rounds=2)  # fmt: skip
         latency = float(np.median([float(r["p50_ms"]) for r in rows]))  # type: ignore[arg-type]
         size = Path(result.int8_path).stat().st_size / 1e6
-        shutil.rmtree(work / "onnx", ignore_errors=True)
     return {"latency_ms": latency, "size_mb": size}
