@@ -57,7 +57,7 @@ def _source(cfg: RunConfig) -> optuna.Study:
 
 
 def _params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {(f"train.{k}" if k in LEGACY_SPACE else k): v for k, v in trial.params.items()}
+    return {(LEGACY_SPACE[k][0] if k in LEGACY_SPACE else k): v for k, v in trial.params.items()}
 
 
 def best_earlier_trials(cfg: RunConfig) -> list[optuna.trial.FrozenTrial]:
