@@ -308,19 +308,20 @@ DeployCost = Callable[[RunConfig], dict[str, float]]
 
 def _record_deploy_cost(trial: optuna.Trial, trial_cfg: RunConfig, deploy_cost: DeployCost) -> bool:
     """Record the trial's INT8 latency and size (measured once per architecture by `deploy_cost`)
-    and whether they are within `hpo.constraints`, as user attrs, and Optuna's constraint values (<= 0 within the limit) its samplers read;
-    return whether they are."""
+    and whether they are within `hpo.constraints`, as user attrs, and as Optuna's constraint
+    values (how far over each limit; <= 0 is within), which its samplers read. Returns whether
+    they are within."""
     limits = trial_cfg.hpo.constraints
     assert limits is not None
     cost = deploy_cost(trial_cfg)
-    over = [cost["latency_ms"] - (limits.max_latency_ms or float("inf")),
-            cost["size_mb"] - (limits.max_size_mb or float("inf"))]  # fmt: skip
-    feasible = all(v <= 0 for v in over)
+    over = {name: cost[name] - limit if limit is not None else -1e9  # no limit: always within
+            for name, limit in (("latency_ms", limits.max_latency_ms), ("size_mb", limits.max_size_mb))}  # fmt: skip
+    feasible = all(v <= 0 for v in over.values())
     trial.set_user_attr("latency_ms", cost["latency_ms"])
     trial.set_user_attr("size_mb", cost["size_mb"])
     trial.set_user_attr("feasible", feasible)
-    trial.set_constraint("latency_ms", over[0] if over[0] != float("-inf") else -1e9)
-    trial.set_constraint("size_mb", over[1] if over[1] != float("-inf") else -1e9)
+    for name, value in over.items():
+        trial.set_constraint(name, value)
     log.info("trial %d: INT8 %.2f ms, %.1f MB: %s", trial.number, cost["latency_ms"], cost["size_mb"],
              "within hpo.constraints" if feasible else "over hpo.constraints: not trained")  # fmt: skip
     return feasible
