@@ -8,6 +8,11 @@ Steps:
   join      choose the best complete trial by the configured metric (within hpo.constraints)
   refit     with hpo.refit, train the best configuration again on train + validation
             (@checkpoint-resumable, @retry-able, on the trials' backend); else pass the best on
+  teacher   (distill.enabled) cut the students from the chosen model, compute its outputs on the
+            training split once, make the students' study
+  distill   (foreach student worker) distil: train student trials against the teacher's outputs;
+            @checkpoint-resumable, @retry-able, on the trials' backend
+  pick      the smallest student within distill.max_accuracy_drop of the teacher, or the teacher
   export    ONNX export with Optimum (opset from config) + PyTorch-vs-ORT parity gate
   quantize  INT8 static QDQ quantization + accuracy gate + CPU latency
   publish   atomic, checksummed deployment package (registered as staging), lineage,
@@ -78,8 +83,8 @@ trial_resources = resources(
 @ComputeBackend
 class TrainFlow(FlowSpec):
     """Fine-tune a text classifier with an Optuna search and publish a checksummed ONNX + INT8
-    package. Steps: start -> train (foreach worker) -> join -> refit (with hpo.refit) -> export ->
-    quantize -> publish -> end; each step calls one function of `stages/` and stores its result."""
+    package. Steps: start -> train (foreach worker) -> join -> refit (with hpo.refit) -> [teacher ->
+    distill (foreach student worker) -> pick, with distill.enabled] -> export -> quantize -> publish -> end; each step calls one function of `stages/` and stores its result."""
 
     config = Config(
         "config", default=DEFAULT_CONFIG, parser=errors.config_parser(metaflow_config_parser, DEFAULT_CONFIG)
@@ -91,10 +96,12 @@ class TrainFlow(FlowSpec):
 
     @property
     def chosen_cfg(self) -> RunConfig:
-        """The best trial's configuration (its searched fields set): what export and quantize build on."""
+        """The shipped model's configuration: the best trial's (its searched fields set), and a
+        distilled student's fields on top when one ships. What export and quantize build on."""
         from trainflow.search.space import apply
 
-        return apply(self.cfg, self.best.params)
+        chosen = apply(self.cfg, self.best.params)
+        return apply(chosen, self.distilled.chosen_params) if self.distilled is not None else chosen
 
     @step
     @fails_in_one_line
@@ -182,6 +189,52 @@ class TrainFlow(FlowSpec):
                 on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"refit": self.best.number}),
             )
             self.model_dir = self.refit_result.model_dir
+        self.distilled, self.distilling = None, "on" if self.cfg.distill.enabled else "off"
+        self.next({"on": self.teacher, "off": self.export}, condition="distilling")
+
+    @step
+    @fails_in_one_line
+    @trainflow_liveness.beating
+    def teacher(self):
+        """The students, the teacher's outputs and the students' study (stages/distill.py)."""
+        from stages.distill import prepare_distillation
+
+        self.plan = prepare_distillation(cfg=self.cfg, ctx=self.ctx, best=self.best, teacher_dir=self.model_dir,
+                                         refitted=self.refit_result is not None)  # fmt: skip
+        self.student_workers = self.plan.workers
+        self.next(self.distill, foreach="student_workers")
+
+    @card(type="blank", id=cards.CARD_ID)
+    @checkpoint(show_card=False)
+    @trial_retry
+    @trial_resources
+    @step
+    @fails_in_one_line
+    @trainflow_liveness.beating
+    def distill(self):
+        """One student worker's trials (stages/distill.py); resumable and retried like a trial."""
+        from stages.distill import run_students
+        from trainflow.app import reports
+
+        loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
+        self.student_trials = run_students(
+            cfg=self.cfg, ctx=self.ctx, plan=self.plan, worker=self.input, resume_dir=loaded,
+            on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"student_worker": self.input}),
+        )  # fmt: skip
+        cards.show(lambda: reports.training_report(storage=self.ctx.storage, study_name=self.plan.study_name,
+                                                   trials=self.student_trials, metric=self.cfg.hpo.metric))  # fmt: skip
+        self.next(self.pick)
+
+    @step
+    @fails_in_one_line
+    @trainflow_liveness.beating
+    def pick(self, inputs):
+        """The student that ships, or the teacher (stages/distill.py); export builds on it."""
+        from stages.distill import pick_student
+
+        self.merge_artifacts(inputs, exclude=["student_trials"])
+        self.distilled = pick_student(cfg=self.cfg, ctx=self.ctx, plan=self.plan, best=self.best)
+        self.model_dir = self.distilled.model_dir
         self.next(self.export)
 
     @step
@@ -192,7 +245,7 @@ class TrainFlow(FlowSpec):
         from stages.export import export_and_check
 
         self.exported = export_and_check(cfg=self.chosen_cfg, ctx=self.ctx, model_dir=self.model_dir,
-                                         refitted=self.refit_result is not None)  # fmt: skip
+                                         refitted=self.refit_result is not None, distilled=self.distilled)  # fmt: skip
         self.next(self.quantize)
 
     @card(type="blank", id=cards.CARD_ID)
@@ -230,6 +283,7 @@ class TrainFlow(FlowSpec):
             resumed_as=trainflow_liveness.resumed_as(),
             refit=self.refit_result,
             stopped=self.search_stopped,
+            distilled=self.distilled,
         )
         self.next(self.end)
 

@@ -1,11 +1,12 @@
-"""Send the training trials (and the refit) to SLURM or Kubernetes by config; all other steps
-stay local.
+"""Send the training trials (the refit, the students) to SLURM or Kubernetes by config; all other
+steps stay local.
 
 `ComputeBackend` is a Metaflow FlowMutator: it reads `compute:` of the run config and adds
 `@slurm` (metaflow-slurm) or `@kubernetes` (built into Metaflow) plus `@environment` to the
-`train` and `refit` steps (the refit only with `hpo.refit`). `patch_metaflow_slurm()` works
-around gaps of metaflow-slurm 0.0.4 (listed in its docstring). This module is Metaflow glue; it
-lives with the flow, not in `trainflow/`.
+`train` and `refit` steps (the refit only with `hpo.refit`) and to the students' `distill` step
+(which runs only with `distill.enabled`). `patch_metaflow_slurm()` works around gaps of
+metaflow-slurm 0.0.4 (listed in its docstring). This module is Metaflow glue; it lives with the
+flow, not in `trainflow/`.
 """
 
 from __future__ import annotations

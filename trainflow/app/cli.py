@@ -5,7 +5,7 @@ trainflow check --config FILE       the config and its data, checked as a run wo
 trainflow runs                      recent runs: status (failed ones with step and error), duration, cost
 trainflow trials RUN                a run's Optuna trials
 trainflow leaderboard               packages ranked by test metric, per task and metric
-trainflow lineage VERSION           dataset -> checkpoints -> best model -> ONNX -> INT8, re-hashed
+trainflow lineage VERSION           dataset -> checkpoints -> (teacher -> student) -> ONNX -> INT8, re-hashed
 trainflow verify PACKAGE            a package folder (or version) against its SHA256SUMS and the registry's record
 trainflow register VERSION          adopt a package folder the registry never saw, as staging
 trainflow cost RUN                  a run's cost per step
@@ -269,7 +269,8 @@ def lineage(version: Annotated[str, typer.Argument(help="Package version.")],
     nodes, package = load_lineage(artifact_root=artifact_root, model_name=model_name, version=version)
     checks = check_lineage(nodes=nodes, package=package)
     out = _out()
-    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model", "best_model", "onnx_fp32",
+    order = ["dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model", "student_checkpoint",
+             "student_model", "best_model", "onnx_fp32",
              "onnx_int8"]  # fmt: skip
     chain = " → ".join(
         ", ".join(n.id for n in nodes if n.kind == kind) for kind in order if any(n.kind == kind for n in nodes)

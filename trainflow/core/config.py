@@ -473,6 +473,48 @@ class QuantizeConfig(_Strict):
         return self
 
 
+class DistillConfig(_Strict):
+    """Teacher -> student distillation of the chosen model (docs/distillation.md): students cut
+    from the teacher (`student_layers`) or other base models (`student_bases`) learn its outputs;
+    the smallest, fastest one within `max_accuracy_drop` of the teacher ships."""
+
+    enabled: bool = False
+    student_layers: list[int] = Field(
+        default_factory=lambda: [3], description="Depths of students cut from the teacher (evenly spaced layers)."
+    )
+    student_bases: list[str] = Field(default_factory=list, description="Other base models to distill into.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha goes to the teacher's.")
+    hidden_loss: float = Field(
+        0.0, ge=0, description="Weight of the intermediate-layer loss (students cut from the teacher); 0 = off."
+    )
+    n_trials: int = Field(1, ge=1, description="Trials per student.")
+    n_workers: int = Field(1, ge=1)
+    search_space: dict[str, SearchParam] = Field(
+        default_factory=dict, description="Fields searched per student, as hpo.search_space (not model.base)."
+    )
+    max_accuracy_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="A student ships when its validation metric is at most this far below the teacher's.",
+    )
+
+    @field_validator("student_layers")
+    @classmethod
+    def _depths(cls, value: list[int]) -> list[int]:
+        bad = [v for v in value if v < 1]
+        if bad:
+            raise ValueError(f"student depths must be at least 1 layer, not {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a depth twice; list each once")
+        return value
+
+    @property
+    def n_students(self) -> int:
+        return len(self.student_layers) + len(self.student_bases)
+
+
 class PublishConfig(_Strict):
     artifact_root: str = "artifacts"
     run_root: str = "runs"
@@ -607,6 +649,7 @@ class RunConfig(_Strict):
     cost: CostConfig = CostConfig()
     registry: RegistryConfig = RegistryConfig()
     retention: RetentionConfig = RetentionConfig()
+    distill: DistillConfig = DistillConfig()
 
     def public_dump(self) -> dict[str, Any]:
         """The config as JSON-ready data for everything trainflow writes (metadata.json, the
@@ -700,12 +743,13 @@ def _value_problem(section: BaseModel, name: str, value: Any) -> str | None:
     return None
 
 
-def _search_space_checks(c: Any) -> list[str]:
-    """Each searched path is a searchable field and every value it may take is valid for it."""
+def _space_problems(c: Any, space: dict[str, Any], key: str, sampler: str) -> list[str]:
+    """Each searched path of `space` (the config key `key`) is a searchable field and every value
+    it may take is valid for it."""
     problems = []
     sections = {"train": c.train, "model": c.model}
-    for path, spec in c.hpo.search_space.items():
-        where = f"hpo.search_space.{path}"
+    for path, spec in space.items():
+        where = f"{key}.{path}"
         if path not in SEARCHABLE:
             problems.append(f"{where}: not a field the search can set; searchable: {', '.join(SEARCHABLE)}")
             continue
@@ -726,8 +770,35 @@ def _search_space_checks(c: Any) -> list[str]:
         for value in [int(v) for v in values] if integer and spec.choices is None else values:  # type: ignore[arg-type]
             if problem := _value_problem(section, name, value):
                 problems.append(f"{where}: {value!r} is not a valid {path} ({problem})")
-        if c.hpo.sampler == "grid" and spec.choices is None and not integer:
+        if sampler == "grid" and spec.choices is None and not integer:
             problems.append(f"{where}: the grid sampler takes choices and integer ranges; list the values as choices")
+    return problems
+
+
+def _search_space_checks(c: Any) -> list[str]:
+    return _space_problems(c, c.hpo.search_space, "hpo.search_space", c.hpo.sampler)
+
+
+def _distill_checks(c: Any) -> list[str]:
+    """The students and their search fit the task and the run (when distillation is on)."""
+    d = c.distill
+    if not d.enabled:
+        return []
+    problems = []
+    if d.n_students == 0:
+        problems.append("distill.student_layers: no student to try; list depths (e.g. [3, 2]) or distill.student_bases")
+    for path in ("model.base", "model.frozen_layers"):
+        if path in d.search_space:
+            problems.append(f"distill.search_space.{path}: the students are fixed by distill.student_layers and"
+                            " distill.student_bases, and train every layer; remove it")  # fmt: skip
+    fixed = ("model.base", "model.frozen_layers")
+    space = {k: v for k, v in d.search_space.items() if k not in fixed}
+    problems += _space_problems(
+        c, space, "distill.search_space", "tpe"
+    )  # students: never a grid (see search/distill.py)
+    if d.n_workers > d.n_students * d.n_trials:
+        problems.append(f"distill.n_workers: {d.n_workers} exceeds the {d.n_students * d.n_trials} student trials"
+                        " (students x distill.n_trials); lower it")  # fmt: skip
     return problems
 
 
@@ -768,6 +839,7 @@ COMBINATION_CHECKS = (
     (("hpo", "train", "task"), _search_checks),
     (("compute", "train"), _device_checks),
     (("compute", "publish"), _kubernetes_checks),
+    (("distill", "hpo", "train", "model"), _distill_checks),
 )
 
 

@@ -59,6 +59,11 @@ TRIAL_PREFIX = "trial-"
 CHECKPOINT_DIR = "checkpoint"  # a trial's resumable state: a VersionedDir of step folders
 BEST_DIR = "best"  # a trial's best validation model so far: a VersionedDir of step folders
 REFIT_DIR = "refit"  # hpo.refit: the best configuration trained again (checkpoint/ and best/ as a trial's)
+DISTILL_DIR = "distill"  # distill: the students' work folder (students/, teacher/, trials/ as the search's)
+STUDENTS_DIR = "students"  # under DISTILL_DIR: each student cut from the teacher, before training
+TEACHER_OUTPUTS = "teacher-outputs.safetensors"  # under DISTILL_DIR: the teacher's logits on the train split
+TEACHER_OUTPUTS_META = "teacher-outputs.json"  # what they were computed from, and their SHA-256
+STUDENT_INFO = "student.json"  # in a cut student's folder: which teacher layers it kept
 DEPLOY_COST_DIR = ".deploy-cost"  # under the run root: shared by every run and model
 ONNX_DIR = "onnx"
 INT8_SEARCH_DIR = "int8-search"
@@ -93,6 +98,10 @@ def run_dir(run_root: Path, model_name: str, run_key: str) -> Path:
 
 def deploy_cost_dir(run_root: Path | str) -> Path:
     return Path(run_root) / DEPLOY_COST_DIR
+
+
+def distill_dir(run_folder: Path) -> Path:
+    return Path(run_folder) / DISTILL_DIR
 
 
 def trial_dir(run_folder: Path, number: int) -> Path:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # The steps that carry `@resources` from `compute:` (flows/train_flow.py); the others run with
 # Metaflow's defaults for an undecorated step: 1 CPU, 4,096 MB, no GPU.
-TRIAL_STEPS = ("train",)
+TRIAL_STEPS = ("train", "distill")  # distill: the students' trials (it runs only with distill.enabled)
 # With hpo.refit the refit step trains like a trial, on the trials' resources; else it only passes the model on.
 REFIT_STEP = "refit"
 

@@ -136,6 +136,8 @@ LINEAGE_TYPES = {
     "trial-model": "model",
     "best-model": "model",
     "refit-model": "model",
+    "teacher-model": "model",
+    "student-model": "model",
     "onnx-fp32": "onnx",
     "int8-package": "package",
 }

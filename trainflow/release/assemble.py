@@ -27,6 +27,7 @@ from trainflow.release.metadata import (
     RunRef,
 )
 from trainflow.search import space as search_space
+from trainflow.search.distill import DistillOutcome, ModelSummary
 from trainflow.search.refit import RefitResult
 from trainflow.search.study import TrialRecord
 from trainflow.tasks.heads import majority_baseline, read_head
@@ -50,11 +51,30 @@ class RunOutputs:
     quant: QuantizeResult
     refit: RefitResult | None = None  # hpo.refit: the model exported is this refit of the best trial's configuration
     stopped: str | None = None  # why the search stopped early (hpo.budget)
+    distilled: DistillOutcome | None = (
+        None  # distill.enabled: the exported model is this pick (a student or the teacher)
+    )
+
+    @property
+    def teacher_dir(self) -> str:
+        """The search's chosen model: the refit's, else the best trial's (with distillation: the teacher)."""
+        return self.refit.model_dir if self.refit is not None else str(self.best.model_dir or "")
 
     @property
     def model_dir(self) -> str:
-        """The model that was exported: the refit's, else the best trial's."""
-        return self.refit.model_dir if self.refit is not None else str(self.best.model_dir or "")
+        """The model that was exported: a distilled student, else the teacher."""
+        return self.distilled.model_dir if self.distilled is not None else self.teacher_dir
+
+    @property
+    def student(self) -> ModelSummary | None:
+        """The student that ships, if one does."""
+        d = self.distilled
+        return d.student if d is not None and d.chosen == "student" else None
+
+    def chosen_config(self, cfg: RunConfig) -> RunConfig:
+        """The shipped model's configuration: the best trial's, with the shipped student's fields on top."""
+        chosen = search_space.apply(cfg, self.best.params)
+        return search_space.apply(chosen, self.distilled.chosen_params) if self.distilled is not None else chosen
 
 
 def package_versions() -> dict[str, str]:
@@ -88,7 +108,7 @@ def _metrics(cfg: RunConfig, run: RunOutputs) -> Metrics:
         cfg.task.type, load_split(snap, "train").labels, load_split(snap, "test").labels, len(cfg.task.labels)
     )
     return Metrics(
-        validation=run.best.metrics,
+        validation=run.student.validation if run.student is not None else run.best.metrics,
         test_fp32_onnx=quant.fp32_metrics,
         test_int8_onnx=quant.int8_metrics,
         test_majority_baseline=baseline,
@@ -126,6 +146,7 @@ def _lineage(run: RunOutputs) -> LineageInfo:
         fp32_onnx=Path(run.exported.onnx_path),
         int8_onnx=Path(run.quant.int8_path),
         refit_model_dir=Path(run.refit.model_dir) if run.refit is not None else None,
+        student=run.student,
     )
     return LineageInfo(
         dataset_sha256=run.ctx.snapshot.sha256,
@@ -179,8 +200,7 @@ def build_metadata(
 ) -> PackageMetadata:
     """The package's metadata.json (trainflow/release/metadata.py) from what the run's steps produced.
     `cfg` is the run's config; the chosen configuration is the best trial's (its searched fields set)."""
-    best = run.best
-    chosen = search_space.apply(cfg, best.params)
+    chosen = run.chosen_config(cfg)
     base_dir = resolve_base_model(chosen.model.base)
     return PackageMetadata(
         model_name=cfg.name,
@@ -207,4 +227,5 @@ def build_metadata(
         config=cfg.public_dump(),
         cost=cost,
         serving=run.quant.serving,
+        distillation=run.distilled.to_metadata() if run.distilled is not None else None,
     )

@@ -23,6 +23,7 @@ from trainflow.training.resume import latest_checkpoint
 
 if TYPE_CHECKING:  # kept out of the import path so the CLI does not load torch and optuna
     from trainflow.data.dataset import Snapshot
+    from trainflow.search.distill import ModelSummary
     from trainflow.search.study import TrialRecord
 
 Node = LineageNode  # the typed node of metadata.json `lineage.nodes`
@@ -50,6 +51,22 @@ def _node(
                 trial=trial)  # fmt: skip
 
 
+def _student_nodes(student: ModelSummary, teacher: Node, dataset: Node) -> list[Node]:
+    """A distilled student's last checkpoint (if one was written) and its model; the model last."""
+    weights = Path(student.model_dir) / WEIGHTS
+    if not weights.is_file():
+        raise LineageError(f"student {student.name}: {weights} is missing; cannot record its lineage")
+    nodes, parents = [], [teacher.ref(), dataset.ref()]
+    checkpoint = _last_checkpoint_weights(Path(student.model_dir))
+    if checkpoint is not None:
+        ckpt = _node(f"student-{student.trial}/checkpoint", "student_checkpoint", str(checkpoint.resolve()),
+                     sha256_file(checkpoint), [teacher.ref(), dataset.ref()], trial=student.trial)  # fmt: skip
+        nodes.append(ckpt)
+        parents.append(ckpt.ref())
+    return [*nodes, _node(f"student-{student.trial}/model", "student_model", str(weights.resolve()),
+                          sha256_file(weights), parents, trial=student.trial)]  # fmt: skip
+
+
 def build_lineage(
     *,
     snapshot: Snapshot,
@@ -58,10 +75,13 @@ def build_lineage(
     fp32_onnx: Path,
     int8_onnx: Path,
     refit_model_dir: Path | None = None,
+    student: ModelSummary | None = None,
 ) -> list[Node]:
     """Nodes for the dataset, every completed trial (its last resumable checkpoint, if one was
     written, and its best weights), the refit of the best trial's configuration (`hpo.refit`: its
-    parents are that trial's model and the dataset), the chosen model and both ONNX files.
+    parents are that trial's model and the dataset), a distilled `student` that ships (its last
+    checkpoint and its model, whose parents are the teacher and the dataset), the chosen model and
+    both ONNX files.
 
     Raises:
         LineageError: a completed trial's or an ONNX file is missing.
@@ -102,7 +122,12 @@ def build_lineage(
         chosen = _node("refit-model", "refit_model", str(weights.resolve()), sha256_file(weights),
                        [chosen.ref(), dataset.ref()], trial=best.number)  # fmt: skip
         nodes.append(chosen)
-    best_node = _node("best-model", "best_model", chosen.path, chosen.sha256, [chosen.ref()], trial=best.number)
+    if student is not None:  # teacher -> student checkpoint -> student model
+        student_nodes = _student_nodes(student, chosen, dataset)
+        nodes += student_nodes
+        chosen = student_nodes[-1]
+    best_node = _node("best-model", "best_model", chosen.path, chosen.sha256, [chosen.ref()],
+                      trial=student.trial if student is not None else best.number)  # fmt: skip
     for path in (fp32_onnx, int8_onnx):
         if not Path(path).is_file():
             raise LineageError(f"{path} is missing; cannot record its lineage")

@@ -121,8 +121,9 @@ class ParentRef(_Model):
 
 
 LineageKind = Literal[
-    "dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model", "best_model", "onnx_fp32", "onnx_int8"
-]
+    "dataset", "dataset_split", "trial_checkpoint", "trial_model", "refit_model",
+    "student_checkpoint", "student_model", "best_model", "onnx_fp32", "onnx_int8",
+]  # fmt: skip
 
 
 class LineageNode(_Model):
@@ -180,6 +181,8 @@ class PackageMetadata(_Model):
     config: dict[str, Any]
     cost: CostSummary
     serving: dict[str, Any] = Field(default_factory=dict)
+    # distill.enabled: teacher and student side by side, which shipped and why (trainflow/search/distill.py)
+    distillation: dict[str, Any] | None = None
 
     @property
     def primary_file(self) -> str:

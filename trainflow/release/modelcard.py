@@ -12,6 +12,14 @@ from trainflow.release.metadata import PackageMetadata
 CARD = MODEL_CARD
 
 
+def _hub_base(meta: PackageMetadata) -> str:
+    """The base model a hub reads from the card: a shipped student's is its teacher's."""
+    d = meta.distillation
+    return (
+        str(d.get("teacher_base") or meta.base_model.name) if d and d["chosen"] == "student" else meta.base_model.name
+    )
+
+
 def _front_matter(meta: PackageMetadata) -> str:
     m = meta.metrics
     results = [
@@ -23,7 +31,7 @@ def _front_matter(meta: PackageMetadata) -> str:
         "library_name": "onnxruntime",
         "pipeline_tag": "text-classification",
         "tags": ["text-classification", "onnx", "int8", "trainflow", meta.task],
-        "base_model": meta.base_model.name,
+        "base_model": _hub_base(meta),
         "license": meta.config.get("data", {}).get("license") or "unknown",
         "model-index": [{"name": meta.model_name, "results": [{"task": {"type": "text-classification"},
                                                                 "dataset": {"name": meta.dataset.version},
@@ -153,16 +161,55 @@ def _use(meta: PackageMetadata) -> list[str]:
     ]
 
 
+def _distillation(meta: PackageMetadata) -> list[str]:
+    """Teacher and student side by side (distill.enabled), and which shipped."""
+    d = meta.distillation
+    if not d:
+        return []
+    metric = d["metric"]
+    rows = [f"| | layers | parameters | validation {metric} | test {metric} (FP32) | INT8 p50 batch 1 | INT8 size |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for role in ("teacher", "student"):
+        m = d.get(role)
+        if not m:
+            continue
+        shipped = " (shipped)" if d["chosen"] == role else ""
+        rows.append(f"| {role}{shipped} | {m['layers']} | {m['params']:,} | {_f(m['validation'].get(metric))} |"
+                    f" {_f(m['test'].get(metric))} | {m['latency_ms']:.2f} ms | {m['size_mb']:.1f} MB |")  # fmt: skip
+    return [
+        "## Distillation",
+        "",
+        f"The search's model (the teacher) taught students at temperature {d['temperature']:g} with label weight"
+        f" {d['alpha']:g}"
+        + (f" and hidden-state loss weight {d['hidden_loss']:g}" if d.get("hidden_loss") else "")
+        + f"; a student ships when its validation {metric} is within {d['max_accuracy_drop']:g} of the teacher's."
+        f" {d['reason'][0].upper()}{d['reason'][1:]}.",
+        "",
+        *rows,
+        "",
+        "Latency and size: the INT8 ONNX model of each, batch 1, 1 thread, measured where it was built.",
+        "",
+    ]
+
+
+def _origin(meta: PackageMetadata) -> str:
+    d = meta.distillation
+    if d and d["chosen"] == "student" and d.get("student"):
+        teacher, student = d["teacher"], d["student"]
+        return (f"distilled from a {teacher['layers']}-layer teacher fine-tuned from `{d.get('teacher_base') or '?'}`"
+                f" into a {student['layers']}-layer student ({meta.base_model.parameters:,} parameters)")  # fmt: skip
+    return f"fine-tuned from `{meta.base_model.name}` ({meta.base_model.parameters:,} parameters)"
+
+
 def render(meta: PackageMetadata, files: dict[str, str]) -> str:
     """The model card text; `files` are the package's other files with their SHA-256."""
     intro = (
-        f"A {meta.task} text model fine-tuned from `{meta.base_model.name}` ({meta.base_model.parameters:,}"
-        f" parameters) and exported to ONNX (opset {meta.onnx.opset}) with an INT8 version. Labels, in"
+        f"A {meta.task} text model {_origin(meta)} and exported to ONNX (opset {meta.onnx.opset}) with an INT8 version. Labels, in"
         f" order: {', '.join(meta.labels)}. Built by trainflow on {meta.created_at} (git {meta.git_commit})."
     )
     checksums = [f"- `{name}`: `{digest}`" for name, digest in sorted(files.items())]
     return "\n".join([
         _front_matter(meta), f"# {meta.model_name} {meta.version}", "", intro, "",
-        *_model_and_data(meta), *_training_and_evaluation(meta), *_use(meta),
+        *_model_and_data(meta), *_training_and_evaluation(meta), *_distillation(meta), *_use(meta),
         "## Checksums (SHA-256)", "", *checksums, "",
     ])  # fmt: skip

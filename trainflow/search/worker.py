@@ -29,7 +29,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,26 @@ from trainflow.search.study import (
 )
 from trainflow.training.hparams import cpu_threads
 from trainflow.training.resume import Checkpoint, latest_checkpoint
-from trainflow.training.train import TrainResult, train_model
+from trainflow.training.train import Objective, TrainResult, train_model
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialRole:
+    """What a worker's trials are: the search's, or a distillation's students. `name` names their
+    W&B runs (`<run>-<name>-<n>`), `model_kind` and `parent_kind` their models' lineage links,
+    `objective(trial config)` what they minimise (None: the task's loss), `tracking_dir` where
+    their W&B runs are kept (None: the worker's `work_dir`)."""
+
+    name: str = "trial"
+    model_kind: str = "trial-model"
+    parent_kind: str = "dataset"
+    objective: Callable[[RunConfig], Callable[[torch.device], Objective] | None] | None = None
+    tracking_dir: Path | None = None
+
+
+SEARCH = TrialRole()
 
 
 def run_worker(
@@ -80,6 +97,7 @@ def run_worker(
     resume_dir: Path | None = None,
     on_checkpoint: Any = None,
     deploy_cost: DeployCost | None = None,
+    role: TrialRole = SEARCH,
 ) -> list[TrialRecord]:
     """Run this worker's quota of trials; return the records of the trials it ran. The worker asks
     no more trials once the study's budget says the search is over (`hpo.budget`); with
@@ -88,7 +106,8 @@ def run_worker(
     SIGTERM or SIGUSR1 (SLURM's warning before preemption or the time limit) makes the running
     trial save a checkpoint and raise TrainingInterrupted; the trial stays RUNNING and the
     next attempt of this worker continues it. `resume_dir` is a checkpoint loaded by the caller
-    (metaflow-checkpoint); local checkpoints under `work_dir` are found without it."""
+    (metaflow-checkpoint); local checkpoints under `work_dir` are found without it. `role`: the
+    search's trials, or a distillation's students (trainflow/search/distill.py)."""
     torch.set_num_threads(cpu_threads(cfg.train.num_threads, cfg.hpo.n_workers))
     with stop_on_signals() as stop_requested, journal_read_errors(storage):
         study = open_study(cfg, open_storage(storage, cfg.hpo), study_name, sampler_seed=worker)
@@ -116,7 +135,7 @@ def run_worker(
             with heartbeat(study, trial, cfg.hpo.heartbeat_grace_period) as beat_lost:
                 stop = (lambda: stop_requested() or beat_lost()) if cfg.hpo.heartbeat_interval else stop_requested
                 _run_trial(cfg, study, trial, train, validation, work_dir, group, resume, on_checkpoint, stop,
-                           deploy_cost)  # fmt: skip
+                           deploy_cost, role)  # fmt: skip
             ran.append(trial.number)
         return [r for r in trial_records(study) if r.number in ran]
 
@@ -242,6 +261,7 @@ def _run_trial(
     on_checkpoint: Any,
     stop_requested: Callable[[], bool],
     deploy_cost: DeployCost | None = None,
+    role: TrialRole = SEARCH,
 ) -> None:
     trial_cfg = search_space.trial_config(trial, cfg)
     hparams = search_space.hyperparams(trial_cfg)
@@ -259,16 +279,16 @@ def _run_trial(
     out_dir = trial_dir(work_dir, trial.number)
     with trial_run(
         tracking=cfg.tracking,
-        run_id=f"{group}-trial-{trial.number}",
+        run_id=f"{group}-{role.name}-{trial.number}",
         group=group,
-        name=f"trial-{trial.number}",
+        name=f"{role.name}-{trial.number}",
         config={
             "trial": trial.number,
             "params": dict(trial.params),
             "hparams": asdict(hparams),
             "run_config": trial_cfg.public_dump(),
         },  # fmt: skip
-        directory=work_dir,
+        directory=role.tracking_dir or work_dir,
         points=trial.user_attrs.get(CURVES_ATTR),  # what an earlier attempt recorded
     ) as tlog:
 
@@ -292,6 +312,7 @@ def _run_trial(
                 log_values=tlog.log,
                 checkpoint_tags={"trial": trial.number, "params": dict(trial.params)},
                 stop_requested=stop_requested,
+                objective=None if role.objective is None else role.objective(trial_cfg),
             )
         except optuna.TrialPruned as pruned:
             log.info("%s", pruned)
@@ -299,7 +320,7 @@ def _run_trial(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             tlog.summary({"state": "PRUNED"})
             return
-        _record_complete(cfg, study, trial, result, tlog, group)
+        _record_complete(cfg, study, trial, result, tlog, group, role)
 
 
 # The deployed cost of a trial's architecture: {"latency_ms": ..., "size_mb": ...}
@@ -328,7 +349,13 @@ def _record_deploy_cost(trial: optuna.Trial, trial_cfg: RunConfig, deploy_cost: 
 
 
 def _record_complete(
-    cfg: RunConfig, study: optuna.Study, trial: optuna.Trial, result: TrainResult, tlog: TrialLogger, group: str
+    cfg: RunConfig,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    result: TrainResult,
+    tlog: TrialLogger,
+    group: str,
+    role: TrialRole = SEARCH,
 ) -> None:
     """Store a finished trial's results as user attrs, tell the study, log its model artifact."""
     trial.set_user_attr("metrics", result.metrics)
@@ -341,11 +368,11 @@ def _record_complete(
     tlog.log_artifact(
         lineage_artifact(
             model_name=cfg.name,
-            kind="trial-model",
+            kind=role.model_kind,
             run_key=group,
             trial=trial.number,
             path=result.model_dir,
-            parents=(lineage_ref(cfg.name, "dataset", group),),
+            parents=(lineage_ref(cfg.name, role.parent_kind, group),),
             metadata={"trial": trial.number, "params": trial.params, "metrics": result.metrics},
         )
     )

@@ -58,3 +58,68 @@ def distillation_loss(
     if alpha == 1.0:
         return task_loss
     return alpha * task_loss + (1.0 - alpha) * soft_loss(student_logits, student_cutpoints, teacher_probs, temperature)
+
+
+def hidden_states_loss(
+    student_states: tuple[torch.Tensor, ...],
+    mask: torch.Tensor,
+    teacher_pooled: torch.Tensor,
+    teacher_layer_of: list[int],
+) -> torch.Tensor:
+    """Mean squared error between each student layer's mean-pooled hidden state and the pooled
+    state of the teacher layer it was cut from (the embeddings' output against the teacher's).
+
+    `student_states`: the student's `hidden_states` (embeddings first, [B, T, H] each);
+    `teacher_pooled`: [B, teacher layers + 1, H]; `teacher_layer_of[i]`: the teacher layer (0-based)
+    of student layer i."""
+    from trainflow.training.teacher import mean_pool
+
+    pooled = mean_pool(torch.stack(student_states, dim=1).float(), mask)  # [B, student layers + 1, H]
+    targets = teacher_pooled[:, [0, *(t + 1 for t in teacher_layer_of)], :].float()
+    return F.mse_loss(pooled, targets)
+
+
+class DistillObjective:
+    """The training objective of a student: `forward` gives its logits (and keeps its hidden states
+    when the hidden loss is on), `loss(model, logits, rows)` the distillation loss of those training
+    rows (the batches carry row numbers, not labels, so each row finds its teacher outputs)."""
+
+    def __init__(
+        self,
+        *,
+        labels: list[int],
+        teacher_logits: torch.Tensor,
+        teacher_cutpoints: list[float] | None,
+        temperature: float,
+        alpha: float,
+        hidden_weight: float = 0.0,
+        teacher_hidden: torch.Tensor | None = None,
+        teacher_layer_of: list[int] | None = None,
+        device: torch.device,
+    ) -> None:
+        cut = None if teacher_cutpoints is None else torch.tensor(teacher_cutpoints, dtype=torch.float32)
+        self.labels = torch.tensor(labels, device=device)
+        self.teacher_probs = class_probs(teacher_logits.float(), cut, temperature).to(device)
+        self.temperature, self.alpha = temperature, alpha
+        self.hidden = hidden_weight > 0 and teacher_hidden is not None and teacher_layer_of is not None
+        self.hidden_weight = hidden_weight
+        self.teacher_hidden, self.teacher_layer_of = teacher_hidden, teacher_layer_of
+        self._states: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
+
+    def forward(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001 - a TextModel
+        if not self.hidden:
+            return model.logits(batch)
+        out = model.hf(**batch, output_hidden_states=True)
+        self._states = (out.hidden_states, batch["attention_mask"])
+        return out.logits
+
+    def loss(self, model, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - a TextModel
+        cut = model.cutpoints() if model.cutpoints is not None else None
+        total = distillation_loss(model.loss(logits, self.labels[rows]), logits, cut, self.teacher_probs[rows],
+                                  temperature=self.temperature, alpha=self.alpha)  # fmt: skip
+        if self.hidden and self._states is not None:
+            states, mask = self._states
+            teacher = self.teacher_hidden[rows.cpu()].to(logits.device)  # type: ignore[index]
+            total = total + self.hidden_weight * hidden_states_loss(states, mask, teacher, self.teacher_layer_of)  # type: ignore[arg-type]
+            self._states = None
+        return total

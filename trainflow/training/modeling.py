@@ -183,10 +183,23 @@ def build_model(
         task=task,
         labels=list(labels),
         hf=hf,
-        cutpoints=Cutpoints(len(labels)) if task == "ordinal" else None,
+        cutpoints=_cutpoints(source, labels, head) if task == "ordinal" else None,
         head_names=parts.head_names,
         label_smoothing=label_smoothing,
     )
+
+
+def _cutpoints(source: str, labels: list[str], head: str) -> Cutpoints:
+    """Fresh cutpoints, or (unless `head` is 'new') those of a trainflow model of the same labels in
+    `source` (a student cut from an ordinal teacher starts with the teacher's)."""
+    cut = Cutpoints(len(labels))
+    head_file = Path(source) / HEAD_FILE
+    if head != "new" and head_file.is_file():
+        saved = json.loads(head_file.read_text())
+        if saved.get("task") == "ordinal" and saved.get("labels") == list(labels) and saved.get("cutpoints_raw"):
+            cut.raw.data.copy_(torch.tensor(saved["cutpoints_raw"]))
+            log.info("ordinal cutpoints from %s", head_file)
+    return cut
 
 
 def dropout_fields(config: Any) -> list[str]:

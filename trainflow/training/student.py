@@ -15,12 +15,15 @@ the cut does not keep fails here, with one line, and not later in training.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from trainflow.core.errors import ModelLoadError
+from trainflow.core.io import atomic_write_json
+from trainflow.core.layout import STUDENT_INFO
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,20 @@ class Student:
     kept: tuple[int, ...]  # the teacher's layer indices the student keeps (shared weights: all 0)
     teacher_params: int
     params: int
+    teacher_layer_of: tuple[int, ...] = ()  # the teacher layer each student layer learns from (hidden loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def read_student(folder: Path) -> Student | None:
+    """The student written by `make_student` in `folder`, or None (not a cut student)."""
+    info = Path(folder) / STUDENT_INFO
+    if not info.is_file():
+        return None
+    raw = json.loads(info.read_text())
+    return Student(**{**raw, "path": Path(raw["path"]), "kept": tuple(raw["kept"]),
+                      "teacher_layer_of": tuple(raw["teacher_layer_of"])})  # fmt: skip
 
 
 # Families whose first layer is built differently from the others (ModernBERT's has no attention
@@ -164,6 +181,10 @@ def make_student(teacher_dir: Path, layers: int, out_dir: Path) -> Student:
             f" was cut (largest logit difference {float((a - b).abs().max()):.3g}); this family cannot be cut by layers"
         )
     params = sum(p.numel() for p in reloaded.parameters())
+    mapping = kept_layers(teacher, layers, keep_first=str(model.config.model_type) in KEEP_FIRST)
+    student = Student(out_dir, str(model.config.model_type), teacher, layers, tuple(kept), teacher_params, params,
+                      tuple(mapping))  # fmt: skip
+    atomic_write_json(out_dir / STUDENT_INFO, student.to_dict())
     log.info("student: %d of %d layers kept (%s), %.1fM of %.1fM parameters", layers, teacher,
              ", ".join(str(i + 1) for i in kept), params / 1e6, teacher_params / 1e6)  # fmt: skip
-    return Student(out_dir, str(model.config.model_type), teacher, layers, tuple(kept), teacher_params, params)
+    return student

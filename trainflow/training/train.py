@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -180,6 +180,28 @@ def free_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class Objective(Protocol):
+    """What a training step minimises: `forward` gives the logits of a batch, `loss` the loss of
+    those logits against the batch's targets (labels; a student's: training row numbers)."""
+
+    def forward(self, model: TextModel, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def loss(self, model: TextModel, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
+class LabelObjective:
+    """The task's loss against the labels (every trial)."""
+
+    def forward(self, model: TextModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.logits(batch)
+
+    def loss(self, model: TextModel, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model.loss(logits, targets)
+
+
+LABELS = LabelObjective()
+
+
 def accumulate_gradients(
     model: TextModel,
     batch: dict[str, torch.Tensor],
@@ -188,6 +210,7 @@ def accumulate_gradients(
     micro_batch: int,
     fast: accel.FastPath,
     scaler: torch.amp.GradScaler,
+    objective: Objective = LABELS,
 ) -> torch.Tensor:
     """Forward and backward over `batch` in slices of `micro_batch` samples, adding into `.grad`.
 
@@ -199,16 +222,16 @@ def accumulate_gradients(
     n = int(labels.shape[0])
     if micro_batch >= n:  # the usual case: exactly the operations of a plain training step
         with accel.autocast(fast):
-            logits = model.logits(batch)
-        loss = model.loss(logits.float(), labels)
+            logits = objective.forward(model, batch)
+        loss = objective.loss(model, logits.float(), labels)
         scaler.scale(loss).backward()
         return loss.detach()
     total = torch.zeros((), device=labels.device)
     for start in range(0, n, micro_batch):
         part = slice(start, start + micro_batch)
         with accel.autocast(fast):
-            logits = model.logits({k: v[part] for k, v in batch.items()})
-        loss = model.loss(logits.float(), labels[part]) * (len(labels[part]) / n)
+            logits = objective.forward(model, {k: v[part] for k, v in batch.items()})
+        loss = objective.loss(model, logits.float(), labels[part]) * (len(labels[part]) / n)
         scaler.scale(loss).backward()
         total += loss.detach()
     return total
@@ -223,6 +246,7 @@ def backward_with_oom_backoff(
     micro_batch: int,
     fast: accel.FastPath,
     scaler: torch.amp.GradScaler,
+    objective: Objective = LABELS,
 ) -> tuple[torch.Tensor, int]:
     """Zero the gradients and run `accumulate_gradients`; on out-of-memory halve the micro-batch
     (accumulating more slices, so the effective batch is unchanged) and redo the whole step.
@@ -235,7 +259,8 @@ def backward_with_oom_backoff(
     while True:
         optimizer.zero_grad(set_to_none=True)
         try:
-            loss = accumulate_gradients(model, batch, labels, micro_batch=micro_batch, fast=fast, scaler=scaler)
+            loss = accumulate_gradients(model, batch, labels, micro_batch=micro_batch, fast=fast, scaler=scaler,
+                                        objective=objective)  # fmt: skip
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
             message = oom_message(err)
         else:
@@ -421,7 +446,10 @@ def _resume(session: _Session, found: Checkpoint | None, best_root: Path) -> _Pr
                      best_dir)  # fmt: skip
 
 
-def _batches(session: _Session, cfg: RunConfig, hparams: Hyperparams, train: SplitData, seed: int, start: int):
+def _batches(
+    session: _Session, cfg: RunConfig, hparams: Hyperparams, train: SplitData, seed: int, start: int, rows: bool
+):
+    """The batches from `start` on, with their labels (with `rows`: their training row numbers)."""
     fast = session.fast
     order = (
         accel.LengthBucketedOrder([len(e) for e in session.train_enc], hparams.batch_size, seed)
@@ -433,7 +461,7 @@ def _batches(session: _Session, cfg: RunConfig, hparams: Hyperparams, train: Spl
         steps=range(start, hparams.max_steps),
         order=order,
         encoded=session.train_enc,
-        labels=train.labels,
+        labels=list(range(len(train))) if rows else train.labels,
         collate=partial(
             collate, pad_id=session.pad_id, pad_to_multiple=fast.pad_to_multiple, max_width=cfg.model.max_length
         ),  # fmt: skip
@@ -451,6 +479,7 @@ def optimizer_step(
     fast: accel.FastPath,
     micro_batch: int,
     step: int,
+    objective: Objective = LABELS,
 ) -> tuple[float, int]:
     """One training step: forward and backward with the out-of-memory back-off, gradients clipped
     at 1.0, the optimizer and the LR schedule stepped. Returns (the batch's mean loss, the
@@ -460,8 +489,9 @@ def optimizer_step(
         TrainingResourceError: out of memory even at micro-batch 1, or in the optimizer step.
     """
     loss, micro_batch = backward_with_oom_backoff(
-        model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler
-    )
+        model, batch, labels, optimizer=optimizer, micro_batch=micro_batch, fast=fast, scaler=scaler,
+        objective=objective,
+    )  # fmt: skip
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     scaler.unscale_(optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -535,6 +565,7 @@ def train_model(
     checkpoint_tags: dict | None = None,
     stop_requested: Callable[[], bool] | None = None,
     keep: Literal["best", "last"] = "best",
+    objective: Callable[[torch.device], Objective] | None = None,
 ) -> TrainResult:
     """Fine-tune `cfg.model.base` on `train`; keep the best validation model in `out_dir/best`
     (`keep` 'last': the model of the last step, for a refit whose validation split is part of its
@@ -547,7 +578,9 @@ def train_model(
     `checkpoint_min_seconds` after the previous one; written in the background on CUDA), and at once when
     `stop_requested()` turns true (then TrainingInterrupted is raised). `stop_after_step` ends the
     loop early (used to simulate interruption in tests). `on_checkpoint(folder)` gets each
-    checkpoint's folder once it is complete on disk.
+    checkpoint's folder once it is complete on disk. `objective(device)` builds what the steps
+    minimise instead of the task's loss (a student's distillation loss: its batches carry
+    training row numbers); validation always uses the task's metrics.
 
     Returns:
         TrainResult with the best validation metrics and where the best model is.
@@ -560,7 +593,8 @@ def train_model(
     found = resume_dir if isinstance(resume_dir, Checkpoint) else latest_checkpoint([resume_dir])
     progress = _resume(session, found, best_root)
     resumed_from = progress.step
-    batches = _batches(session, cfg, hparams, train, seed, progress.step)
+    step_objective = LABELS if objective is None else objective(session.device)
+    batches = _batches(session, cfg, hparams, train, seed, progress.step, rows=objective is not None)
     # On CUDA the checkpoint is written (and on_checkpoint called) by a background thread while
     # training goes on; the loop only waits for the copy of the state to CPU memory.
     writer = CheckpointWriter(asynchronous=session.fast.async_checkpoint, on_written=on_checkpoint)
@@ -573,6 +607,7 @@ def train_model(
             loss, micro_batch = optimizer_step(
                 session.model, batch, labels, optimizer=session.optimizer, scheduler=session.scheduler,
                 scaler=session.scaler, fast=session.fast, micro_batch=micro_batch, step=progress.step,
+                objective=step_objective,
             )  # fmt: skip
             progress.step += 1
             step = progress.step
