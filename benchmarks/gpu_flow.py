@@ -31,7 +31,7 @@ from default_run import overrides, replace_section  # noqa: E402
 
 from trainflow.core.config import deep_merge, load_config  # noqa: E402
 
-STEPS = ["start", "train", "join", "export", "quantize", "publish", "end"]
+STEPS = ["start", "train", "join", "refit", "teacher", "distill", "pick", "export", "quantize", "publish", "end"]
 
 
 def main() -> None:
@@ -73,6 +73,8 @@ def main() -> None:
     steps = {}
     for step in STEPS:
         mine = [t for t in timings if t.step == step]
+        if not mine:  # refit, teacher, distill, pick: only with hpo.refit / distill.enabled
+            continue
         begin, end = min(t.started for t in mine), max(t.finished for t in mine if t.finished)
         steps[step] = {"seconds": (end - begin).total_seconds(), "tasks": len(mine)}
     run_s = (max(t.finished for t in timings if t.finished) - min(t.started for t in timings)).total_seconds()
@@ -107,6 +109,11 @@ def main() -> None:
         f" {meta['metrics']['test_fp32_onnx']['accuracy']:.4f}, INT8 {meta['metrics']['test_int8_onnx']['accuracy']:.4f}"
         f" ({result['int8_recipe']}); trial states {meta['hpo']['states']}.",
     ]
+    if "distill" in steps:
+        d = meta["distillation"]
+        result["distill_share"] = steps["distill"]["seconds"] / run_s
+        lines.append(f"Distillation: the distill step {steps['distill']['seconds']:.1f} s ({result['distill_share']:.0%} of"
+                     f" the run); {d['reason']}.")  # fmt: skip
     body = "\n".join(lines)
     print(body)
     print(json.dumps(result, indent=1, default=str))

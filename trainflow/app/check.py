@@ -62,7 +62,8 @@ def check_model(cfg: RunConfig) -> list[ModelReport]:
     """Every base model the run may train can be fine-tuned as configured: config, weights,
     tokenizer, family anatomy, freezing and head (no weights are loaded); with `model.base`
     searched, each choice, and with `model.frozen_layers` or `model.max_length` searched, the
-    largest value against each base. Raises ModelLoadError listing every problem."""
+    largest value against each base; with `distill.enabled`, each student depth below the layers of
+    every base the teacher may have. Raises ModelLoadError listing every problem."""
     space = cfg.hpo.search_space
     bases = list(space["model.base"].choices or []) if "model.base" in space else [cfg.model.base]
     frozen = _largest(space.get("model.frozen_layers"))
@@ -88,6 +89,10 @@ def check_model(cfg: RunConfig) -> list[ModelReport]:
         if length is not None and report.positions and length > report.positions:
             problems.append(f"hpo.search_space.model.max_length: {length} exceeds the {report.positions} positions of"
                             f" {base}; search at most {report.positions}")  # fmt: skip
+        deep = [n for n in cfg.distill.student_layers if n >= report.n_layers] if cfg.distill.enabled else []
+        if deep:
+            problems.append(f"distill.student_layers: {deep} must be below the {report.n_layers} layers of the teacher"
+                            f" {base}; list depths from 1 to {report.n_layers - 1}")  # fmt: skip
     if problems:
         raise ModelLoadError("\n".join(problems))
     return reports

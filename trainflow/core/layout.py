@@ -109,8 +109,9 @@ def trial_dir(run_folder: Path, number: int) -> Path:
 
 
 def trial_checkpoints(run_root: Path) -> list[Path]:
-    """Every trial's checkpoint folder under `run_root` (all models, all runs)."""
-    return sorted(Path(run_root).glob(f"*/*/{TRIALS_DIR}/{TRIAL_PREFIX}*/{CHECKPOINT_DIR}"))
+    """Every trial's checkpoint folder under `run_root` (all models, all runs; the students' too)."""
+    trials = f"{TRIALS_DIR}/{TRIAL_PREFIX}*/{CHECKPOINT_DIR}"
+    return sorted([*Path(run_root).glob(f"*/*/{trials}"), *Path(run_root).glob(f"*/*/{DISTILL_DIR}/{trials}")])
 
 
 def trial_folder_of(model_dir: Path) -> Path:

@@ -3,7 +3,8 @@
 - Staging versions: per model, the newest `keep_last_versions` staging versions stay (by
   metadata `created_at`, then version name); older staging versions are deleted and marked
   `deleted` in the registry (an event each).
-- Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (trainflow/core/layout.py; the resumable
+- Trial checkpoints: `<run_root>/<model>/<run>/trials/trial-*/checkpoint` folders (and the
+  students' under `<run>/distill/trials/`) (trainflow/core/layout.py; the resumable
   state: weights, optimizer, RNG, every version and any temporary folder of an interrupted save),
   whose newest file is older than `keep_checkpoints_days`. The trials' `best/` model folders are
   kept.

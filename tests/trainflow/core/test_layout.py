@@ -13,6 +13,9 @@ def test_retention_finds_the_checkpoint_folder_a_trial_writes(tmp_path: Path) ->
     written.mkdir(parents=True)
     (layout.trial_dir(run, 7) / layout.BEST_DIR / layout.step_version(3)).mkdir(parents=True)
     assert layout.trial_checkpoints(tmp_path) == [written.parent]
+    student = layout.trial_dir(layout.distill_dir(run), 0) / layout.CHECKPOINT_DIR / layout.step_version(3)
+    student.mkdir(parents=True)
+    assert layout.trial_checkpoints(tmp_path) == sorted([written.parent, student.parent])
 
 
 def test_a_best_model_version_leads_back_to_its_trial_folder(tmp_path: Path) -> None:

@@ -124,3 +124,19 @@ def test_student_workers_run_their_queued_trials_against_the_teachers_outputs(
     assert built and built[0].hidden and built[0].alpha == 0.5 and built[0].temperature == 2.0
     assert (tmp_path / "work" / "trials" / "trial-0000" / "best").is_dir()
     assert [r.number for r in trial_records(open_study(dcfg, storage, "s"))] == [0]
+
+
+def test_check_refuses_a_student_as_deep_as_the_teacher_before_anything_trains(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from trainflow.app.check import check_model
+    from trainflow.core.errors import ModelLoadError
+
+    raw = tiny_config(tmp_path, tiny_model_dir, distill={"enabled": True, "student_layers": [1, 2, 3]})
+    with pytest.raises(ModelLoadError) as err:
+        check_model(parse_config_dict(raw))
+    assert str(err.value) == (f"distill.student_layers: [2, 3] must be below the 2 layers of the teacher {tiny_model_dir};"
+                              " list depths from 1 to 1")  # fmt: skip
+    raw["distill"]["student_layers"] = [1]
+    (report,) = check_model(parse_config_dict(raw))
+    assert report.n_layers == 2

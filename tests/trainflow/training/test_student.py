@@ -62,6 +62,34 @@ def test_every_family_gives_a_student_with_the_teachers_own_weights(name: str, t
     s_emb = [p for m in s_parts.embeddings for p in m.parameters()]
     assert len(t_emb) == len(s_emb) and all(torch.equal(a, b) for a, b in zip(t_emb, s_emb))
     assert (student.path / "tokenizer.json").is_file() and (student.path / "head.json").is_file()
+    _learns_from_its_teacher(teacher, cut, list(student.teacher_layer_of))
+
+
+def _learns_from_its_teacher(teacher, cut, teacher_layer_of: list[int]) -> None:  # noqa: ANN001
+    """One distillation step (soft targets and the hidden-state loss) on the student: a finite loss
+    whose gradient reaches the student's layers."""
+    from trainflow.training.distill import DistillObjective
+    from trainflow.training.modeling import TextModel
+    from trainflow.training.teacher import mean_pool
+
+    for m in (teacher, cut):  # a decoder pads with its end-of-text token (as build_model sets it)
+        if m.config.pad_token_id is None:
+            m.config.pad_token_id = m.config.eos_token_id or 0
+    ids = torch.arange(5, 13).reshape(1, 8).repeat(2, 1) % int(cut.config.vocab_size)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        out = teacher.eval()(**batch, output_hidden_states=True)
+        pooled = mean_pool(torch.stack(out.hidden_states, dim=1), batch["attention_mask"])
+    objective = DistillObjective(labels=[0, 1], teacher_logits=out.logits, teacher_cutpoints=None, temperature=2.0,
+                                 alpha=0.5, hidden_weight=1.0, teacher_hidden=pooled,
+                                 teacher_layer_of=teacher_layer_of, device=torch.device("cpu"))  # fmt: skip
+    model = TextModel(task="classification", labels=["a", "b"], hf=cut.train(), cutpoints=None)
+    loss = objective.loss(model, objective.forward(model, batch), torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    layers = anatomy(cut).layers  # ALBERT: its shared layer group, found by its parameters' names
+    params = list(layers[0].parameters()) if layers else [p for n, p in cut.named_parameters() if "layer" in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
 def test_a_student_as_deep_as_its_teacher_is_refused_in_one_line(tmp_path: Path) -> None:
