@@ -1,12 +1,15 @@
 """Distillation on the default data, side by side: the teacher against students cut from it, each
 student distilled and, at the same depth, fine-tuned on the labels alone.
 
-    .venv/bin/python benchmarks/distill.py [--depths 3 2] [--teacher-steps 100] [--student-steps 300]
+    .venv/bin/python benchmarks/distill.py [--depths 3 2] [--teacher-steps 100] [--student-steps 600]
+                                           [--student-lr 4e-4] [--render]
 
 The teacher is config/default.yaml's model (MiniLM-L6, 2 layers frozen) trained with the values the
 default search chose in `make run` (its best trial). Each student keeps `depth` of its 6 layers
 (evenly spaced, trainflow/training/student.py) and trains every layer for `--student-steps` steps
-with the teacher's other values: once with the distillation loss (temperature 2, alpha 0.5, the
+at learning rate `--student-lr` (config/distill.yaml's student settings: the best validation
+accuracy of four probes of the 2-layer student, 300 or 600 steps, the teacher's LR or 4e-4, with
+or without the hidden-state loss) with the teacher's other values: once with the distillation loss (temperature 2, alpha 0.5, the
 flow's defaults) against the teacher's outputs computed once, once on the labels only. Every model
 is exported, quantized with the default INT8 recipe and scored on the whole test split (FP32 and
 INT8 ONNX); the INT8 models take turns in one latency sweep (batch 1 and 32, 1 and 2 threads).
@@ -73,7 +76,9 @@ def _int8(cfg: Any, model_dir: str, splits: dict[str, Any], out: Path) -> dict[s
             "int8_mb": r.int8_size_bytes / 1e6, "fp32_mb": r.fp32_size_bytes / 1e6, "recipe": r.chosen, "onnx": out}  # fmt: skip
 
 
-def run(depths: list[int], teacher_steps: int, student_steps: int, threads: list[int]) -> dict[str, Any]:
+def run(
+    depths: list[int], teacher_steps: int, student_steps: int, student_lr: float, threads: list[int]
+) -> dict[str, Any]:
     import torch
 
     from stages.prepare import prepare_run
@@ -107,7 +112,8 @@ def run(depths: list[int], teacher_steps: int, student_steps: int, threads: list
     for depth in depths:
         student = make_student(Path(teacher_dir), depth, work / f"layers-{depth}")
         s_cfg = search_space.apply(distill_config(cfg, TEACHER, [str(student.path)]),
-                                   {"model.base": str(student.path), "train.max_steps": student_steps})  # fmt: skip
+                                   {"model.base": str(student.path), "train.max_steps": student_steps,
+                                    "train.learning_rate": student_lr})  # fmt: skip
         for mode, obj in (("distilled", objective), ("plain", None)):
             name = f"{depth}-layer {mode}"
             model_dir, secs, val = _train(s_cfg, splits, work / name.replace(" ", "-"), obj)
@@ -125,7 +131,7 @@ def run(depths: list[int], teacher_steps: int, student_steps: int, threads: list
         for k in ("int8_path", "onnx", "model_dir"):
             m.pop(k)
     return {"cpu": cpu_info(), "machine": platform.machine(), "teacher_steps": teacher_steps,
-            "student_steps": student_steps, "teacher_outputs_s": outputs_s, "train_rows": len(splits["train"]),
+            "student_steps": student_steps, "student_lr": student_lr, "teacher_outputs_s": outputs_s, "train_rows": len(splits["train"]),
             "test_rows": len(splits["test"]), "temperature": d.temperature, "alpha": d.alpha, "threads": threads,
             "models": models, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
@@ -166,7 +172,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depths", type=int, nargs="+", default=[3, 2])
     p.add_argument("--teacher-steps", type=int, default=100)
-    p.add_argument("--student-steps", type=int, default=300)
+    p.add_argument("--student-steps", type=int, default=600)
+    p.add_argument("--student-lr", type=float, default=4e-4)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from benchmarks/distill.json")
     a = p.parse_args()
@@ -174,7 +181,7 @@ def main() -> None:
         res = json.loads(OUT.read_text())
     else:
         t0 = time.perf_counter()
-        res = run(a.depths, a.teacher_steps, a.student_steps, a.threads)
+        res = run(a.depths, a.teacher_steps, a.student_steps, a.student_lr, a.threads)
         res["seconds"] = time.perf_counter() - t0
         OUT.write_text(json.dumps(res, indent=2) + "\n")
     acc = res["models"]["teacher"]["fp32_test"]
@@ -182,7 +189,8 @@ def main() -> None:
     body = "\n".join([
         f"`benchmarks/distill.py` ({res['date']}, {res['cpu'].get('model', '?')}, {res['seconds'] / 60:.0f} min):"
         f" config/default.yaml's data and teacher (MiniLM-L6, {res['teacher_steps']} steps with `make run`'s best"
-        f" trial values); students cut from it train every layer for {res['student_steps']} steps, distilled"
+        f" trial values); students cut from it train every layer for {res['student_steps']} steps at learning rate"
+        f" {res.get('student_lr', 1.633e-4):.3g}, distilled"
         f" (temperature {res['temperature']:g}, alpha {res['alpha']:g}) or on the labels only. Test split"
         f" {res['test_rows']} rows; INT8 = the default recipe; latencies from one sweep in which the models take"
         f" turns. The teacher's outputs on {res['train_rows']} training rows took {res['teacher_outputs_s']:.0f} s,"
