@@ -98,10 +98,9 @@ class TrainFlow(FlowSpec):
     def chosen_cfg(self) -> RunConfig:
         """The shipped model's configuration: the best trial's (its searched fields set), and a
         distilled student's fields on top when one ships. What export and quantize build on."""
-        from trainflow.search.space import apply
+        from trainflow.search.distill import shipped_config
 
-        chosen = apply(self.cfg, self.best.params)
-        return apply(chosen, self.distilled.chosen_params) if self.distilled is not None else chosen
+        return shipped_config(self.cfg, self.best.params, self.distilled)
 
     @step
     @fails_in_one_line
@@ -232,7 +231,10 @@ class TrainFlow(FlowSpec):
         """The student that ships, or the teacher (stages/distill.py); export builds on it."""
         from stages.distill import pick_student
 
-        self.merge_artifacts(inputs, exclude=["student_trials"])
+        # Only what was set before the fan-out: each distill task also carries its own (its trials,
+        # @checkpoint's records of the checkpoints it saved), which differ between tasks.
+        self.merge_artifacts(inputs, include=["ctx", "best", "trial_records", "search_stopped", "refit_result",
+                                              "model_dir", "plan"])  # fmt: skip
         self.distilled = pick_student(cfg=self.cfg, ctx=self.ctx, plan=self.plan, best=self.best)
         self.model_dir = self.distilled.model_dir
         self.next(self.export)

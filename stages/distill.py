@@ -123,10 +123,16 @@ def run_students(
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> list[TrialRecord]:
     """Student worker `worker`'s quota of the students' trials, each trained against the teacher's
-    outputs (read back and checked, not recomputed); resumable like a search trial."""
+    outputs (read back after their checksum is checked; computed again only when the file is
+    missing or damaged, with a warning if they then differ from those the teacher step recorded);
+    resumable like a search trial."""
     pin_gpu(None if cfg.train.device == "cpu" else assign_gpu(worker, all_gpu_ids(), cfg.compute.gpus))
     train = load_split(ctx.snapshot, "train")
     outputs = _outputs(cfg, ctx, plan.teacher_dir, search_space.apply(cfg, plan.teacher_params).model.max_length)
+    if outputs.sha256 != plan.teacher_outputs_sha256:
+        log.warning("teacher outputs: computed again with SHA-256 %s..., not the %s... the teacher step recorded (the"
+                    " teacher's computation is not bit-exact on this device); the students learn from these",
+                    outputs.sha256[:12], plan.teacher_outputs_sha256[:12])  # fmt: skip
     role = TrialRole(name="student", model_kind="student-model", parent_kind="teacher-model",
                      objective=_objective(cfg, train, outputs), tracking_dir=ctx.path)  # fmt: skip
     return run_worker(
@@ -153,12 +159,13 @@ def _layers(model_dir: str) -> int:
 def _test_metrics(model_dir: str, test: SplitData, max_length: int) -> dict[str, float]:
     import torch
 
-    from trainflow.training.modeling import load_model
+    from trainflow.training.modeling import load_model, pad_id
     from trainflow.training.train import encode, evaluate
 
     model, tokenizer = load_model(Path(model_dir))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)  # type: ignore[attr-defined]
-    return evaluate(model, encode(tokenizer, test.texts, max_length), test.labels, int(pad), torch.device("cpu"))
+    return evaluate(
+        model, encode(tokenizer, test.texts, max_length), test.labels, pad_id(tokenizer), torch.device("cpu")
+    )
 
 
 def _summary(cfg: RunConfig, ctx: RunContext, name: str, model_dir: str, trial: int, validation: dict[str, float],
@@ -169,10 +176,11 @@ def _summary(cfg: RunConfig, ctx: RunContext, name: str, model_dir: str, trial: 
     cost = measure_deploy_cost(measured.model_copy(update={"hpo": measured.hpo.model_copy(update={"constraints": None})}),
                                texts=load_split(ctx.snapshot, "calibration").texts,
                                cache_dir=deploy_cost_dir(cfg.publish.run_root))  # fmt: skip
+    base = str(params.get("model.base", ""))
     return ModelSummary(name=name, layers=_layers(model_dir), params=count_parameters(Path(model_dir)), trial=trial,
                         validation=dict(validation), test=_test_metrics(model_dir, test, model_cfg.model.max_length),
                         latency_ms=cost["latency_ms"], size_mb=cost["size_mb"], model_dir=model_dir,
-                        params_searched=params)  # fmt: skip
+                        params_searched=params, cut=bool(base) and read_student(Path(base)) is not None)  # fmt: skip
 
 
 def pick_student(*, cfg: RunConfig, ctx: RunContext, plan: DistillPlan, best: TrialRecord) -> DistillOutcome:
@@ -197,5 +205,4 @@ def pick_student(*, cfg: RunConfig, ctx: RunContext, plan: DistillPlan, best: Tr
     return DistillOutcome(chosen="student" if chosen else "teacher", teacher=teacher, student=shown,
                           candidates=candidates, temperature=d.temperature, alpha=d.alpha, hidden_loss=d.hidden_loss,
                           max_accuracy_drop=d.max_accuracy_drop, metric=metric, reason=reason, study=plan.study_name,
-                          teacher_outputs_sha256=plan.teacher_outputs_sha256, teacher_base=teacher_cfg.model.base,
-                          student_trials=records)  # fmt: skip
+                          teacher_outputs_sha256=plan.teacher_outputs_sha256, teacher_base=teacher_cfg.model.base)  # fmt: skip

@@ -63,7 +63,8 @@ def check_model(cfg: RunConfig) -> list[ModelReport]:
     tokenizer, family anatomy, freezing and head (no weights are loaded); with `model.base`
     searched, each choice, and with `model.frozen_layers` or `model.max_length` searched, the
     largest value against each base; with `distill.enabled`, each student depth below the layers of
-    every base the teacher may have. Raises ModelLoadError listing every problem."""
+    every base the teacher may have, and each of `distill.student_bases` as a student. Raises
+    ModelLoadError listing every problem."""
     space = cfg.hpo.search_space
     bases = list(space["model.base"].choices or []) if "model.base" in space else [cfg.model.base]
     frozen = _largest(space.get("model.frozen_layers"))
@@ -92,10 +93,29 @@ def check_model(cfg: RunConfig) -> list[ModelReport]:
         deep = [n for n in cfg.distill.student_layers if n >= report.n_layers] if cfg.distill.enabled else []
         if deep:
             problems.append(f"distill.student_layers: {deep} must be below the {report.n_layers} layers of the teacher"
-                            f" {base}; list depths from 1 to {report.n_layers - 1}")  # fmt: skip
+                            f" {base}; list smaller depths")  # fmt: skip
+    if cfg.distill.enabled:
+        problems += _student_base_problems(cfg, fixed["max_length"] if length is None else length)
     if problems:
         raise ModelLoadError("\n".join(problems))
     return reports
+
+
+def _student_base_problems(cfg: RunConfig, max_length: int) -> list[str]:
+    """Each of `distill.student_bases` loads as a student of the task (no weights loaded) and takes
+    texts as long as the teacher's (`max_length`, the largest the search may give it)."""
+    problems = []
+    for base in cfg.distill.student_bases:
+        where = f"distill.student_bases {base!r}: "
+        try:
+            report = inspect_model(model=cfg.model.model_copy(update={"base": base, "frozen_layers": 0}), task=cfg.task)
+        except ModelLoadError as err:
+            problems.append(where + str(err))
+            continue
+        if report.positions and max_length > report.positions:
+            problems.append(where + f"its {report.positions} positions are fewer than the teacher's model.max_length"
+                            f" {max_length}; choose a base with more or a smaller model.max_length")  # fmt: skip
+    return problems
 
 
 def _largest(spec: SearchParam | None) -> int | None:

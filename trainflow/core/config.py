@@ -496,8 +496,8 @@ class DistillConfig(_Strict):
     max_accuracy_drop: float = Field(
         0.01,
         ge=0,
-        le=1,
-        description="A student ships when its validation metric is at most this far below the teacher's.",
+        description="A student ships when its validation hpo.metric is at most this much worse than the teacher's"
+        " (lower for accuracy and F1, higher for loss and MAE).",
     )
 
     @field_validator("student_layers")

@@ -26,8 +26,7 @@ from trainflow.release.metadata import (
     QuantizationInfo,
     RunRef,
 )
-from trainflow.search import space as search_space
-from trainflow.search.distill import DistillOutcome, ModelSummary
+from trainflow.search.distill import DistillOutcome, ModelSummary, shipped_config
 from trainflow.search.refit import RefitResult
 from trainflow.search.study import TrialRecord
 from trainflow.tasks.heads import majority_baseline, read_head
@@ -72,9 +71,8 @@ class RunOutputs:
         return d.student if d is not None and d.chosen == "student" else None
 
     def chosen_config(self, cfg: RunConfig) -> RunConfig:
-        """The shipped model's configuration: the best trial's, with the shipped student's fields on top."""
-        chosen = search_space.apply(cfg, self.best.params)
-        return search_space.apply(chosen, self.distilled.chosen_params) if self.distilled is not None else chosen
+        """The shipped model's configuration: the best trial's, or the shipped student's."""
+        return shipped_config(cfg, self.best.params, self.distilled)
 
 
 def package_versions() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Lineage of a package: dataset -> trial checkpoints and models -> best model -> FP32 ONNX ->
-INT8 ONNX, each node with its id, the file it names, that file's SHA-256 and its parents' ids
+"""Lineage of a package: dataset -> trial checkpoints and models [-> refit] [-> a distilled
+student's checkpoint and model] -> best model -> FP32 ONNX -> INT8 ONNX, each node with its id, the file it names, that file's SHA-256 and its parents' ids
 and SHA-256s.
 
 `build_lineage` runs at publish time (the result goes into metadata.json under `lineage.nodes`
@@ -51,20 +51,24 @@ def _node(
                 trial=trial)  # fmt: skip
 
 
-def _student_nodes(student: ModelSummary, teacher: Node, dataset: Node) -> list[Node]:
-    """A distilled student's last checkpoint (if one was written) and its model; the model last."""
-    weights = Path(student.model_dir) / WEIGHTS
+def _model_nodes(prefix: str, kind: str, model_dir: Path, parents: list[ParentRef], trial: int | None) -> list[Node]:
+    """A trained model's last resumable checkpoint (if one was written) and its weights, as nodes
+    `<prefix>/checkpoint` (`<kind>_checkpoint`) and `<prefix>/model` (`<kind>_model`); the model last.
+
+    Raises:
+        LineageError: the model's weights are missing."""
+    weights = Path(model_dir) / WEIGHTS
     if not weights.is_file():
-        raise LineageError(f"student {student.name}: {weights} is missing; cannot record its lineage")
-    nodes, parents = [], [teacher.ref(), dataset.ref()]
-    checkpoint = _last_checkpoint_weights(Path(student.model_dir))
+        raise LineageError(f"{prefix}: {weights} is missing; cannot record its lineage")
+    nodes, model_parents = [], list(parents)
+    checkpoint = _last_checkpoint_weights(Path(model_dir))
     if checkpoint is not None:
-        ckpt = _node(f"student-{student.trial}/checkpoint", "student_checkpoint", str(checkpoint.resolve()),
-                     sha256_file(checkpoint), [teacher.ref(), dataset.ref()], trial=student.trial)  # fmt: skip
+        ckpt = _node(f"{prefix}/checkpoint", f"{kind}_checkpoint", str(checkpoint.resolve()), sha256_file(checkpoint),
+                     list(parents), trial=trial)  # fmt: skip
         nodes.append(ckpt)
-        parents.append(ckpt.ref())
-    return [*nodes, _node(f"student-{student.trial}/model", "student_model", str(weights.resolve()),
-                          sha256_file(weights), parents, trial=student.trial)]  # fmt: skip
+        model_parents.append(ckpt.ref())
+    return [*nodes, _node(f"{prefix}/model", f"{kind}_model", str(weights.resolve()), sha256_file(weights),
+                          model_parents, trial=trial)]  # fmt: skip
 
 
 def build_lineage(
@@ -98,19 +102,8 @@ def build_lineage(
     for r in sorted(records, key=lambda r: r.number):
         if r.state != "COMPLETE" or not r.model_dir:
             continue
-        weights = Path(r.model_dir) / WEIGHTS
-        if not weights.is_file():
-            raise LineageError(f"trial {r.number}: {weights} is missing; cannot record its lineage")
-        parents = [dataset.ref()]
-        checkpoint = _last_checkpoint_weights(Path(r.model_dir))
-        if checkpoint is not None:
-            ckpt = _node(f"trial-{r.number}/checkpoint", "trial_checkpoint", str(checkpoint.resolve()),
-                        sha256_file(checkpoint), [dataset.ref()], trial=r.number)  # fmt: skip
-            nodes.append(ckpt)
-            parents.append(ckpt.ref())
-        model = _node(f"trial-{r.number}/model", "trial_model", str(weights.resolve()), sha256_file(weights), parents,
-                     trial=r.number)  # fmt: skip
-        nodes.append(model)
+        *made, model = _model_nodes(f"trial-{r.number}", "trial", Path(r.model_dir), [dataset.ref()], r.number)
+        nodes += [*made, model]
         trial_models[r.number] = model
     if best.number not in trial_models:
         raise LineageError(f"best trial {best.number} is not among the completed trials {sorted(trial_models)}")
@@ -123,9 +116,10 @@ def build_lineage(
                        [chosen.ref(), dataset.ref()], trial=best.number)  # fmt: skip
         nodes.append(chosen)
     if student is not None:  # teacher -> student checkpoint -> student model
-        student_nodes = _student_nodes(student, chosen, dataset)
-        nodes += student_nodes
-        chosen = student_nodes[-1]
+        made = _model_nodes(f"student-{student.trial}", "student", Path(student.model_dir),
+                            [chosen.ref(), dataset.ref()], student.trial)  # fmt: skip
+        nodes += made
+        chosen = made[-1]
     best_node = _node("best-model", "best_model", chosen.path, chosen.sha256, [chosen.ref()],
                       trial=student.trial if student is not None else best.number)  # fmt: skip
     for path in (fp32_onnx, int8_onnx):

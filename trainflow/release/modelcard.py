@@ -196,8 +196,9 @@ def _origin(meta: PackageMetadata) -> str:
     d = meta.distillation
     if d and d["chosen"] == "student" and d.get("student"):
         teacher, student = d["teacher"], d["student"]
+        into = "" if student.get("cut_from_teacher") else f" `{meta.base_model.name}`"
         return (f"distilled from a {teacher['layers']}-layer teacher fine-tuned from `{d.get('teacher_base') or '?'}`"
-                f" into a {student['layers']}-layer student ({meta.base_model.parameters:,} parameters)")  # fmt: skip
+                f" into a {student['layers']}-layer student{into} ({meta.base_model.parameters:,} parameters)")  # fmt: skip
     return f"fine-tuned from `{meta.base_model.name}` ({meta.base_model.parameters:,} parameters)"
 
 

@@ -53,16 +53,25 @@ def distill_config(cfg: RunConfig, teacher_params: dict[str, Any], students: lis
     return teacher.model_copy(update={"hpo": hpo, "model": teacher.model.model_copy(update={"frozen_layers": 0})})
 
 
+def shipped_config(cfg: RunConfig, teacher_params: dict[str, Any], distilled: DistillOutcome | None) -> RunConfig:
+    """The configuration of the model that ships: the teacher's (`teacher_params` set), or with a
+    student shipped, the student's (its trial's parameters in the students' search configuration:
+    every layer trained)."""
+    if distilled is None or distilled.chosen != "student" or distilled.student is None:
+        return search_space.apply(cfg, teacher_params)
+    params = distilled.chosen_params
+    return search_space.apply(distill_config(cfg, teacher_params, [str(params["model.base"])]), params)
+
+
 def open_students_study(dcfg: RunConfig, storage: str, name: str, students: list[str]) -> optuna.Study:
     """The students' study, made once with `distill.n_trials` queued trials per student (a retry
     or resume of the step that makes it finds them queued and queues nothing)."""
     study = open_study(dcfg, storage, name)
     if not study.user_attrs.get(QUEUED_ATTR):
-        queued = {str((t.system_attrs.get("fixed_params") or {}).get("model.base")) for t in study.get_trials()}
+        # An attempt that died while queueing left some queued: only the missing ones are added.
+        queued = [str((t.system_attrs.get("fixed_params") or {}).get("model.base")) for t in study.get_trials()]
         for student in students:
-            if student in queued:  # queued by an attempt that died before it could say so
-                continue
-            for _ in range(dcfg.distill.n_trials):
+            for _ in range(dcfg.distill.n_trials - queued.count(student)):
                 study.enqueue_trial({"model.base": student})
         study.set_user_attr(QUEUED_ATTR, True)
     return study
@@ -82,6 +91,7 @@ class ModelSummary:
     size_mb: float | None = None  # INT8 file
     model_dir: str = ""
     params_searched: dict[str, Any] = field(default_factory=dict)  # the trial's parameters (a student's)
+    cut: bool = False  # a student cut from the teacher (else a base model of its own, or the teacher)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +114,6 @@ class DistillOutcome:
     study: str
     teacher_outputs_sha256: str
     teacher_base: str = ""  # the base model the teacher was fine-tuned from
-    student_trials: list[TrialRecord] = field(default_factory=list)
 
     @property
     def model_dir(self) -> str:
@@ -124,7 +133,8 @@ class DistillOutcome:
                 return None
             return {"name": m.name, "layers": m.layers, "params": m.params, "trial": m.trial,
                     "validation": m.validation, "test": m.test, "latency_ms": m.latency_ms,
-                    "latency": "INT8 ONNX p50, batch 1, 1 thread, this CPU", "size_mb": m.size_mb}  # fmt: skip
+                    "latency": "INT8 ONNX p50, batch 1, 1 thread, this CPU", "size_mb": m.size_mb,
+                    "cut_from_teacher": m.cut}  # fmt: skip
 
         return {
             "chosen": self.chosen,

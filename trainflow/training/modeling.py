@@ -241,6 +241,12 @@ def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
     (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The token a batch is padded with: the tokenizer's padding token, else (a decoder) its end of text."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad or 0)
+
+
 def load_model(folder: Path) -> tuple[TextModel, object]:
     """Load a folder written by `save_model`: (model in eval mode, tokenizer)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -51,32 +51,27 @@ def _key(teacher_dir: Path, train: SplitData, max_length: int, hidden: bool) -> 
 def _compute(
     teacher_dir: Path, train: SplitData, max_length: int, hidden: bool, device: torch.device, batch_size: int = 64
 ) -> tuple[np.ndarray, list[float] | None, np.ndarray | None]:
-    from trainflow.training.modeling import load_model
-    from trainflow.training.train import collate, encode
+    from trainflow.training.modeling import load_model, pad_id
+    from trainflow.training.train import collate, encode, predict_logits
 
     model, tokenizer = load_model(teacher_dir)
     model.to(device)
+    encoded, pad = encode(tokenizer, train.texts, max_length), pad_id(tokenizer)
+    if not hidden:  # the evaluation's own batching (by length, halved on out-of-memory)
+        return predict_logits(model, encoded, pad, device, batch_size), model.cutpoint_values(), None
     model.train(False)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)  # type: ignore[attr-defined]
-    encoded = encode(tokenizer, train.texts, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding
     logits: list[np.ndarray] = [np.empty(0)] * len(encoded)
     pooled: list[np.ndarray] = [np.empty(0)] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], int(pad), device)
-        out = model.hf(**batch, output_hidden_states=hidden)
+        batch = collate([encoded[i] for i in idx], pad, device)
+        out = model.hf(**batch, output_hidden_states=True)
         rows = out.logits.float().cpu().numpy()
-        states = (
-            mean_pool(torch.stack(out.hidden_states, dim=1), batch["attention_mask"]).to(torch.float16).cpu().numpy()
-            if hidden
-            else None
-        )
+        states = mean_pool(torch.stack(out.hidden_states, dim=1), batch["attention_mask"]).to(torch.float16).cpu()
         for j, i in enumerate(idx):
-            logits[i] = rows[j]
-            if states is not None:
-                pooled[i] = states[j]
-    return np.stack(logits), model.cutpoint_values(), (np.stack(pooled) if hidden else None)
+            logits[i], pooled[i] = rows[j], states[j].numpy()
+    return np.stack(logits), model.cutpoint_values(), np.stack(pooled)
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ def test_a_metric_to_minimise_allows_the_drop_upwards() -> None:
     assert chosen is not None and chosen.name == "a"
 
 
-def test_the_students_search_trains_every_student_with_the_teachers_values(
+def test_the_students_search_is_the_teachers_configuration_with_every_student_queued(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     cfg = parse_config_dict(tiny_config(
@@ -66,6 +66,8 @@ def test_the_students_search_trains_every_student_with_the_teachers_values(
     assert dcfg.hpo.search_space["model.base"].choices == students
 
     storage = str(tmp_path / "journal")
+    study = open_study(dcfg, storage, "s")
+    study.enqueue_trial({"model.base": students[0]})  # an attempt that died after queueing one trial
     open_students_study(dcfg, storage, "s", students)
     open_students_study(dcfg, storage, "s", students)  # a retried step queues nothing more
     waiting = open_study(dcfg, storage, "s").get_trials()
@@ -136,7 +138,16 @@ def test_check_refuses_a_student_as_deep_as_the_teacher_before_anything_trains(
     with pytest.raises(ModelLoadError) as err:
         check_model(parse_config_dict(raw))
     assert str(err.value) == (f"distill.student_layers: [2, 3] must be below the 2 layers of the teacher {tiny_model_dir};"
-                              " list depths from 1 to 1")  # fmt: skip
+                              " list smaller depths")  # fmt: skip
     raw["distill"]["student_layers"] = [1]
     (report,) = check_model(parse_config_dict(raw))
     assert report.n_layers == 2
+    # Each student base is checked too: it must load, and take texts as long as the teacher's.
+    raw["distill"]["student_bases"] = [str(tmp_path / "missing"), str(tiny_model_dir)]
+    raw["hpo"]["search_space"] = {"model.max_length": {"choices": [32, 512]}}
+    with pytest.raises(ModelLoadError) as err:
+        check_model(parse_config_dict(raw))
+    lines = str(err.value).splitlines()
+    assert any(line.startswith(f"distill.student_bases {str(tmp_path / 'missing')!r}: ") for line in lines)
+    assert any(line.startswith(f"distill.student_bases {str(tiny_model_dir)!r}: its 128 positions are fewer than the"
+                               " teacher's model.max_length 512") for line in lines)  # fmt: skip
