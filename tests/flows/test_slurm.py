@@ -188,3 +188,6 @@ def test_kubernetes_backend_compiles_to_a_spec_with_image_gpu_and_command(cluste
     assert float(train["resources"]["requests"]["cpu"]) == 4
     assert "step train" in train["command"][-1]
     assert templates["export"]["container"]["image"] != train["image"], "only the trials get the trial image"
+    # The students train like trials (the step runs only with distill.enabled; its template is there).
+    assert templates["distill"]["container"]["image"] == train["image"]
+    assert templates["distill"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
