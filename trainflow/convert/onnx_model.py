@@ -93,12 +93,19 @@ class FolderTokenizer:
         max_length: int | None = None,
         padding: bool | str = True,
         return_tensors: str = "np",
+        text_pair: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
+        """`text_pair`: a second text per row, encoded with the first as a pair (longest-first
+        truncation of the pair to max_length, the second text's token_type_ids 1 where the family
+        has them), as a fast tokenizer called with `text_pair=` does."""
         if truncation and max_length:
-            self._tok.enable_truncation(max_length=max_length)
+            self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
         else:
             self._tok.no_truncation()
-        encs = self._tok.encode_batch(list(texts))
+        if text_pair is not None and len(text_pair) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(text_pair)} pair texts; give one pair text per text")
+        inputs = list(texts) if text_pair is None else list(zip(texts, text_pair, strict=True))
+        encs = self._tok.encode_batch(inputs)
         width = max_length if padding == "max_length" and max_length else max((len(e.ids) for e in encs), default=0)
         ids = np.full((len(encs), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encs), width), dtype=np.int64)

@@ -91,6 +91,14 @@ def encode(tokenizer: object, texts: list[str], max_length: int) -> list[list[in
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
 
 
+def encode_pairs(tokenizer: object, texts: list[str], pairs: list[str], max_length: int) -> dict[str, list[list[int]]]:
+    """Text pairs encoded as pairs: input_ids and token_type_ids (where the family has them), the
+    pair truncated longest-first to `max_length` (what the package's tokenizer does; not wired
+    into training yet)."""
+    out = tokenizer(texts, text_pair=pairs, truncation="longest_first", max_length=max_length)  # type: ignore[operator]
+    return {k: out[k] for k in ("input_ids", "token_type_ids") if k in out}
+
+
 @torch.no_grad()
 def predict_logits(
     model: TextModel, encoded: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
