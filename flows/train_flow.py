@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trainflow_cards as cards
@@ -66,6 +67,13 @@ def _record_failure(flow: TrainFlow, step_name: str, err: BaseException) -> None
 
 
 fails_in_one_line = errors.one_line_errors(_record_failure)
+
+
+def task_checkpoints(**metadata: object) -> tuple[Path | None, Callable[[Path], None]]:
+    """For a step that trains: the checkpoint metaflow-checkpoint loaded for this task (on @retry),
+    or None; and the callback that saves each new checkpoint folder with `metadata`."""
+    loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
+    return loaded, lambda folder: current.checkpoint.save(str(folder), metadata=metadata)
 
 
 # The trials and the refit train alike: retried, with the resources `compute:` declares.
@@ -127,14 +135,8 @@ class TrainFlow(FlowSpec):
         from stages.hpo_worker import run_trials
         from trainflow.app import reports
 
-        loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
-        self.trials = run_trials(
-            cfg=self.cfg,
-            ctx=self.ctx,
-            worker=self.input,
-            resume_dir=loaded,
-            on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"worker": self.input}),
-        )
+        loaded, save = task_checkpoints(worker=self.input)
+        self.trials = run_trials(cfg=self.cfg, ctx=self.ctx, worker=self.input, resume_dir=loaded, on_checkpoint=save)
         cards.show(
             lambda: reports.training_report(
                 storage=self.ctx.storage, study_name=self.ctx.study_name, trials=self.trials, metric=self.cfg.hpo.metric
@@ -179,14 +181,9 @@ class TrainFlow(FlowSpec):
         if self.cfg.hpo.refit:
             from stages.refit import refit_model
 
-            loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
-            self.refit_result = refit_model(
-                cfg=self.cfg,
-                ctx=self.ctx,
-                best=self.best,
-                resume_dir=loaded,
-                on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"refit": self.best.number}),
-            )
+            loaded, save = task_checkpoints(refit=self.best.number)
+            self.refit_result = refit_model(cfg=self.cfg, ctx=self.ctx, best=self.best, resume_dir=loaded,
+                                            on_checkpoint=save)  # fmt: skip
             self.model_dir = self.refit_result.model_dir
         self.distilled, self.distilling = None, "on" if self.cfg.distill.enabled else "off"
         self.next({"on": self.teacher, "off": self.export}, condition="distilling")
@@ -215,11 +212,9 @@ class TrainFlow(FlowSpec):
         from stages.distill import run_students
         from trainflow.app import reports
 
-        loaded = Path(current.checkpoint.directory) if current.checkpoint.is_loaded else None
-        self.student_trials = run_students(
-            cfg=self.cfg, ctx=self.ctx, plan=self.plan, worker=self.input, resume_dir=loaded,
-            on_checkpoint=lambda folder: current.checkpoint.save(str(folder), metadata={"student_worker": self.input}),
-        )  # fmt: skip
+        loaded, save = task_checkpoints(student_worker=self.input)
+        self.student_trials = run_students(cfg=self.cfg, ctx=self.ctx, plan=self.plan, worker=self.input,
+                                           resume_dir=loaded, on_checkpoint=save)  # fmt: skip
         cards.show(lambda: reports.training_report(storage=self.ctx.storage, study_name=self.plan.study_name,
                                                    trials=self.student_trials, metric=self.cfg.hpo.metric))  # fmt: skip
         self.next(self.pick)

@@ -12,34 +12,21 @@ import numpy as np
 
 from stages.distill import pick_student, prepare_distillation, run_students
 from stages.export import export_and_check
-from stages.prepare import prepare_run
 from stages.publish import publish_run
 from stages.quantize import quantize_model
-from stages.select import select_best
-from tests.tiny import ROOT
-from trainflow.core.config import parse_config_dict
+from tests.stages.ordinal import ordinal_search
 from trainflow.data.dataset import load_split
 from trainflow.package import load
 from trainflow.release.package import verify_package
 from trainflow.search import space as search_space
-from trainflow.search.worker import run_worker
 
 
 def test_an_ordinal_student_ships_and_the_teacher_ships_when_no_student_keeps_up(
     tmp_path: Path, tiny_cfg: dict
 ) -> None:
-    tiny_cfg.update(
-        task={"type": "ordinal", "labels": ["negative", "neutral", "positive"]},
-        data={**tiny_cfg["data"], "path": str(ROOT / "data" / "drug_reviews.csv.gz"), "max_rows": 150},
-        distill={"enabled": True, "student_layers": [1], "max_accuracy_drop": 0.5},
+    cfg, ctx, best, records = ordinal_search(
+        tiny_cfg, distill={"enabled": True, "student_layers": [1], "max_accuracy_drop": 0.5}
     )
-    tiny_cfg["hpo"].update(n_trials=1, n_workers=1, metric="mae")
-    cfg = parse_config_dict(tiny_cfg)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
-               train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
-               work_dir=ctx.path, group="r1")  # fmt: skip
-    best, records = select_best(cfg=cfg, ctx=ctx)
     plan = prepare_distillation(cfg=cfg, ctx=ctx, best=best, teacher_dir=str(best.model_dir))
     students = run_students(cfg=cfg, ctx=ctx, plan=plan, worker=0)
     assert [s.state for s in students] == ["COMPLETE"] and "mae" in students[0].metrics

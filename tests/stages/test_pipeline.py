@@ -13,30 +13,18 @@ from stages.export import export_and_check
 from stages.prepare import prepare_run
 from stages.publish import publish_run
 from stages.quantize import quantize_model
-from stages.select import select_best
-from tests.tiny import ROOT
+from tests.stages.ordinal import ordinal_search
 from trainflow.convert.onnx_model import OnnxTextModel
 from trainflow.core.config import parse_config_dict
 from trainflow.core.errors import DatasetError
 from trainflow.data.dataset import load_split
 from trainflow.package import load
 from trainflow.release.package import verify_package
-from trainflow.search.worker import run_worker
 from trainflow.tasks.heads import ordinal_probabilities, predict_classes
 
 
 def test_ordinal_pipeline_publishes_score_model_with_cutpoints(tmp_path: Path, tiny_cfg: dict) -> None:
-    tiny_cfg.update(
-        task={"type": "ordinal", "labels": ["negative", "neutral", "positive"]},
-        data={**tiny_cfg["data"], "path": str(ROOT / "data" / "drug_reviews.csv.gz"), "max_rows": 150},
-    )
-    tiny_cfg["hpo"].update(n_trials=1, n_workers=1, metric="mae")
-    cfg = parse_config_dict(tiny_cfg)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
-               train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
-               work_dir=ctx.path, group="r1")  # fmt: skip
-    best, records = select_best(cfg=cfg, ctx=ctx)
+    cfg, ctx, best, records = ordinal_search(tiny_cfg)
     assert cfg.hpo.direction == "minimize" and best.value == best.metrics["mae"]
     exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
     quant = quantize_model(cfg=cfg, ctx=ctx, exported=exported)
