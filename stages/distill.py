@@ -100,6 +100,8 @@ def _objective(cfg: RunConfig, train: SplitData, outputs: TeacherOutputs) -> Cal
                 labels=train.labels,
                 teacher_logits=torch.from_numpy(outputs.logits),
                 teacher_cutpoints=outputs.cutpoints,
+                task=cfg.task.type,
+                teacher_scale=outputs.scale,
                 temperature=d.temperature,
                 alpha=d.alpha,
                 hidden_weight=d.hidden_loss if hidden else 0.0,
@@ -164,7 +166,7 @@ def _test_metrics(model_dir: str, test: SplitData, max_length: int) -> dict[str,
 
     model, tokenizer = load_model(Path(model_dir))
     return evaluate(
-        model, encode(tokenizer, test.texts, max_length), test.labels, pad_id(tokenizer), torch.device("cpu")
+        model, encode(tokenizer, test.inputs, max_length), test.labels, pad_id(tokenizer), torch.device("cpu")
     )
 
 
@@ -174,7 +176,7 @@ def _summary(cfg: RunConfig, ctx: RunContext, name: str, model_dir: str, trial: 
     test = load_split(ctx.snapshot, "test")
     measured = model_cfg.model_copy(update={"model": model_cfg.model.model_copy(update={"base": model_dir})})
     cost = measure_deploy_cost(measured.model_copy(update={"hpo": measured.hpo.model_copy(update={"constraints": None})}),
-                               texts=load_split(ctx.snapshot, "calibration").texts,
+                               texts=load_split(ctx.snapshot, "calibration").inputs,
                                cache_dir=deploy_cost_dir(cfg.publish.run_root))  # fmt: skip
     base = str(params.get("model.base", ""))
     return ModelSummary(name=name, layers=_layers(model_dir), params=count_parameters(Path(model_dir)), trial=trial,

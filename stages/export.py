@@ -37,7 +37,7 @@ def export_and_check(
         parity = check_parity(
             model_dir=Path(model_dir),
             onnx_path=Path(result.onnx_path),
-            texts=test.texts[: cfg.export.parity_samples],
+            texts=test.inputs[: cfg.export.parity_samples],
             max_length=cfg.model.max_length,
             atol=cfg.export.parity_atol,
         )

@@ -61,7 +61,7 @@ def run_one_worker(
     (cached under the run root for later trials and runs)."""
     deploy_cost = None
     if cfg.hpo.constraints is not None:
-        texts = load_split(ctx.snapshot, "calibration").texts
+        texts = load_split(ctx.snapshot, "calibration").inputs
 
         def deploy_cost(trial_cfg: RunConfig) -> dict[str, float]:
             return measure_deploy_cost(trial_cfg, texts=texts, cache_dir=deploy_cost_dir(cfg.publish.run_root))

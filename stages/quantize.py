@@ -13,6 +13,7 @@ from trainflow.core.faults import fault_window
 from trainflow.data.context import RunContext
 from trainflow.data.dataset import load_split
 from trainflow.tasks.heads import read_head
+from trainflow.tasks.task import TaskHead
 
 
 def quantize_model(*, cfg: RunConfig, ctx: RunContext, exported: ExportOutcome) -> QuantizeResult:
@@ -33,6 +34,7 @@ def _search(cfg: RunConfig, ctx: RunContext, exported: ExportOutcome, tokenizer:
         task=cfg.task.type,
         n_classes=len(cfg.task.labels),
         cutpoints=head["cutpoints"],
+        head=TaskHead.from_dict(head),
         calibration=load_split(ctx.snapshot, "calibration"),
         test=load_split(ctx.snapshot, "test"),
         max_length=cfg.model.max_length,

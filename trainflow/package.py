@@ -9,7 +9,7 @@ Imports no torch. The package format, the loader and publishing live in `trainfl
 
 from __future__ import annotations
 
-from trainflow.release.loader import PackageModel, Prediction, load
+from trainflow.release.loader import LabelSetPrediction, PackageModel, Prediction, ValuePrediction, load
 from trainflow.release.package import verify_package
 
-__all__ = ["PackageModel", "Prediction", "load", "verify_package"]
+__all__ = ["LabelSetPrediction", "PackageModel", "Prediction", "ValuePrediction", "load", "verify_package"]

@@ -1,6 +1,8 @@
 """The whole flow for base models of other families than BERT, with the shipped defaults: a config
 that extends config/dev.yaml (embeddings and the lowest layers frozen, the default INT8 recipe)
-and names a local DistilBERT, RoBERTa or GPT-2 folder, as a user brings one."""
+and names a local DistilBERT, RoBERTa or GPT-2 folder, as a user brings one. Two of the runs also
+carry the other task types through the flow: RoBERTa (no token types) a regression over text
+pairs, GPT-2 a multi-label task on the shipped word tags."""
 
 from __future__ import annotations
 
@@ -9,15 +11,41 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.families import build_family
 from tests.tiny import ROOT, RT_DATA, rt_texts
-from trainflow.package import load
+from trainflow.package import LabelSetPrediction, Prediction, ValuePrediction, load
+from trainflow.records.store import query
 from trainflow.release.metadata import read_metadata
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TAGS = ["positive", "negative", "strong", "weak", "active", "passive", "hostile", "virtue", "vice"]
+
+
+def _pair_values(tmp_path: Path) -> Path:
+    """The shipped (condition, review) pairs with a number per sentiment: a pair regression."""
+    frame = pd.read_csv(ROOT / "data" / "drug_review_pairs.csv.gz").head(500)
+    frame["score"] = frame["label"].map({"negative": 1.0, "neutral": 5.5, "positive": 9.0})
+    path = tmp_path / "pairs.csv"
+    frame[["id", "condition", "text", "score"]].to_csv(path, index=False)
+    return path
+
+
+def _task(family: str, tmp_path: Path) -> dict[str, Any]:
+    """The config sections of the family's run: its task and data."""
+    if family == "roberta":
+        return {"task": {"type": "regression", "labels": ["score"]},
+                "data": {"path": str(_pair_values(tmp_path)), "text_column": "condition", "text_pair_column": "text",
+                         "label_column": "score"}}  # fmt: skip
+    if family == "gpt2":
+        return {"task": {"type": "multilabel", "labels": TAGS},
+                "data": {"path": str(ROOT / "data" / "word_tags.csv.gz"), "label_column": "labels", "max_rows": 600}}  # fmt: skip
+    return {"data": {"path": str(RT_DATA), "max_rows": 600}}
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta", "gpt2"])
@@ -27,7 +55,7 @@ def test_the_flow_publishes_a_package_for_another_family(family: str, tmp_path: 
     config.write_text(json.dumps({  # JSON is YAML
         "extends": str(ROOT / "config" / "dev.yaml"),
         "name": f"mine-{family}",
-        "data": {"path": str(RT_DATA), "max_rows": 600},
+        **_task(family, tmp_path),
         "model": {"base": str(base)},
         # A tiny random model learns little in 40 steps: the gate's tolerance is opened, not its checks.
         "quantize": {"max_accuracy_drop": 1.0},
@@ -47,5 +75,33 @@ def test_the_flow_publishes_a_package_for_another_family(family: str, tmp_path: 
     assert meta.base_model.name == str(base) and meta.quantization.chosen_recipe == "u8s8"
     assert meta.quantization.batch_invariance["label_agreement"] == 1.0
     assert meta.quantization.graph_optimization["applied"] == "fused"
-    predictions = load(package).predict(rt_texts(8))
-    assert {p.label for p in predictions} <= {"rotten", "fresh"}
+    model = load(package)
+    columns, rows = query(tmp_path / "artifacts", "SELECT task, metric, test_accuracy, baseline_metric FROM packages")
+    record = dict(zip(columns, rows[0], strict=True))
+    if family == "roberta":  # pairs without token types: the separator tokens mark the second text
+        assert check.stdout.startswith("config mine-roberta: regression") and "text pairs" in check.stdout
+        assert (
+            meta.text_pair and "token_type_ids" not in meta.onnx.inputs and meta.quantization.gate_metric == "pearson"
+        )
+        predictions = model.predict([("Pain", "It worked within an hour."), ("Acne", "My skin got worse.")])
+        assert all(isinstance(p, ValuePrediction) for p in predictions)
+        assert (record["task"], record["metric"], record["test_accuracy"]) == ("regression", "mse", None)
+        assert record["baseline_metric"] == pytest.approx(meta.metrics.test_majority_baseline["mse"])
+    elif family == "gpt2":
+        assert (
+            "(no label)" in check.stdout and meta.hpo.metric == "macro_f1" and len(meta.thresholds or []) == len(TAGS)
+        )
+        predictions = model.predict(["abandon", "brave", "table"])
+        assert all(isinstance(p, LabelSetPrediction) and set(p.probabilities) == set(TAGS) for p in predictions)
+        assert (record["task"], record["metric"]) == ("multilabel", "macro_f1")
+        board = subprocess.run([sys.executable, "-m", "trainflow.app.cli", "leaderboard", "--artifact-root",
+                                str(tmp_path / "artifacts")], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert board.returncode == 0 and "multilabel" in board.stdout and "macro_f1" in board.stdout, board.stderr
+        assert "micro_f1" in (package / "README.md").read_text()
+    else:
+        predictions = model.predict(rt_texts(8))
+        assert all(isinstance(p, Prediction) for p in predictions) and {p.label for p in predictions} <= {
+            "rotten",
+            "fresh",
+        }
+        assert record["baseline_metric"] == pytest.approx(meta.metrics.test_majority_baseline["accuracy"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainflow.core.config import RunConfig, SearchParam, expand_env
 from trainflow.core.errors import ConfigError, ModelLoadError
-from trainflow.data.dataset import Inspection, inspect_dataset
+from trainflow.data.dataset import Inspection, inspect_dataset, label_histogram
 from trainflow.release.signing import signing_key_problem
 from trainflow.training.base_model import resolve_base_model
 from trainflow.training.preflight import ModelReport, inspect_model
@@ -38,14 +38,24 @@ class CheckReport:
     data: Inspection
 
     def lines(self) -> list[str]:
-        labels = self.data.frame["label"].value_counts().sort_index()
-        names = self.cfg.task.labels
-        histogram = ", ".join(f"{names[int(k)]} {int(v)}" for k, v in labels.items())
+        task, names = self.cfg.task, self.cfg.task.labels
+        if task.type in ("classification", "ordinal"):
+            labels = self.data.frame["label"].value_counts().sort_index()
+            histogram = ", ".join(f"{names[int(k)]} {int(v)}" for k, v in labels.items())
+        else:  # label sets: rows per label and rows with none; values: rows per fifth of the range
+            histogram = ", ".join(
+                f"{k} {v}" for k, v in label_histogram(task, self.data.frame["label"].tolist()).items()
+            )
+        pair = (
+            f", text pairs ({self.cfg.data.text_column}, {self.cfg.data.text_pair_column})"
+            if self.cfg.data.text_pair_column
+            else ""
+        )
         return [
-            f"config {self.cfg.name}: {self.cfg.task.type}, labels {names}",
+            f"config {self.cfg.name}: {task.type}, labels {names}{pair}",
             f"data {self.data.path}: {len(self.data.frame)} rows, version {self.data.version}",
             f"  splits {self.data.counts} (calibration {min(self.cfg.data.calibration_size, self.data.counts['train'])})",
-            f"  labels {histogram}",
+            f"  {'values' if task.type == 'regression' else 'labels'} {histogram}",
             f"base model {self.cfg.model.base} ({self.base_model})",
             f"runs under {Path(self.cfg.publish.run_root).resolve()}, packages under"
             f" {Path(self.cfg.publish.artifact_root).resolve()}",

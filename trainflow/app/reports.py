@@ -306,9 +306,10 @@ def training_report(*, storage: str, study_name: str, trials: Sequence[TrialReco
 # --- quantization -----------------------------------------------------------------------------
 
 
-def recipe_table(search: Sequence[dict[str, Any]], chosen: str) -> Table:
+def recipe_table(search: Sequence[dict[str, Any]], chosen: str, metric: str = "accuracy") -> Table:
     """One row per INT8 recipe of the search (QuantizeResult.search), in the order tried: its
-    status (chosen, passed, failed, screened-out, error, not-tried) and what was measured."""
+    status (chosen, passed, failed, screened-out, error, not-tried) and what was measured (the
+    gate's `metric`: accuracy, or the task's gate metric)."""
     rows = []
     for o in search:
         drop = o.get("accuracy_drop")
@@ -327,7 +328,8 @@ def recipe_table(search: Sequence[dict[str, Any]], chosen: str) -> Table:
                 "-" if size is None else f"{size / 1e6:.2f}",
             ]
         )
-    return Table(["recipe", "status", "mode", "screening acc", "accuracy", "drop (points)", "p50 ms", "FP32 p50 ms",
+    short = "acc" if metric == "accuracy" else metric
+    return Table(["recipe", "status", "mode", f"screening {short}", metric, "drop (points)", "p50 ms", "FP32 p50 ms",
                   "size MB"], rows)  # fmt: skip
 
 
@@ -374,16 +376,17 @@ def parity_histogram_spec(histogram: Sequence[tuple[int, int]], atol: float, n_s
 def quantize_report(*, parity: ParityResult, quant: QuantizeResult) -> list[Block]:
     """The INT8 recipe search table and the FP32 export's parity error histogram."""
     chosen = quant.chosen
-    fp32, int8 = quant.fp32_metrics.get("accuracy"), quant.int8_metrics.get("accuracy")
+    metric = quant.gate_metric
+    fp32, int8 = quant.fp32_metrics.get(metric), quant.int8_metrics.get(metric)
     return [
         Markdown(
-            f"## INT8 quantization\n\nChosen recipe **{chosen}**: test accuracy {_fmt(int8)} vs FP32 ONNX"
+            f"## INT8 quantization\n\nChosen recipe **{chosen}**: test {metric} {_fmt(int8)} vs FP32 ONNX"
             f" {_fmt(fp32)} (drop {quant.accuracy_drop * 100:+.2f} points); batch-1 p50"
             f" {_fmt(quant.int8_latency.get('p50_ms'))} ms vs {_fmt(quant.fp32_latency.get('p50_ms'))} ms;"
             f" {quant.int8_size_bytes / 1e6:.2f} MB vs {quant.fp32_size_bytes / 1e6:.2f} MB."
         ),
         Markdown("### Recipe search"),
-        recipe_table(quant.search, chosen),
+        recipe_table(quant.search, chosen, metric),
         Markdown(
             f"### Serving settings\n\nPrimary model **{quant.primary}**; best batch-1 threads"
             f" {quant.serving.get('best', {}).get('batch1', {}).get('threads', '-')}, batch-32 threads"

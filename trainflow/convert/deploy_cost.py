@@ -30,11 +30,12 @@ import numpy as np
 from filelock import FileLock
 
 from trainflow.convert.export import export_onnx
-from trainflow.convert.onnx_model import FolderTokenizer, cpu_info, thread_sweep
+from trainflow.convert.onnx_model import FolderTokenizer, Inputs, cpu_info, thread_sweep
 from trainflow.convert.quantize import quantize_and_gate
 from trainflow.core.config import RunConfig
 from trainflow.core.io import atomic_write_json
 from trainflow.data.dataset import SplitData
+from trainflow.tasks.task import TaskHead, n_outputs
 from trainflow.training.base_model import checksum_model_dir, resolve_base_model
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def architecture_key(cfg: RunConfig) -> str:
     parts = {
         "base": base,
         "max_length": cfg.model.max_length,
-        "outputs": 1 if cfg.task.type == "ordinal" else len(cfg.task.labels),
+        "outputs": n_outputs(cfg.task.type, cfg.task.labels),
         "recipe": cfg.quantize.recipes[0].model_dump(mode="json"),
         "threads": limits.threads if limits else 1,
         "batch": limits.batch if limits else 1,
@@ -71,7 +72,7 @@ def architecture_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def measure_deploy_cost(cfg: RunConfig, *, texts: list[str], cache_dir: Path) -> dict[str, float]:
+def measure_deploy_cost(cfg: RunConfig, *, texts: Inputs, cache_dir: Path) -> dict[str, float]:
     """{"latency_ms", "size_mb"} of the INT8 model of `cfg`'s architecture (cached)."""
     key = architecture_key(cfg)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,12 @@ def _quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _measure(cfg: RunConfig, texts: list[str]) -> dict[str, float]:
+def _any_output_head(cfg: RunConfig) -> TaskHead:
+    """The untrained model is timed, not judged: its outputs are read as classes, whatever the task."""
+    return TaskHead("classification", tuple(str(i) for i in range(n_outputs(cfg.task.type, cfg.task.labels))))
+
+
+def _measure(cfg: RunConfig, texts: Inputs) -> dict[str, float]:
     from trainflow.training.modeling import build_model, save_model
 
     limits = cfg.hpo.constraints
@@ -124,12 +130,15 @@ def _measure(cfg: RunConfig, texts: list[str]) -> dict[str, float]:
             "max_accuracy_drop": 1.0, "search": False, "max_batch_diff": None, "threads": [threads],
             "latency_samples": 8, "latency_rounds": 1, "screen_samples": 8, "recipes": [cfg.quantize.recipes[0]],
         })  # fmt: skip
-        split = SplitData([str(i) for i in range(len(sample))], sample, labels)
+        firsts = [t if isinstance(t, str) else t[0] for t in sample]  # a pair task's calibration pairs stay pairs
+        pairs = None if all(isinstance(t, str) for t in sample) else [t[1] for t in sample if not isinstance(t, str)]
+        split = SplitData([str(i) for i in range(len(sample))], firsts, labels, pairs)
         with _quiet(
             "trainflow.convert.quantize", "trainflow.convert.export", "root"
         ):  # its gate and speed-up talk of a package
             result = quantize_and_gate(fp32_path=Path(exported.onnx_path), tokenizer=tok, task=cfg.task.type,
                                        n_classes=len(cfg.task.labels), cutpoints=model.cutpoint_values(),
+                                       head=_any_output_head(cfg),
                                        calibration=split, test=split, max_length=cfg.model.max_length, q=q)  # fmt: skip
         rows = thread_sweep({"int8": Path(result.int8_path)}, tok, cfg.model.max_length, sample, threads=[threads],
                             batch_sizes=(batch,), rounds=2)  # fmt: skip

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trainflow.convert.onnx_model import OnnxTextModel, tokenize_batches
+from trainflow.convert.onnx_model import Inputs, OnnxTextModel, input_feed, tokenize_batches
 from trainflow.core.config import RecipeConfig
 from trainflow.training.families import attention_fusion_problem, family_of, ort_optimizer_type
 
@@ -49,15 +49,18 @@ class TextCalibrationReader:
     """
 
     def __init__(
-        self, tokenizer: object, texts: list[str], max_length: int, input_names: list[str], fixed_length: bool = False
+        self, tokenizer: object, texts: list, max_length: int, input_names: list[str], fixed_length: bool = False
     ) -> None:
+        """`texts`: strings, or (text, pair text) tuples of a pair task."""
         if fixed_length:
             self._batches = []
             for text in texts:
+                pair = {} if isinstance(text, str) else {"text_pair": [text[1]]}
+                first = text if isinstance(text, str) else text[0]
                 enc = tokenizer(  # type: ignore[operator]
-                    [text], truncation=True, max_length=max_length, padding="max_length", return_tensors="np"
+                    [first], truncation=True, max_length=max_length, padding="max_length", return_tensors="np", **pair
                 )
-                self._batches.append({name: enc[name].astype(np.int64) for name in input_names})
+                self._batches.append({name: input_feed(enc, name) for name in input_names})
         else:
             self._batches = [f for _, f in tokenize_batches(tokenizer, texts, max_length, 1, input_names)]
         self._it = iter(self._batches)
@@ -152,7 +155,7 @@ def _fuse_transformer(fp32_path: Path, out_path: Path, *, attention: bool) -> di
 
 
 def prepare_graph(
-    *, fp32_path: Path, out_path: Path, level: str, tokenizer: object, texts: list[str], max_length: int, atol: float
+    *, fp32_path: Path, out_path: Path, level: str, tokenizer: object, texts: Inputs, max_length: int, atol: float
 ) -> dict[str, object]:
     """Write the graph the recipes quantize: `level` of graph optimization (see the module
     docstring) plus ONNX Runtime's shape inference (`quant_pre_process`, which the static QDQ

@@ -52,18 +52,34 @@ def make_session(path: Path, intra_op_num_threads: int = 0, settings: SessionSet
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+Inputs = list[str] | list[tuple[str, str]]  # texts, or (text, pair text) tuples of a pair task
+
+
 def tokenize_batches(
-    tokenizer: object, texts: list[str], max_length: int, batch_size: int, input_names: list[str]
+    tokenizer: object, texts: Inputs, max_length: int, batch_size: int, input_names: list[str]
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-    """Yield (indices, feeds) with per-batch padding, in length order (little padding)."""
-    lengths = [len(t) for t in texts]
+    """Yield (indices, feeds) with per-batch padding, in length order (little padding). Tuples
+    are encoded as text pairs (longest-first truncation of the pair to max_length)."""
+    lengths = [len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tokenizer(  # type: ignore[operator]
-            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np"
-        )
-        yield idx, {name: enc[name].astype(np.int64) for name in input_names}
+        batch = [texts[i] for i in idx]
+        if batch and not isinstance(batch[0], str):
+            enc = tokenizer(  # type: ignore[operator]
+                [t[0] for t in batch], text_pair=[t[1] for t in batch], truncation=True, max_length=max_length,
+                padding=True, return_tensors="np",
+            )  # fmt: skip
+        else:
+            enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="np")  # type: ignore[operator]
+        yield idx, {name: input_feed(enc, name) for name in input_names}
+
+
+def input_feed(enc: dict, name: str) -> np.ndarray:
+    """One ONNX input from a tokenizer's output (token types are all 0 when it gives none)."""
+    if name == "token_type_ids" and name not in enc:
+        return np.zeros_like(enc["input_ids"], dtype=np.int64)
+    return enc[name].astype(np.int64)
 
 
 class FolderTokenizer:
@@ -128,7 +144,7 @@ class OnnxTextModel:
         self.session = make_session(self.path, self.threads, self.settings)
         self.input_names = [i.name for i in self.session.get_inputs()]  # type: ignore[attr-defined]
 
-    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def logits(self, texts: Inputs, batch_size: int = 32) -> np.ndarray:
         """Outputs for every text, in order. Large inputs (PROGRESS_TEXTS or more) log progress."""
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
         t0, done, next_report = time.perf_counter(), 0, len(texts) // 4
@@ -142,11 +158,11 @@ class OnnxTextModel:
                 next_report += len(texts) // 4
         return np.stack(out)
 
-    def batch1_feeds(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+    def batch1_feeds(self, texts: Inputs) -> list[dict[str, np.ndarray]]:
         return [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 1, self.input_names)]
 
 
-def interleaved_latency_ms(models: dict[str, OnnxTextModel], texts: list[str], rounds: int = 1) -> dict[str, dict]:
+def interleaved_latency_ms(models: dict[str, OnnxTextModel], texts: Inputs, rounds: int = 1) -> dict[str, dict]:
     """Batch-1 latency percentiles of several models measured turn about: for each text, every
     model runs once (the order rotating), so a burst of load from another process on the machine
     hits all models alike instead of whichever happened to be measured at that moment.
@@ -209,7 +225,7 @@ def thread_sweep(
     paths: dict[str, Path],
     tokenizer: object,
     max_length: int,
-    texts: list[str],
+    texts: Inputs,
     *,
     threads: list[int],
     batch_sizes: tuple[int, ...],

@@ -10,7 +10,6 @@ import torch
 
 from trainflow.convert.onnx_model import OnnxTextModel, tokenize_batches
 from trainflow.core.errors import ParityError
-from trainflow.tasks.heads import predict_classes
 from trainflow.training.modeling import load_model
 
 
@@ -43,9 +42,11 @@ def decade_histogram(abs_diffs: np.ndarray, lowest: int = ZERO_DECADE) -> list[t
 
 
 def check_parity(
-    *, model_dir: Path, onnx_path: Path, texts: list[str], max_length: int, atol: float, batch_size: int = 8
+    *, model_dir: Path, onnx_path: Path, texts: list, max_length: int, atol: float, batch_size: int = 8
 ) -> ParityResult:
-    """Compare logits of the PyTorch model in `model_dir` with `onnx_path` on `texts`.
+    """Compare the outputs of the PyTorch model in `model_dir` with `onnx_path` on `texts` (strings,
+    or (text, pair text) tuples), element by element whatever the task's output shape; the share of
+    rows whose decision (class, label set, value within tolerance) agrees is reported.
 
     Batches are padded to their longest member, so padding and the dynamic axes are exercised.
 
@@ -56,14 +57,13 @@ def check_parity(
     model, tokenizer = load_model(model_dir)
     onnx_model = OnnxTextModel(onnx_path, tokenizer, max_length)
     diffs, agree, n = [], 0, 0
-    cut = model.cutpoint_values()
-    cut_arr = None if cut is None else np.asarray(cut)
+    head = model.head()
     for _, feeds in tokenize_batches(tokenizer, texts, max_length, batch_size, onnx_model.input_names):
         with torch.no_grad():
             ref = model.hf(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
         got = onnx_model.session.run(["logits"], feeds)[0]  # type: ignore[attr-defined]
         diffs.append(np.abs(ref - got).reshape(-1))
-        agree += int((predict_classes(model.task, ref, cut_arr) == predict_classes(model.task, got, cut_arr)).sum())
+        agree += int(head.agree(ref, got).sum())
         n += len(ref)
     d = np.concatenate(diffs)
     result = ParityResult(

@@ -44,6 +44,7 @@ from trainflow.convert.int8 import (
     quantize_static_int8,
 )
 from trainflow.convert.onnx_model import (
+    Inputs,
     OnnxTextModel,
     SessionSettings,
     cpu_info,
@@ -59,7 +60,7 @@ from trainflow.core.errors import QuantizationAccuracyError, QuantizationError
 from trainflow.core.faults import fault_raise
 from trainflow.core.layout import INT8_SEARCH_DIR, ONNX_INT8
 from trainflow.data.dataset import SplitData
-from trainflow.tasks.heads import compute_metrics, predict_classes
+from trainflow.tasks.task import TaskHead
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +89,34 @@ class QuantizeResult:
     primary: str = "int8"  # which model the package serves by default: "int8", or "fp32" if no INT8 was faster
     serving: dict[str, Any] = field(default_factory=dict)  # the thread sweep and the best settings
     batch_invariance: dict[str, Any] = field(default_factory=dict)  # the chosen model alone vs batched
+    gate_metric: str = "accuracy"  # the test metric the gate held within max_accuracy_drop
+
+
+def task_head(task: str, n_classes: int, cutpoints: list[float] | None, head: TaskHead | None = None) -> TaskHead:
+    """`head` when given, else the head of a classification or ordinal task of `n_classes`."""
+    if head is not None:
+        return head
+    return TaskHead(task, tuple(str(i) for i in range(n_classes)), None if cutpoints is None else tuple(cutpoints))
 
 
 def evaluate_onnx(
-    model: OnnxTextModel, task: str, split: SplitData, n_classes: int, cutpoints: list[float] | None
-) -> dict[str, float]:
-    logits = model.logits(split.texts)
-    preds = predict_classes(task, logits, None if cutpoints is None else np.asarray(cutpoints))
-    return compute_metrics(task, np.asarray(split.labels), preds, n_classes)
+    model: OnnxTextModel, task: str, split: SplitData, n_classes: int, cutpoints: list[float] | None,
+    head: TaskHead | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """The task's metrics of an ONNX model on a split (`head`: what the outputs mean; by default a
+    classification or ordinal head of `n_classes`)."""
+    return task_head(task, n_classes, cutpoints, head).metrics(split.labels, model.logits(split.inputs))
 
 
 def batch_invariance(
-    model: OnnxTextModel, texts: list[str], batch_size: int, classes: Callable[[np.ndarray], np.ndarray]
+    model: OnnxTextModel, texts: list, batch_size: int, agree_rows: Callable[[np.ndarray, np.ndarray], np.ndarray]
 ) -> dict[str, Any]:
     """How much a text's outputs depend on its batch-mates: each text scored alone and in batches
     of `batch_size` (padded to their longest text): the largest logit difference and the share of
-    texts whose predicted class is the same both ways."""
+    texts whose decision (class, label set, value within tolerance) is the same both ways."""
     alone = model.logits(texts, batch_size=1)
     batched = model.logits(texts, batch_size=batch_size)
-    agree = float((classes(alone) == classes(batched)).mean()) if len(texts) else 1.0
+    agree = float(agree_rows(alone, batched).mean()) if len(texts) else 1.0
     return {"max_abs_diff": float(np.abs(alone - batched).max()) if len(texts) else 0.0, "label_agreement": agree,
             "n": len(texts), "batch_size": batch_size}  # fmt: skip
 
@@ -126,7 +136,7 @@ class _Search:
     max_length: int
     settings: SessionSettings
     calibration: SplitData
-    parity_texts: list[str]
+    parity_texts: Inputs
     q: QuantizeConfig
     graphs: dict[str, tuple[Path, dict[str, object]]] = field(default_factory=dict)
     readers: dict[tuple[str, bool], TextCalibrationReader] = field(default_factory=dict)
@@ -152,7 +162,7 @@ class _Search:
         key = (str(prepared), fixed)
         if key not in self.readers:
             names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
-            self.readers[key] = TextCalibrationReader(self.tokenizer, self.calibration.texts, self.max_length, names,
+            self.readers[key] = TextCalibrationReader(self.tokenizer, self.calibration.inputs, self.max_length, names,
                                                       fixed_length=fixed)  # fmt: skip
         return self.readers[key]
 
@@ -162,7 +172,7 @@ class _Search:
             self.built[key] = self.work / f"{recipe.name}.base.onnx"
             quantize_static_int8(model_path=prepared, out_path=self.built[key], reader=reader, recipe=recipe,
                                  calibration_cache=cache)  # fmt: skip
-        texts = self.calibration.texts[: self.q.sensitivity_samples]
+        texts = self.calibration.inputs[: self.q.sensitivity_samples]
         names = reader.batches[0].keys() if reader.batches else []
         feeds = [f for _, f in tokenize_batches(self.tokenizer, texts, self.max_length, 8, list(names))]
         return layer_sensitivity(model_path=prepared, int8_path=self.built[key], feeds=feeds)
@@ -218,11 +228,12 @@ class _Reference:
 
     model: OnnxTextModel
     metrics: dict[str, float]
-    screen_accuracy: float
+    screen_accuracy: float  # the gate metric on the screening texts
     evaluate: Callable[[OnnxTextModel, SplitData], dict[str, float]]
     test: SplitData
     screen: SplitData
-    classes: Callable[[np.ndarray], np.ndarray]
+    agree: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    metric: str = "accuracy"  # what the gate holds (trainflow/tasks/task.py GATE_METRIC)
 
 
 def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[dict, dict | None]:
@@ -234,38 +245,38 @@ def _evaluate(search: _Search, ref: _Reference, recipe: RecipeConfig) -> tuple[d
         fault_raise("int8-search")
         out = search.build(recipe)
         model = search.model(out)
-        screen = ref.evaluate(model, ref.screen)["accuracy"]
+        screen = ref.evaluate(model, ref.screen)[ref.metric]
         row.update(screen_accuracy=screen, size_bytes=out.stat().st_size)
         if ref.screen_accuracy - screen > q.max_accuracy_drop + q.screen_margin:
-            log.info("INT8 recipe %s: screened out (accuracy %.4f vs FP32 %.4f on %d texts)", recipe.name, screen,
+            log.info("INT8 recipe %s: screened out (%s %.4f vs FP32 %.4f on %d texts)", recipe.name, ref.metric, screen,
                      ref.screen_accuracy, len(ref.screen))  # fmt: skip
             return {**row, "status": "screened-out", "seconds": time.perf_counter() - t0}, None
         metrics = ref.evaluate(model, ref.test)
-        invariance = batch_invariance(model, ref.test.texts, q.batch_check_size, ref.classes)
+        invariance = batch_invariance(model, ref.test.inputs, q.batch_check_size, ref.agree)
     except (OSError, MemoryError):
         raise  # the machine, not the recipe: a full disk or no memory fails every recipe alike
     except Exception as err:  # a broken recipe must not hide the others: logged, listed in the table
         log.warning("INT8 recipe %s failed", recipe.name, exc_info=True)
         return {**row, "status": "error", "error": f"{type(err).__name__}: {err}"}, None
-    drop = ref.metrics["accuracy"] - metrics["accuracy"]
+    drop = ref.metrics[ref.metric] - metrics[ref.metric]
     counts = count_nodes(out)
     detail = search.details[recipe.name]
     invariant = q.max_batch_diff is None or (
         invariance["max_abs_diff"] <= q.max_batch_diff and invariance["label_agreement"] == 1.0
     )
-    row.update(accuracy=metrics["accuracy"], accuracy_drop=drop, passed=drop <= q.max_accuracy_drop + 1e-12 and invariant,
+    row.update(accuracy=metrics[ref.metric], accuracy_drop=drop, passed=drop <= q.max_accuracy_drop + 1e-12 and invariant,
                quantized_nodes=detail.get("quantized_nodes"), fp32_weight_nodes=detail.get("excluded_nodes", []),
                node_counts={k: v for k, v in counts.items() if k in NODE_KINDS}, detail=detail,
                batch_max_diff=invariance["max_abs_diff"], batch_label_agreement=invariance["label_agreement"],
                seconds=time.perf_counter() - t0)  # fmt: skip
     row["status"] = "passed" if row["passed"] else "failed" if invariant else "batch-dependent"
-    log.info("INT8 recipe %s: accuracy %.4f (drop %.4f), alone vs batched max |logit diff| %.3g (labels agree on"
-             " %.1f %%), %s", recipe.name, metrics["accuracy"], drop, invariance["max_abs_diff"],
+    log.info("INT8 recipe %s: %s %.4f (drop %.4f), alone vs batched max |logit diff| %.3g (labels agree on"
+             " %.1f %%), %s", recipe.name, ref.metric, metrics[ref.metric], drop, invariance["max_abs_diff"],
              100 * invariance["label_agreement"], row["status"])  # fmt: skip
     return row, metrics
 
 
-def _time(search: _Search, ref: _Reference, row: dict[str, Any], latency_texts: list[str]) -> None:
+def _time(search: _Search, ref: _Reference, row: dict[str, Any], latency_texts: Inputs) -> None:
     """Time a passing recipe against FP32 at batch 1, turn about (always in this process, alone)."""
     t0 = time.perf_counter()
     model = search.model(search.work / f"{row['name']}.onnx")
@@ -334,7 +345,7 @@ NODE_KINDS = ("QuantizeLinear", "DequantizeLinear", "MatMul", "MatMulInteger", "
               "QEmbedLayerNormalization", "DynamicQuantizeLinear")  # fmt: skip
 
 
-def _search(search: _Search, ref: _Reference, recipes: list[RecipeConfig], latency_texts: list[str]):
+def _search(search: _Search, ref: _Reference, recipes: list[RecipeConfig], latency_texts: Inputs):
     """Run the recipes in order until one passes and is faster than FP32; (rows, metrics, chosen
     name or None, whether it is faster)."""
     rows: list[dict[str, Any]] = []
@@ -365,7 +376,7 @@ def _finish_rows(rows: list[dict[str, Any]], recipes: list[RecipeConfig]) -> lis
     return [RecipeOutcome(**done.get(r.name, {"name": r.name, "passed": False, "mode": r.mode})) for r in recipes]
 
 
-def _sweep(fp32: Path, int8: Path, search: _Search, texts: list[str], q: QuantizeConfig, primary: str) -> dict:
+def _sweep(fp32: Path, int8: Path, search: _Search, texts: Inputs, q: QuantizeConfig, primary: str) -> dict:
     """Latencies of both models at each thread count and batch size, and the best settings."""
     cores, t0 = physical_cores(), time.perf_counter()
     threads = q.threads or sorted({*(2**k for k in range(8) if 2**k <= cores), cores})
@@ -383,7 +394,7 @@ def _sweep(fp32: Path, int8: Path, search: _Search, texts: list[str], q: Quantiz
 
 def _result(
     search: _Search, ref: _Reference, recipes: list[RecipeConfig], rows: list[dict[str, Any]],
-    metrics: dict[str, dict | None], table: list[RecipeOutcome], chosen: str, faster: bool, latency_texts: list[str],
+    metrics: dict[str, dict | None], table: list[RecipeOutcome], chosen: str, faster: bool, latency_texts: Inputs,
 ) -> QuantizeResult:  # fmt: skip
     """Copy the chosen model to model_int8.onnx, measure the serving settings, assemble the result."""
     q, fp32_path, work, settings = search.q, search.fp32_path, search.work, search.settings
@@ -429,6 +440,7 @@ def _result(
             "batch_size": q.batch_check_size,
             "required_max_abs_diff": q.max_batch_diff,
         },
+        gate_metric=ref.metric,
     )
 
 
@@ -444,9 +456,13 @@ def quantize_and_gate(
     max_length: int,
     q: QuantizeConfig,
     latency_samples: int | None = None,
+    head: TaskHead | None = None,
 ) -> QuantizeResult:
     """Search the recipes of `q` (module docstring); write the chosen model to `model_int8.onnx`
-    beside `fp32_path`; report every recipe tried and the serving settings measured.
+    beside `fp32_path`; report every recipe tried and the serving settings measured. `head` says
+    what the outputs mean (multilabel thresholds, regression scale); by default a classification or
+    ordinal head of `n_classes` and `cutpoints`. The gate holds the task's gate metric (accuracy;
+    multilabel micro_f1; regression pearson) within `q.max_accuracy_drop` of FP32.
 
     Raises:
         QuantizationAccuracyError: no recipe keeps test accuracy within `q.max_accuracy_drop` of
@@ -462,23 +478,23 @@ def quantize_and_gate(
     ensure_free_space(work, 4 * fp32_path.stat().st_size, "the INT8 recipe search")
     n_latency = latency_samples or q.latency_samples
     settings = SessionSettings(intra_op_num_threads=q.intra_op_threads or physical_cores()).resolved()
-    search = _Search(fp32_path, work, tokenizer, max_length, settings, calibration, test.texts[:n_latency], q)
+    latency_texts = test.inputs[:n_latency]
+    search = _Search(fp32_path, work, tokenizer, max_length, settings, calibration, latency_texts, q)
+    the_head = task_head(task, n_classes, cutpoints, head)
 
     def evaluate(model: OnnxTextModel, split: SplitData) -> dict[str, float]:
-        return evaluate_onnx(model, task, split, n_classes, cutpoints)
+        return evaluate_onnx(model, task, split, n_classes, cutpoints, the_head)
 
     t0 = time.perf_counter()
     fp32 = search.model(fp32_path)
-    screen = SplitData(test.ids[: q.screen_samples], test.texts[: q.screen_samples], test.labels[: q.screen_samples])
-
-    def classes(logits: np.ndarray) -> np.ndarray:
-        return predict_classes(task, logits, None if cutpoints is None else np.asarray(cutpoints))
-
-    ref = _Reference(fp32, evaluate(fp32, test), evaluate(fp32, screen)["accuracy"], evaluate, test, screen, classes)
+    screen = test.head(q.screen_samples)
+    metric = the_head.gate_metric
+    ref = _Reference(fp32, evaluate(fp32, test), evaluate(fp32, screen)[metric], evaluate, test, screen,
+                     the_head.agree, metric)  # fmt: skip
     log.info("INT8 search: FP32 reference on %d test texts in %.1f s (%d threads)", len(test.texts),
              time.perf_counter() - t0, settings.intra_op_num_threads)  # fmt: skip
     recipes = list(q.recipes) if q.search else list(q.recipes[:1])
-    rows, metrics, chosen, faster = _search(search, ref, recipes, test.texts[:n_latency])
+    rows, metrics, chosen, faster = _search(search, ref, recipes, latency_texts)
     table = _finish_rows(rows, recipes)
     (work / "search.json").write_text(json.dumps([o.model_dump() for o in table], indent=1))
     if chosen is None:
@@ -489,8 +505,8 @@ def quantize_and_gate(
                 f"no INT8 model could be built: every recipe failed ({len(tried)}), each with its cause:\n{lines}"
             )
         raise QuantizationAccuracyError(
-            f"no INT8 recipe keeps test accuracy within {q.max_accuracy_drop * 100:.2f} points of FP32 ONNX "
-            f"({ref.metrics['accuracy']:.4f}). Recipes tried ({sum(o.status != 'not-tried' for o in table)}):\n"
+            f"no INT8 recipe keeps test {metric} within {q.max_accuracy_drop * 100:.2f} points of FP32 ONNX "
+            f"({ref.metrics[metric]:.4f}). Recipes tried ({sum(o.status != 'not-tried' for o in table)}):\n"
             f"{lines}\nCandidates left in {work}."
         )
-    return _result(search, ref, recipes, rows, metrics, table, chosen, faster, test.texts[:n_latency])
+    return _result(search, ref, recipes, rows, metrics, table, chosen, faster, latency_texts)

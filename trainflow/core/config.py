@@ -57,7 +57,24 @@ METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
     "macro_f1": "maximize",
     "loss": "minimize",
     "mae": "minimize",
+    "micro_f1": "maximize",
+    "subset_accuracy": "maximize",
+    "mse": "minimize",
+    "pearson": "maximize",
+    "spearman": "maximize",
 }
+
+
+# The metrics each task reports (validation adds `loss`), usable as hpo.metric and registry.metric
+# (trainflow/tasks/task.py computes them).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "ordinal": ("accuracy", "macro_f1", "mae"),
+    "multilabel": ("micro_f1", "macro_f1", "subset_accuracy"),
+    "regression": ("mse", "mae", "pearson", "spearman"),
+}
+# hpo.metric and registry.metric when the config does not name one.
+DEFAULT_METRIC = {"classification": "accuracy", "ordinal": "accuracy", "multilabel": "macro_f1", "regression": "mse"}
 
 
 class _Strict(BaseModel):
@@ -65,14 +82,24 @@ class _Strict(BaseModel):
 
 
 class TaskConfig(_Strict):
-    type: Literal["classification", "ordinal"]
-    labels: list[str] = Field(min_length=2, description="Class names; for ordinal, lowest first.")
+    type: Literal["classification", "ordinal", "multilabel", "regression"]
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Class names (ordinal: lowest first); multilabel: the label set; regression: none, or the"
+        " value's name.",
+    )
 
 
 class DataConfig(_Strict):
     path: str
     text_column: str = "text"
     label_column: str = "label"
+    text_pair_column: str | None = Field(
+        None, description="A second text per row (NLI, paraphrase, query-document): the two are encoded as a pair."
+    )
+    label_separator: str = Field(
+        ";", min_length=1, description="multilabel, CSV/TSV: what separates a row's labels in the label column."
+    )
     id_column: str | None = Field(
         None, description="Column of unique row ids; unset: the `id` column when the file has one, else row numbers."
     )
@@ -651,6 +678,11 @@ class RunConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     distill: DistillConfig = DistillConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        return with_task_defaults(raw)
+
     def public_dump(self) -> dict[str, Any]:
         """The config as JSON-ready data for everything trainflow writes (metadata.json, the
         `runs` records, W&B): URL passwords replaced by ***."""
@@ -676,16 +708,48 @@ def _redacted(value: Any) -> Any:
 
 def _task_checks(c: Any) -> list[str]:
     problems = []
-    if len(set(c.task.labels)) != len(c.task.labels):
-        problems.append(f"task.labels: {c.task.labels} has duplicates; list each class once")
+    t, labels = c.task.type, c.task.labels
+    if len(set(labels)) != len(labels):
+        problems.append(f"task.labels: {labels} has duplicates; list each class once")
+    if t in ("classification", "ordinal") and len(labels) < 2:
+        problems.append(f"task.labels: a {t} task needs at least 2 classes, got {labels}")
+    elif t == "multilabel" and not labels:
+        problems.append("task.labels: a multilabel task needs its label set (the labels a row may carry)")
+    elif t == "regression" and len(labels) > 1:
+        problems.append(f"task.labels: a regression task predicts one value; give none or its name, not {labels}")
     return problems
 
 
+def task_metrics(task: str) -> list[str]:
+    """The metrics hpo.metric and registry.metric may name for `task` (validation's loss too)."""
+    return sorted({*TASK_METRICS[task], "loss"})
+
+
 def _metric_checks(c: Any) -> list[str]:
-    metrics = set(METRIC_DIRECTIONS) - ({"mae"} if c.task.type == "classification" else set())
+    metrics = task_metrics(c.task.type)
+    problems = []
     if c.hpo.metric not in metrics:
-        return [f"hpo.metric: {c.hpo.metric!r} is not one of {sorted(metrics)} for task {c.task.type}"]
-    return []
+        problems.append(f"hpo.metric: {c.hpo.metric!r} is not one of {metrics} for task {c.task.type}")
+    registry = getattr(c, "registry", None)
+    if registry is not None and registry.metric not in [m for m in metrics if m != "loss"]:
+        problems.append(f"registry.metric: {registry.metric!r} is not a test metric of task {c.task.type}; use one"
+                        f" of {[m for m in metrics if m != 'loss']}")  # fmt: skip
+    return problems
+
+
+def with_task_defaults(raw: Any) -> Any:
+    """`raw` with hpo.metric and registry.metric set to the task's default metric where the file
+    names none (macro_f1 for multilabel, mse for regression; accuracy otherwise)."""
+    task = raw.get("task") if isinstance(raw, dict) else None
+    kind = task.get("type") if isinstance(task, dict) else None
+    if kind not in DEFAULT_METRIC or DEFAULT_METRIC[kind] == "accuracy":
+        return raw
+    out = dict(raw)
+    for section in ("hpo", "registry"):
+        value = out.get(section)
+        if value is None or (isinstance(value, dict) and "metric" not in value):
+            out[section] = {**(value or {}), "metric": DEFAULT_METRIC[kind]}
+    return out
 
 
 def _data_checks(c: Any) -> list[str]:
@@ -832,7 +896,7 @@ def _kubernetes_checks(c: Any) -> list[str]:
 # also when another section of the file is not (so one pass reports every problem).
 COMBINATION_CHECKS = (
     (("task",), _task_checks),
-    (("task", "hpo"), _metric_checks),
+    (("task", "hpo", "registry"), _metric_checks),
     (("data",), _data_checks),
     (("hpo",), _hpo_checks),
     (("hpo", "train", "model"), _search_space_checks),
@@ -888,6 +952,7 @@ def parse_config_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     """Validate a parsed YAML mapping. Raises ConfigError listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"top level must be a mapping, got {type(raw).__name__}"])
+    raw = with_task_defaults(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

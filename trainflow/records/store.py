@@ -107,18 +107,19 @@ class PackageRow(_Row, kind="packages"):
     dataset_version: str
     metric: str
     val_metric: float | None
-    test_accuracy: float
+    test_accuracy: float | None  # classification and ordinal tasks; None for multilabel and regression
     test_metric: float | None
     int8_metric: float | None
-    int8_accuracy: float
-    int8_accuracy_drop: float
-    majority_baseline_accuracy: float
+    int8_accuracy: float | None
+    int8_accuracy_drop: float  # the drop of the INT8 gate's metric (accuracy; micro_f1; pearson)
+    majority_baseline_accuracy: float | None
     parity_max_abs_diff: float
     n_trials: int
     git_commit: str
     pathspec: str
     created_at: str
     labels: str | None = None  # the task's label names, JSON list (the leaderboard groups by them)
+    baseline_metric: float | None = None  # the trivial predictor's test value of `metric`
 
 
 class LineageRow(_Row, kind="lineage"):
@@ -296,7 +297,8 @@ PACKAGE_SCORES = """
 SELECT task, coalesce(labels, '?') AS labels, dataset_version, metric, model_name, version,
        round(coalesce(test_metric, CASE WHEN metric = 'accuracy' THEN test_accuracy END), 4) AS test,
        round(coalesce(int8_metric, CASE WHEN metric = 'accuracy' THEN int8_accuracy END), 4) AS int8,
-       round(majority_baseline_accuracy, 4) AS baseline, round(val_metric, 4) AS val_metric, n_trials, created_at
+       round(coalesce(baseline_metric, CASE WHEN metric = 'accuracy' THEN majority_baseline_accuracy END), 4)
+         AS baseline, round(val_metric, 4) AS val_metric, n_trials, created_at
 FROM packages
 """
 

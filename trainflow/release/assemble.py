@@ -29,7 +29,9 @@ from trainflow.release.metadata import (
 from trainflow.search.distill import DistillOutcome, ModelSummary, shipped_config
 from trainflow.search.refit import RefitResult
 from trainflow.search.study import TrialRecord
-from trainflow.tasks.heads import majority_baseline, read_head
+from trainflow.tasks.heads import read_head
+from trainflow.tasks.task import TaskHead
+from trainflow.tasks.task import baseline as trivial_baseline
 from trainflow.training.base_model import checksum_model_dir, count_parameters, resolve_base_model
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout whose commit a package records
@@ -102,8 +104,8 @@ def git_commit(repo: Path) -> str:
 
 def _metrics(cfg: RunConfig, run: RunOutputs) -> Metrics:
     snap, quant = run.ctx.snapshot, run.quant
-    baseline = majority_baseline(
-        cfg.task.type, load_split(snap, "train").labels, load_split(snap, "test").labels, len(cfg.task.labels)
+    baseline = trivial_baseline(
+        cfg.task.type, load_split(snap, "train").labels, load_split(snap, "test").labels, cfg.task.labels
     )
     return Metrics(
         validation=run.student.validation if run.student is not None else run.best.metrics,
@@ -124,7 +126,8 @@ def _quantization(cfg: RunConfig, quant: QuantizeResult) -> QuantizationInfo:
         node_counts=quant.node_counts,
         chosen_recipe=quant.chosen,
         max_accuracy_drop=cfg.quantize.max_accuracy_drop,
-        selection="the first recipe, in the configured order (fastest expected first), whose test accuracy is within"
+        gate_metric=quant.gate_metric,
+        selection=f"the first recipe, in the configured order (fastest expected first), whose test {quant.gate_metric} is within"
         " max_accuracy_drop of FP32 ONNX, whose answers do not depend on batch-mates (max_batch_diff) and whose"
         f" batch-1 p50 beats FP32's; recipes are screened on {cfg.quantize.screen_samples} test texts first",
         graph_optimization=quant.graph_optimization,
@@ -156,11 +159,7 @@ def _lineage(run: RunOutputs) -> LineageInfo:
 
 
 def _onnx_info(cfg: RunConfig, run: RunOutputs) -> OnnxInfo:
-    output = (
-        "logits: [batch, 1] scalar score s; P(y <= k) = sigmoid(cutpoints[k] - s); class = #(cutpoints < s)"
-        if cfg.task.type == "ordinal"
-        else f"logits: [batch, {len(cfg.task.labels)}]; class = argmax"
-    )
+    output = TaskHead(cfg.task.type, tuple(cfg.task.labels)).describe_output()
     # The session options every latency in the metadata was measured with; reuse them to reproduce.
     return OnnxInfo(opset=run.exported.opset, inputs=run.exported.inputs, output=output,
                     max_length=cfg.model.max_length, session_options=run.quant.session_options)  # fmt: skip
@@ -200,13 +199,17 @@ def build_metadata(
     `cfg` is the run's config; the chosen configuration is the best trial's (its searched fields set)."""
     chosen = run.chosen_config(cfg)
     base_dir = resolve_base_model(chosen.model.base)
+    head = read_head(Path(run.exported.onnx_dir))
     return PackageMetadata(
         model_name=cfg.name,
         version=version,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         task=cfg.task.type,
         label_map={str(i): name for i, name in enumerate(cfg.task.labels)},
-        cutpoints=read_head(Path(run.exported.onnx_dir))["cutpoints"],
+        cutpoints=head["cutpoints"],
+        thresholds=head.get("thresholds"),
+        scale=head.get("scale"),
+        text_pair=cfg.data.text_pair_column is not None,
         onnx=_onnx_info(cfg, run),
         base_model=BaseModelInfo(
             name=chosen.model.base,

@@ -18,19 +18,41 @@ from trainflow.release.metadata import PackageMetadata, read_metadata
 from trainflow.release.package import verify_package
 from trainflow.release.registry import verify as verify_registered
 from trainflow.release.signing import key_path, verify_signature
-from trainflow.tasks.heads import ordinal_probabilities, predict_classes
+from trainflow.tasks.task import TaskHead
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """Classification and ordinal: the predicted class and every class's probability."""
+
     label: str
     index: int
     probabilities: dict[str, float]
 
 
+@dataclass(frozen=True)
+class LabelSetPrediction:
+    """Multi-label: the labels whose probability reaches their threshold, and every label's
+    probability (independent per label: they need not sum to 1)."""
+
+    labels: list[str]
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ValuePrediction:
+    """Regression: the predicted value, on the scale of the training targets."""
+
+    value: float
+
+
+AnyPrediction = Prediction | LabelSetPrediction | ValuePrediction
+
+
 class PackageModel:
-    """A verified package with an ONNX Runtime session: `predict(texts)` returns label names,
-    indices and class probabilities; `logits(texts)` the raw outputs. Made by `load`."""
+    """A verified package with an ONNX Runtime session: `predict(texts)` returns what the task
+    predicts (a class with probabilities; a label set; a value); `logits(texts)` the raw outputs.
+    A pair model takes (text, pair text) tuples. Made by `load`."""
 
     def __init__(self, path: Path, metadata: PackageMetadata, file: str, threads: int) -> None:
         import onnxruntime as ort
@@ -53,7 +75,23 @@ class PackageModel:
     def labels(self) -> list[str]:
         return self.metadata.labels
 
-    def logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    @property
+    def head(self) -> TaskHead:
+        return self.metadata.head()
+
+    def _check_inputs(self, texts: list) -> None:
+        pairs = [not isinstance(t, str) for t in texts]
+        if self.metadata.text_pair and not all(pairs):
+            raise ValueError("this model reads text pairs: pass (text, pair text) tuples, not single texts")
+        if not self.metadata.text_pair and any(pairs):
+            raise ValueError("this model reads single texts: pass strings, not pairs")
+        for t in texts:
+            if not isinstance(t, str) and (len(t) != 2 or not all(isinstance(x, str) for x in t)):
+                raise ValueError(f"a text pair is two strings, got {t!r}")
+
+    def logits(self, texts: list, batch_size: int = 32) -> np.ndarray:
+        self._check_inputs(texts)
+        texts = [t if isinstance(t, str) else (t[0], t[1]) for t in texts]
         out = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer.encode_batch(texts[start : start + batch_size])
@@ -61,20 +99,26 @@ class PackageModel:
                       "token_type_ids": [e.type_ids for e in enc]}  # fmt: skip
             feeds = {n: np.asarray(arrays[n], dtype=np.int64) for n in self.input_names}
             out.append(self.session.run(None, feeds)[0])
-        return np.concatenate(out) if out else np.empty((0, len(self.labels)))
+        return np.concatenate(out) if out else np.empty((0, self.head.n_outputs))
 
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
+    def predict(self, texts: list, batch_size: int = 32) -> list[AnyPrediction]:
+        """One prediction per text (or pair), in order: `Prediction` (classification, ordinal),
+        `LabelSetPrediction` (multilabel) or `ValuePrediction` (regression)."""
         logits = self.logits(texts, batch_size)
-        cut = None if self.metadata.cutpoints is None else np.asarray(self.metadata.cutpoints)
-        if self.metadata.task == "ordinal":
-            probs = ordinal_probabilities(logits.reshape(-1), cut)  # type: ignore[arg-type]
-        else:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
-        classes = predict_classes(self.metadata.task, logits, cut)
+        head = self.head
+        decided = head.decide(logits)
+        if head.task == "regression":
+            return [ValuePrediction(float(v)) for v in decided]
+        probs = head.probabilities(logits)
+        if head.task == "multilabel":
+            return [
+                LabelSetPrediction([n for n, on in zip(self.labels, row) if on],
+                                   {n: float(p) for n, p in zip(self.labels, prob)})
+                for row, prob in zip(decided, probs)  # type: ignore[arg-type]
+            ]  # fmt: skip
         return [
             Prediction(self.labels[int(k)], int(k), {name: float(p) for name, p in zip(self.labels, row)})
-            for k, row in zip(classes, probs)
+            for k, row in zip(decided, probs)  # type: ignore[arg-type]
         ]
 
 

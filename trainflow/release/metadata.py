@@ -28,6 +28,7 @@ from trainflow.core.io import atomic_write_text
 from trainflow.core.layout import METADATA, ONNX_FP32, ONNX_INT8
 from trainflow.data.dataset import DatasetSummary
 from trainflow.records.cost import CostSummary
+from trainflow.tasks.task import TaskHead
 
 SCHEMA_VERSION = 3
 
@@ -57,7 +58,9 @@ class SizeBytes(_Model):
 
 
 class Metrics(_Model):
-    """Metric dicts hold accuracy, macro_f1 (and mae for ordinal tasks; loss on validation)."""
+    """Metric dicts hold the task's metrics (trainflow/tasks/task.py TASK_METRICS; loss on
+    validation); `test_majority_baseline` is the trivial predictor's (majority class, per-label
+    majority, training mean); `int8_accuracy_drop` is the drop of the gate metric."""
 
     validation: dict[str, float]
     test_fp32_onnx: dict[str, float]
@@ -113,6 +116,7 @@ class QuantizationInfo(_Model):
     search: list[RecipeOutcome]
     # The chosen INT8 model's test texts scored alone vs in batches (empty in older packages).
     batch_invariance: dict[str, Any] = Field(default_factory=dict)
+    gate_metric: str = "accuracy"  # the test metric held within max_accuracy_drop (older packages: accuracy)
 
 
 class ParentRef(_Model):
@@ -164,9 +168,12 @@ class PackageMetadata(_Model):
     model_name: str
     version: str
     created_at: str
-    task: Literal["classification", "ordinal"]
+    task: Literal["classification", "ordinal", "multilabel", "regression"]
     label_map: dict[str, str]
     cutpoints: list[float] | None
+    thresholds: list[float] | None = None  # multilabel: per-label decision thresholds, in label order
+    scale: list[float] | None = None  # regression: [mean, std]; value = output * std + mean
+    text_pair: bool = False  # the model reads (text, pair text) pairs
     onnx: OnnxInfo
     base_model: BaseModelInfo
     hyperparameters: dict[str, Any]
@@ -192,6 +199,11 @@ class PackageMetadata(_Model):
     @property
     def labels(self) -> list[str]:
         return [self.label_map[str(i)] for i in range(len(self.label_map))]
+
+    def head(self) -> TaskHead:
+        """What the model's outputs mean (trainflow/tasks/task.py)."""
+        return TaskHead.from_dict({"task": self.task, "labels": self.labels, "cutpoints": self.cutpoints,
+                                   "thresholds": self.thresholds, "scale": self.scale})  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

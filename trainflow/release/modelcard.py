@@ -27,10 +27,11 @@ def _front_matter(meta: PackageMetadata) -> str:
         for split, values in (("test FP32 ONNX", m.test_fp32_onnx), ("test INT8 ONNX", m.test_int8_onnx))
         for name, value in sorted(values.items())
     ]
+    pipeline = "text-classification"  # the hub's tag for sequence classifiers, multi-label and regression too
     header = {
         "library_name": "onnxruntime",
-        "pipeline_tag": "text-classification",
-        "tags": ["text-classification", "onnx", "int8", "trainflow", meta.task],
+        "pipeline_tag": pipeline,
+        "tags": [pipeline, "onnx", "int8", "trainflow", meta.task] + (["text-pair"] if meta.text_pair else []),
         "base_model": _hub_base(meta),
         "license": meta.config.get("data", {}).get("license") or "unknown",
         "model-index": [{"name": meta.model_name, "results": [{"task": {"type": "text-classification"},
@@ -44,7 +45,8 @@ def _front_matter(meta: PackageMetadata) -> str:
 def _metrics_table(meta: PackageMetadata) -> list[str]:
     m = meta.metrics
     names = sorted(set(m.test_fp32_onnx) | set(m.test_majority_baseline))
-    rows = ["| metric | FP32 ONNX | INT8 ONNX | INT8 - FP32 | majority baseline |", "|---|---|---|---|---|"]
+    trivial = {"regression": "mean baseline", "multilabel": "per-label majority"}.get(meta.task, "majority baseline")
+    rows = [f"| metric | FP32 ONNX | INT8 ONNX | INT8 - FP32 | {trivial} |", "|---|---|---|---|---|"]
     for n in names:
         fp32, int8, base = m.test_fp32_onnx.get(n), m.test_int8_onnx.get(n), m.test_majority_baseline.get(n)
         delta = "" if fp32 is None or int8 is None else f"{int8 - fp32:+.4f}"
@@ -62,8 +64,16 @@ def _model_and_data(meta: PackageMetadata) -> list[str]:
     return [
         "## Model",
         "",
-        f"- Output: {meta.onnx.output}" + (f"; cutpoints {meta.cutpoints}" if meta.cutpoints else ""),
-        f"- Inputs: {', '.join(meta.onnx.inputs)}; texts truncated to {meta.onnx.max_length} tokens",
+        f"- Output: {meta.onnx.output}"
+        + (f"; cutpoints {meta.cutpoints}" if meta.cutpoints else "")
+        + (f"; thresholds {dict(zip(meta.labels, meta.thresholds, strict=False))}" if meta.thresholds else "")
+        + (f"; scale {meta.scale}" if meta.scale else ""),
+        f"- Inputs: {', '.join(meta.onnx.inputs)}; "
+        + (
+            f"text pairs, encoded together and truncated longest-first to {meta.onnx.max_length} tokens"
+            if meta.text_pair
+            else f"texts truncated to {meta.onnx.max_length} tokens"
+        ),
         f"- Files: `model.onnx` (FP32, {m.size_bytes.fp32 / 1e6:.1f} MB) and `model_int8.onnx` (INT8,"
         f" {m.size_bytes.int8 / 1e6:.1f} MB, {m.size_bytes.int8 / m.size_bytes.fp32:.0%} of FP32);"
         f" served by default: `{meta.primary_file}`",
@@ -110,7 +120,8 @@ def _training_and_evaluation(meta: PackageMetadata) -> list[str]:
         f" batch {hp.get('batch_size')}",
         *_search_lines(meta),
         f"- INT8: recipe `{q.chosen_recipe}` ({q.recipe.get('mode', 'static')}), within"
-        f" {q.max_accuracy_drop * 100:.1f} points of FP32 by the gate; parity PyTorch vs ONNX max |diff|"
+        f" {q.max_accuracy_drop * 100:.1f} points of FP32 in test {q.gate_metric} by the gate; parity PyTorch vs ONNX"
+        " max |diff|"
         f" {m.parity.max_abs_diff:.2g}",
         *_batch_line(q.batch_invariance),
         "",
@@ -136,11 +147,27 @@ def _batch_line(found: dict) -> list[str]:
     ]
 
 
+def _purpose(meta: PackageMetadata) -> str:
+    what = "text pairs" if meta.text_pair else "short texts"
+    if meta.task == "multilabel":
+        return f"Tags {what} with any of {', '.join(meta.labels)} (none, one or several)"
+    if meta.task == "regression":
+        return f"Predicts a value ({meta.labels[0] if meta.labels else 'score'}) for {what}"
+    return f"Classifies {what} into {', '.join(meta.labels)}"
+
+
+def _example(meta: PackageMetadata) -> str:
+    return '[("a text", "its pair text")]' if meta.text_pair else '["a text"]'
+
+
 def _use(meta: PackageMetadata) -> list[str]:
+    extras = [("the cutpoints", meta.cutpoints), ("the per-label thresholds", meta.thresholds),
+              ("the scale", meta.scale)]  # fmt: skip
+    beside = "".join(f" and {name}" for name, value in extras if value)
     return [
         "## Intended use and limitations",
         "",
-        f"Classifies short texts into {', '.join(meta.labels)}, like those of its dataset. It was trained on"
+        f"{_purpose(meta)}, like those of its dataset. It was trained on"
         f" {meta.dataset.rows} rows of one source and has not been evaluated elsewhere: expect lower"
         " accuracy on other domains, lengths or languages, and check it on your own data before relying on"
         f" it. Texts longer than {meta.onnx.max_length} tokens are cut. Not for decisions about people.",
@@ -150,13 +177,15 @@ def _use(meta: PackageMetadata) -> list[str]:
         "```python",
         "import trainflow.package",
         'model = trainflow.package.load("path/to/this/folder")  # verifies every file first',
-        'print(model.predict(["a text"]))',
+        f"print(model.predict({_example(meta)}))",
         "```",
         "",
         'With Optimum: `ORTModelForSequenceClassification.from_pretrained(folder, file_name="model_int8.onnx")`'
         ' in a `transformers` `pipeline("text-classification")`. With only onnxruntime, tokenizers and numpy:'
         " `tokenizer.json` already truncates and pads; see metadata.json for the label map"
-        + (" and the cutpoints." if meta.cutpoints else "."),
+        + beside
+        + "."
+        + (" Encode a pair with `tokenizer.encode(text, pair_text)`." if meta.text_pair else ""),
         "",
     ]
 
@@ -205,8 +234,10 @@ def _origin(meta: PackageMetadata) -> str:
 def render(meta: PackageMetadata, files: dict[str, str]) -> str:
     """The model card text; `files` are the package's other files with their SHA-256."""
     intro = (
-        f"A {meta.task} text model {_origin(meta)} and exported to ONNX (opset {meta.onnx.opset}) with an INT8 version. Labels, in"
-        f" order: {', '.join(meta.labels)}. Built by trainflow on {meta.created_at} (git {meta.git_commit})."
+        f"A {meta.task} text{' pair' if meta.text_pair else ''} model {_origin(meta)} and exported to ONNX (opset"
+        f" {meta.onnx.opset}) with an INT8 version."
+        + (f" Labels, in order: {', '.join(meta.labels)}." if meta.labels else "")
+        + f" Built by trainflow on {meta.created_at} (git {meta.git_commit})."
     )
     checksums = [f"- `{name}`: `{digest}`" for name, digest in sorted(files.items())]
     return "\n".join([

@@ -23,11 +23,12 @@ def package_row(cfg: RunConfig, meta: PackageMetadata, path: str, best: TrialRec
     return PackageRow(
         model_name=cfg.name, version=meta.version, path=path, task=cfg.task.type,
         dataset_version=meta.dataset.version, metric=cfg.hpo.metric, val_metric=best.value,
-        test_accuracy=m.test_fp32_onnx["accuracy"], test_metric=m.test_fp32_onnx.get(cfg.hpo.metric),
-        int8_metric=m.test_int8_onnx.get(cfg.hpo.metric), int8_accuracy=m.test_int8_onnx["accuracy"],
-        int8_accuracy_drop=m.int8_accuracy_drop, majority_baseline_accuracy=m.test_majority_baseline["accuracy"],
+        test_accuracy=m.test_fp32_onnx.get("accuracy"), test_metric=m.test_fp32_onnx.get(cfg.hpo.metric),
+        int8_metric=m.test_int8_onnx.get(cfg.hpo.metric), int8_accuracy=m.test_int8_onnx.get("accuracy"),
+        int8_accuracy_drop=m.int8_accuracy_drop, majority_baseline_accuracy=m.test_majority_baseline.get("accuracy"),
         parity_max_abs_diff=m.parity.max_abs_diff, n_trials=meta.hpo.n_trials, git_commit=meta.git_commit,
         pathspec=meta.metaflow.pathspec, created_at=meta.created_at, labels=as_json(cfg.task.labels),
+        baseline_metric=m.test_majority_baseline.get(cfg.hpo.metric),
     )  # fmt: skip
 
 

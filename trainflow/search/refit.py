@@ -58,7 +58,7 @@ def refit_config(cfg: RunConfig, best: TrialRecord) -> RunConfig:
 
 
 def _joined(train: SplitData, validation: SplitData) -> SplitData:
-    return SplitData(train.ids + validation.ids, train.texts + validation.texts, train.labels + validation.labels)
+    return train + validation
 
 
 def refit_best(

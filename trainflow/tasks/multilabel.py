@@ -1,10 +1,6 @@
 """Multi-label heads (several labels per text): label sets from data, per-label probabilities,
 thresholds tuned on validation, label-set metrics. NumPy only, like trainflow/tasks/heads.py, so
-training, the gates and the package loader share it.
-
-Not wired into the flow yet: the data loader, the training loss and the package use single-label
-and ordinal heads only.
-"""
+training, the gates and the package loader share it."""
 
 from __future__ import annotations
 

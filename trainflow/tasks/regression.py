@@ -1,9 +1,5 @@
 """Regression heads (a number per text): scores read from data, metrics, the mean baseline. NumPy
-only, like trainflow/tasks/heads.py.
-
-Not wired into the flow yet: the data loader, the training loss and the package use single-label
-and ordinal heads only.
-"""
+only, like trainflow/tasks/heads.py."""
 
 from __future__ import annotations
 

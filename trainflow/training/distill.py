@@ -6,7 +6,10 @@ where `_T` is the class distribution at temperature T (Hinton et al., 2015; the 
 soft term's gradients on the scale of the hard one as T grows). Classification: softmax of the
 logits / T. Ordinal: the class distribution the cumulative-logit head gives, P(y <= k) =
 sigmoid((c_k - s) / T) for the score s and cutpoints c, so an ordinal student learns how the
-teacher spreads a text over the ordered levels, not only its score.
+teacher spreads a text over the ordered levels, not only its score. Multi-label: each label's
+probability at temperature T, sigmoid(z / T), learnt by binary cross-entropy against the teacher's
+(T^2 * BCE). Regression: the teacher's predicted value, learnt by mean squared error on the
+student's standardised scale (no temperature: a value has no distribution to soften).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class DistillObjective:
     def __init__(
         self,
         *,
-        labels: list[int],
+        labels: list,
         teacher_logits: torch.Tensor,
         teacher_cutpoints: list[float] | None,
         temperature: float,
@@ -96,10 +99,19 @@ class DistillObjective:
         teacher_hidden: torch.Tensor | None = None,
         teacher_layer_of: list[int] | None = None,
         device: torch.device,
+        task: str = "classification",
+        teacher_scale: list[float] | None = None,
     ) -> None:
         cut = None if teacher_cutpoints is None else torch.tensor(teacher_cutpoints, dtype=torch.float32)
         self.labels = torch.tensor(labels, device=device)
-        self.teacher_probs = class_probs(teacher_logits.float(), cut, temperature).to(device)
+        self.task = task
+        if task == "multilabel":  # per-label probabilities at temperature T
+            self.teacher_probs = torch.sigmoid(teacher_logits.float() / temperature).to(device)
+        elif task == "regression":  # the teacher's values on the targets' scale
+            mean, std = teacher_scale or (0.0, 1.0)
+            self.teacher_probs = (teacher_logits.float().reshape(-1) * std + mean).to(device)
+        else:
+            self.teacher_probs = class_probs(teacher_logits.float(), cut, temperature).to(device)
         self.temperature, self.alpha = temperature, alpha
         self.hidden = hidden_weight > 0 and teacher_hidden is not None and teacher_layer_of is not None
         self.hidden_weight = hidden_weight
@@ -113,10 +125,27 @@ class DistillObjective:
         self._states = (out.hidden_states, batch["attention_mask"])
         return out.logits
 
+    def _soft(self, model, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - a TextModel
+        """The teacher term of multi-label and regression students (module docstring)."""
+        target = self.teacher_probs[rows]
+        if self.task == "multilabel":
+            t = self.temperature
+            return F.binary_cross_entropy_with_logits(logits / t, target) * t**2
+        mean, std = model.scale or (0.0, 1.0)
+        return F.mse_loss(logits.reshape(-1), (target - mean) / std)
+
     def loss(self, model, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - a TextModel
-        cut = model.cutpoints() if model.cutpoints is not None else None
-        total = distillation_loss(model.loss(logits, self.labels[rows]), logits, cut, self.teacher_probs[rows],
-                                  temperature=self.temperature, alpha=self.alpha)  # fmt: skip
+        task_loss = model.loss(logits, self.labels[rows])
+        if self.task in ("multilabel", "regression"):
+            total = (
+                task_loss
+                if self.alpha == 1.0
+                else (self.alpha * task_loss + (1.0 - self.alpha) * self._soft(model, logits, rows))
+            )
+        else:
+            cut = model.cutpoints() if model.cutpoints is not None else None
+            total = distillation_loss(task_loss, logits, cut, self.teacher_probs[rows],
+                                      temperature=self.temperature, alpha=self.alpha)  # fmt: skip
         if self.hidden and self._states is not None:
             states, mask = self._states
             teacher = self.teacher_hidden[rows.cpu()].to(logits.device)  # type: ignore[index]

@@ -5,6 +5,10 @@ unchanged. Classification uses K logits. Ordinal uses ONE scalar score (num_labe
 ordered cutpoints kept *beside* the Hugging Face model (in `head.json`), never inside it:
 P(y <= k | x) = sigmoid(c_k - s(x)); the predicted class is the number of cutpoints below s(x).
 The ONNX graph therefore outputs the scalar score and consumers apply the cutpoints.
+Multi-label uses one logit per label with binary cross-entropy; its per-label decision thresholds
+(tuned on validation) are kept in `head.json` too. Regression uses one output trained on
+standardised targets; the training targets' mean and standard deviation (`scale`) are kept in
+`head.json` and the value is output * std + mean (trainflow/tasks/task.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch.nn import functional as F
 from trainflow.core.errors import ModelLoadError
 from trainflow.core.layout import HEAD as HEAD_FILE
 from trainflow.tasks.heads import read_head
+from trainflow.tasks.task import TaskHead, n_outputs
 from trainflow.training.base_model import resolve_base_model
 from trainflow.training.families import anatomy, freeze
 from trainflow.training.preflight import ensure_pad_token, head_plan
@@ -73,6 +78,15 @@ class TextModel:
     cutpoints: Cutpoints | None
     head_names: list[str] = field(default_factory=list)  # the classifier's parameters (family anatomy)
     label_smoothing: float = 0.0  # train.label_smoothing: applied to the training loss only
+    thresholds: list[float] | None = None  # multilabel: per-label decision thresholds (tuned on validation)
+    scale: tuple[float, float] | None = None  # regression: (mean, std) of the training targets
+
+    def head(self) -> TaskHead:
+        """What the outputs mean (trainflow/tasks/task.py)."""
+        cut = self.cutpoint_values()
+        return TaskHead(self.task, tuple(self.labels), None if cut is None else tuple(cut),
+                        None if self.thresholds is None else tuple(self.thresholds),
+                        None if self.scale is None else (float(self.scale[0]), float(self.scale[1])))  # fmt: skip
 
     def parameters(self) -> list[nn.Parameter]:
         params = list(self.hf.parameters())
@@ -103,7 +117,13 @@ class TextModel:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss while training (label smoothing for classification), else the plain
-        negative log-likelihood (validation)."""
+        negative log-likelihood (validation); multilabel: binary cross-entropy per label;
+        regression: mean squared error on the standardised scale."""
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if self.task == "regression":
+            mean, std = self.scale or (0.0, 1.0)
+            return F.mse_loss(logits.reshape(-1), (labels.to(logits.dtype).reshape(-1) - mean) / std)
         if self.cutpoints is None:
             smoothing = self.label_smoothing if self.hf.training else 0.0
             return F.cross_entropy(logits, labels, label_smoothing=smoothing)
@@ -137,13 +157,15 @@ def build_model(
     tokenizer: Any = None,
     dropout: float | None = None,
     label_smoothing: float = 0.0,
+    scale: tuple[float, float] | None = None,
 ) -> TextModel:
     """Load `base` as a sequence classifier for the task: its own head kept when it fits (`head`
     'auto'), else a new one (logged); the input embeddings and the lowest `frozen_layers` layers
     frozen where the family keeps them (trainflow/training/families.py). A decoder without a padding
     token pads with its end-of-text token (`tokenizer`, loaded from `base` when not given, is told
     so too). `dropout` (not None) sets every dropout rate of the family's config (hidden,
-    attention, classifier: `set_dropout`); `label_smoothing` applies to the training loss.
+    attention, classifier: `set_dropout`); `label_smoothing` applies to the training loss;
+    `scale` is a regression task's (mean, std) of the training targets.
 
     Raises:
         ModelLoadError: the base model cannot be found or loaded, its head does not fit and
@@ -152,8 +174,11 @@ def build_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_base_model(base)
-    num_labels = 1 if task == "ordinal" else len(labels)
-    names = {i: n for i, n in enumerate(labels)} if task == "classification" else {0: "score"}
+    num_labels = n_outputs(task, labels)
+    if task in ("classification", "multilabel"):
+        names = dict(enumerate(labels))
+    else:
+        names = {0: labels[0] if task == "regression" and labels else "score"}
     try:
         theirs = AutoConfig.from_pretrained(source)
         config = AutoConfig.from_pretrained(
@@ -186,6 +211,7 @@ def build_model(
         cutpoints=_cutpoints(source, labels, head) if task == "ordinal" else None,
         head_names=parts.head_names,
         label_smoothing=label_smoothing,
+        scale=(scale or (0.0, 1.0)) if task == "regression" else None,
     )
 
 
@@ -231,11 +257,16 @@ def _reset_head(hf: Any) -> None:
 
 
 def save_model(model: TextModel, tokenizer: object, folder: Path) -> None:
-    """Write an HF folder (config, safetensors, tokenizer) plus head.json with task, labels, cutpoints."""
+    """Write an HF folder (config, safetensors, tokenizer) plus head.json with task, labels, cutpoints
+    (ordinal), thresholds (multilabel) and scale (regression)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.hf.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
     tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
     head: dict[str, Any] = {"task": model.task, "labels": model.labels, "cutpoints": model.cutpoint_values()}
+    if model.thresholds is not None:
+        head["thresholds"] = [float(t) for t in model.thresholds]
+    if model.scale is not None:
+        head["scale"] = [float(v) for v in model.scale]
     if model.cutpoints is not None:
         head["cutpoints_raw"] = [float(x) for x in model.cutpoints.raw.detach().cpu()]
     (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
@@ -258,6 +289,8 @@ def load_model(folder: Path) -> tuple[TextModel, object]:
     if head["task"] == "ordinal":
         cut = Cutpoints(len(head["labels"]))
         cut.raw.data.copy_(torch.tensor(head["cutpoints_raw"]))
-    model = TextModel(task=head["task"], labels=head["labels"], hf=hf, cutpoints=cut)
+    scale = head.get("scale")
+    model = TextModel(task=head["task"], labels=head["labels"], hf=hf, cutpoints=cut, thresholds=head.get("thresholds"),
+                      scale=None if scale is None else (float(scale[0]), float(scale[1])))  # fmt: skip
     model.train(False)
     return model, AutoTokenizer.from_pretrained(folder)

@@ -52,7 +52,9 @@ class ModelReport:
 
 
 def num_labels_of(task: TaskConfig) -> int:
-    return 1 if task.type == "ordinal" else len(task.labels)
+    from trainflow.tasks.task import n_outputs
+
+    return n_outputs(task.type, task.labels)
 
 
 def head_plan(config: Any, num_labels: int, policy: str) -> tuple[str, str | None]:

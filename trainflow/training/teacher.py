@@ -36,10 +36,13 @@ class TeacherOutputs:
     path: Path
     sha256: str
     reused: bool  # read from an earlier computation (a student, a retry or a resume)
+    scale: list[float] | None = None  # regression: the teacher's (mean, std); its value = logit * std + mean
 
 
 def _rows_digest(train: SplitData) -> str:
-    return hashlib.sha256(json.dumps([train.ids, train.texts, train.labels]).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps([train.ids, train.texts, train.labels] + ([train.pairs] if train.pairs is not None else [])).encode()
+    ).hexdigest()
 
 
 def _key(teacher_dir: Path, train: SplitData, max_length: int, hidden: bool) -> dict[str, object]:
@@ -50,15 +53,16 @@ def _key(teacher_dir: Path, train: SplitData, max_length: int, hidden: bool) -> 
 @torch.no_grad()
 def _compute(
     teacher_dir: Path, train: SplitData, max_length: int, hidden: bool, device: torch.device, batch_size: int = 64
-) -> tuple[np.ndarray, list[float] | None, np.ndarray | None]:
+) -> tuple[np.ndarray, list[float] | None, np.ndarray | None, list[float] | None]:
     from trainflow.training.modeling import load_model, pad_id
     from trainflow.training.train import collate, encode, predict_logits
 
     model, tokenizer = load_model(teacher_dir)
+    scale = None if model.scale is None else [float(v) for v in model.scale]
     model.to(device)
-    encoded, pad = encode(tokenizer, train.texts, max_length), pad_id(tokenizer)
+    encoded, pad = encode(tokenizer, train.inputs, max_length), pad_id(tokenizer)
     if not hidden:  # the evaluation's own batching (by length, halved on out-of-memory)
-        return predict_logits(model, encoded, pad, device, batch_size), model.cutpoint_values(), None
+        return predict_logits(model, encoded, pad, device, batch_size), model.cutpoint_values(), None, scale
     model.train(False)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding
     logits: list[np.ndarray] = [np.empty(0)] * len(encoded)
@@ -71,7 +75,7 @@ def _compute(
         states = mean_pool(torch.stack(out.hidden_states, dim=1), batch["attention_mask"]).to(torch.float16).cpu()
         for j, i in enumerate(idx):
             logits[i], pooled[i] = rows[j], states[j].numpy()
-    return np.stack(logits), model.cutpoint_values(), np.stack(pooled)
+    return np.stack(logits), model.cutpoint_values(), np.stack(pooled), scale
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,8 @@ def _read(path: Path, meta: dict[str, object], cutpoints: list[float] | None) ->
     from safetensors.numpy import load_file
 
     tensors = load_file(str(path))
-    return TeacherOutputs(tensors["logits"], cutpoints, tensors.get("hidden"), path, str(meta["sha256"]), True)
+    return TeacherOutputs(tensors["logits"], cutpoints, tensors.get("hidden"), path, str(meta["sha256"]), True,
+                          meta.get("scale"))  # type: ignore[arg-type]  # fmt: skip
 
 
 def teacher_outputs(
@@ -111,13 +116,14 @@ def teacher_outputs(
             log.info("teacher outputs: reusing %s (%d rows, SHA-256 %s...)", path, len(train), meta["sha256"][:12])
             return _read(path, meta, meta.get("cutpoints"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    logits, cutpoints, pooled = _compute(teacher_dir, train, max_length, hidden, torch.device(device))
+    logits, cutpoints, pooled, scale = _compute(teacher_dir, train, max_length, hidden, torch.device(device))
     tensors = {"logits": np.ascontiguousarray(logits, dtype=np.float32)}
     if pooled is not None:
         tensors["hidden"] = np.ascontiguousarray(pooled)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp))
     digest = sha256_file(path)
-    atomic_write_json(meta_path, {"key": key, "sha256": digest, "cutpoints": cutpoints, "file": TEACHER_OUTPUTS})
+    atomic_write_json(meta_path, {"key": key, "sha256": digest, "cutpoints": cutpoints, "scale": scale,
+                                  "file": TEACHER_OUTPUTS})  # fmt: skip
     log.info("teacher outputs: computed on %d training rows (%s), SHA-256 %s...", len(train), path, digest[:12])
-    return TeacherOutputs(logits, cutpoints, pooled, path, digest, False)
+    return TeacherOutputs(logits, cutpoints, pooled, path, digest, False, scale)

@@ -33,7 +33,6 @@ from trainflow.core.errors import TrainingInterrupted, TrainingResourceError
 from trainflow.core.io import VersionedDir
 from trainflow.core.layout import BEST_DIR, CHECKPOINT_DIR, TRAINER_STATE, WEIGHTS, step_version
 from trainflow.data.dataset import SplitData
-from trainflow.tasks.heads import compute_metrics, predict_classes
 from trainflow.training import accel
 from trainflow.training.base_model import resolve_base_model
 from trainflow.training.checkpoints import CheckpointWriter, take_snapshot, write_snapshot
@@ -70,31 +69,57 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return perm[pos * batch_size : (pos + 1) * batch_size].tolist()
 
 
+class TokenIds(list):
+    """A sequence's token ids; a text pair's also carry its `type_ids` (0 for the first text, 1
+    for the second) where the family has token types."""
+
+    type_ids: list[int] | None = None
+
+
 def collate(
     encoded: list[list[int]], pad_id: int, device: torch.device, pad_to_multiple: int = 1, max_width: int = 0
 ) -> dict[str, torch.Tensor]:
     """Dynamic padding: pad to the longest sequence in the batch, not to max_length (rounded up
-    to a multiple of `pad_to_multiple`, but not past `max_width` when that is set)."""
+    to a multiple of `pad_to_multiple`, but not past `max_width` when that is set). Text pairs
+    (`TokenIds` with type ids) also get `token_type_ids`."""
     width = max(len(e) for e in encoded)
     if pad_to_multiple > 1:
         rounded = -(-width // pad_to_multiple) * pad_to_multiple
         width = min(rounded, max(width, max_width)) if max_width else rounded
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    typed = any(getattr(e, "type_ids", None) is not None for e in encoded)
+    types = torch.zeros((len(encoded), width), dtype=torch.long) if typed else None
     for i, e in enumerate(encoded):
         ids[i, : len(e)] = torch.tensor(e)
         mask[i, : len(e)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if types is not None and getattr(e, "type_ids", None) is not None:
+            types[i, : len(e)] = torch.tensor(e.type_ids)  # type: ignore[attr-defined]
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        out["token_type_ids"] = types.to(device)
+    return out
 
 
-def encode(tokenizer: object, texts: list[str], max_length: int) -> list[list[int]]:
+def encode(tokenizer: object, texts: list[str] | list[tuple[str, str]], max_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated to `max_length`; (text, pair text) tuples are encoded as
+    pairs (`encode_pairs`)."""
+    if texts and isinstance(texts[0], tuple):
+        firsts, seconds = [t[0] for t in texts], [t[1] for t in texts]
+        out = encode_pairs(tokenizer, firsts, seconds, max_length)  # type: ignore[arg-type]
+        types = out.get("token_type_ids")
+        encoded: list[list[int]] = []
+        for i, ids in enumerate(out["input_ids"]):
+            item = TokenIds(ids)
+            item.type_ids = None if types is None else list(types[i])
+            encoded.append(item)
+        return encoded
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
 
 
 def encode_pairs(tokenizer: object, texts: list[str], pairs: list[str], max_length: int) -> dict[str, list[list[int]]]:
     """Text pairs encoded as pairs: input_ids and token_type_ids (where the family has them), the
-    pair truncated longest-first to `max_length` (what the package's tokenizer does; not wired
-    into training yet)."""
+    pair truncated longest-first to `max_length` (what the package's tokenizer does)."""
     out = tokenizer(texts, text_pair=pairs, truncation="longest_first", max_length=max_length)  # type: ignore[operator]
     return {k: out[k] for k in ("input_ids", "token_type_ids") if k in out}
 
@@ -136,12 +161,16 @@ def predict_logits(
 
 
 def evaluate(
-    model: TextModel, encoded: list[list[int]], labels: list[int], pad_id: int, device: torch.device
+    model: TextModel, encoded: list[list[int]], labels: list, pad_id: int, device: torch.device, tune: bool = False
 ) -> dict[str, float]:
+    """The task's metrics and the loss on these rows. With `tune` (validation) a multi-label
+    model's decision thresholds are tuned on them first and kept on the model (saved with it)."""
     logits = predict_logits(model, encoded, pad_id, device)
-    cut = model.cutpoint_values()
-    preds = predict_classes(model.task, logits, None if cut is None else np.asarray(cut))
-    metrics = compute_metrics(model.task, np.asarray(labels), preds, len(model.labels))
+    head = model.head()
+    if tune and model.task == "multilabel":
+        head = head.with_tuned_thresholds(labels, logits)
+        model.thresholds = list(head.thresholds or ())
+    metrics = head.metrics(labels, logits)
     with torch.no_grad():
         t_logits = torch.from_numpy(logits).to(device)
         metrics["loss"] = float(model.loss(t_logits, torch.tensor(labels, device=device)))
@@ -360,6 +389,14 @@ def _as_tuple(x: object) -> object:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
+def target_scale(values: list[float]) -> tuple[float, float]:
+    """(mean, std) of regression targets: a regression model learns them standardised (std 1.0
+    when the values do not vary)."""
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std())
+    return float(arr.mean()), std if std > 0 else 1.0
+
+
 @dataclass
 class _Session:
     """Everything one trial trains with, built once by `_setup`."""
@@ -390,6 +427,7 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
     device = torch.device(fast.device)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.base))
     seed_everything(seed)
+    scale = target_scale(train.labels) if cfg.task.type == "regression" else None
     model = build_model(
         task=cfg.task.type,
         labels=cfg.task.labels,
@@ -400,6 +438,7 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
         tokenizer=tokenizer,  # a decoder's gets its padding token here
         dropout=cfg.train.dropout,
         label_smoothing=cfg.train.label_smoothing,
+        scale=scale,
     ).to(device)
     accel.maybe_compile(model.hf, fast)
     optimizer = torch.optim.AdamW(
@@ -412,8 +451,8 @@ def _setup(cfg: RunConfig, hparams: Hyperparams, train: SplitData, validation: S
         model=model,
         tokenizer=tokenizer,
         pad_id=int(tokenizer.pad_token_id or 0),
-        train_enc=encode(tokenizer, train.texts, cfg.model.max_length),
-        val_enc=encode(tokenizer, validation.texts, cfg.model.max_length),
+        train_enc=encode(tokenizer, train.inputs, cfg.model.max_length),
+        val_enc=encode(tokenizer, validation.inputs, cfg.model.max_length),
         optimizer=optimizer,
         scheduler=linear_schedule(optimizer, warmup, hparams.max_steps),
         scaler=accel.grad_scaler(fast),  # disabled (a pass-through) unless fp16
@@ -522,7 +561,7 @@ def _evaluate_and_keep_best(
     """Validate at `progress.step`; a new best model (with `keep_last`: every model validated, so
     the last one is kept) is saved as a version of `best_root`."""
     with accel.autocast(session.fast):
-        metrics = evaluate(session.model, session.val_enc, validation.labels, session.pad_id, session.device)
+        metrics = evaluate(session.model, session.val_enc, validation.labels, session.pad_id, session.device, tune=True)
     progress.history.append({"step": progress.step, **metrics})
     log.info(
         "step %d/%d: validation %s", progress.step, cfg.train.max_steps, {k: round(v, 4) for k, v in metrics.items()}

@@ -148,8 +148,8 @@ const LEADERBOARD = `
 SELECT task, coalesce(labels, '?') AS labels, dataset_version, metric, model_name, version,
        round(coalesce(test_metric, CASE WHEN metric = 'accuracy' THEN test_accuracy END), 4) AS test,
        round(coalesce(int8_metric, CASE WHEN metric = 'accuracy' THEN int8_accuracy END), 4) AS int8,
-       round(majority_baseline_accuracy, 4) AS baseline, round(val_metric, 4) AS val_metric, n_trials, created_at,
-       schema_version
+       round(coalesce(baseline_metric, CASE WHEN metric = 'accuracy' THEN majority_baseline_accuracy END), 4) AS baseline,
+       round(val_metric, 4) AS val_metric, n_trials, created_at, schema_version
 FROM packages WHERE ${filterSql("created_at")}`;
 
 async function leaderboard(body) {
