@@ -14,6 +14,8 @@ trainflow promote VERSION           staging/archived -> production (gated)
 trainflow rollback                  previous production version back to production
 trainflow retention [--dry-run]     delete old staging versions and trial checkpoints (+ @checkpoint copies)
 trainflow journal-repair J --from-byte N   move a corrupt Optuna journal record and those after it aside
+trainflow predict PACKAGE [TEXT ...]       a verified package's predictions for texts or a file, as JSONL or CSV
+trainflow serve PACKAGE | --model NAME     the package (or the registry's version of a stage) over HTTP
 
 Every command takes --artifact-root (default `artifacts`). Errors print one line to stderr
 and exit 1 (usage errors exit 2).
@@ -520,6 +522,108 @@ def journal_repair(
         raise CliFailure(f"{journal}: no such journal file")
     aside = repair_journal(journal, from_byte)
     _out().print(f"moved {aside.stat().st_size} bytes from byte {from_byte} of {journal} to {aside}", markup=False)
+
+
+def _package_folder(package: str, artifact_root: Path, model: str | None) -> Path:
+    """A package folder, or a version under --artifact-root."""
+    if Path(package).is_dir() or "/" in package:
+        return Path(package)
+    from trainflow.release.registry import require_registry, resolve_model
+
+    require_registry(artifact_root)
+    return artifact_root / resolve_model(artifact_root=artifact_root, version=package, model_name=model) / package
+
+
+@app.command()
+def predict(
+    package: Annotated[str, typer.Argument(help="Package folder, or a version under --artifact-root.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts (a pair model: 'text<TAB>pair text').")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="CSV/TSV/JSONL/Parquet file of texts.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help=".jsonl or .csv; default JSONL on stdout.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per model call.")] = 32,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Default: the package's own.")] = None,
+    pair_column: Annotated[str | None, typer.Option("--pair-column", help="Default: the package's own.")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="Copied to each output row.")] = None,
+    public_key: PublicKey = None,
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    model: ModelOpt = None,
+) -> None:
+    """Verify a package, then predict texts given as arguments or read from --input (the text and
+    pair columns named as in the package's config, or by --text-column / --pair-column); write each
+    text with its label and probabilities (or label set, or value) as JSONL or CSV."""
+    from rich.progress import Progress
+
+    from trainflow.app.predict import PredictInputError, inputs_from_arguments, inputs_from_file, predict_all, records
+    from trainflow.app.predict import write as write_predictions
+    from trainflow.release.loader import load
+
+    if bool(texts) == (input_file is not None):
+        raise CliFailure("give texts as arguments or --input FILE (one of the two)")
+    loaded = load(_package_folder(package, artifact_root, model), public_key=public_key)
+    try:
+        if input_file is not None:
+            ids, inputs = inputs_from_file(loaded, input_file, text_column=text_column, pair_column=pair_column,
+                                           id_column=id_column)  # fmt: skip
+        else:
+            ids, inputs = None, inputs_from_arguments(loaded, list(texts or []))
+        if input_file is not None:
+            with Progress(console=Console(stderr=True, width=_width(sys.stderr)), transient=True,
+                          disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+                task = bar.add_task(f"predicting {len(inputs)} texts", total=len(inputs))
+                predictions = predict_all(loaded, inputs, batch_size, lambda n: bar.advance(task, n))
+        else:
+            predictions = predict_all(loaded, inputs, batch_size, lambda n: None)
+        text = write_predictions(records(loaded, inputs, predictions, ids), loaded.labels, output)
+    except (PredictInputError, ValueError) as err:
+        raise CliFailure(str(err)) from None
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        Console(stderr=True, width=_width(sys.stderr), highlight=False).print(
+            f"wrote {len(predictions)} predictions to {output}", markup=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+def serve(
+    package: Annotated[str | None, typer.Argument(help="Package folder (or use --model with --artifact-root).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Serve the registry's version of this model.")] = None,
+    stage: Annotated[str, typer.Option("--stage", help="Registry stage followed with --model.")] = "production",
+    artifact_root: ArtifactRoot = Path("artifacts"),
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
+    public_key: PublicKey = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Texts per model call; 1: batching off.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="Wait for company under load.")] = 5.0,
+    max_texts: Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request.")] = 256,
+    max_text_chars: Annotated[int, typer.Option("--max-text-chars", min=1, help="Characters per text.")] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Request body size.")] = 1 << 20,
+    poll_seconds: Annotated[float, typer.Option("--poll-seconds", min=0.05, help="Registry poll interval.")] = 1.0,
+    onnx: Annotated[str, typer.Option("--onnx", help="The package's primary, int8 or fp32 model.")] = "primary",
+) -> None:
+    """Serve a package over HTTP (/v1/predict, the Open Inference Protocol v2 under /v2, /metrics)
+    with micro-batching. The package is verified (SHA256SUMS, the registry's digests, the signature
+    with --public-key) before the port opens. With --model the registry's --stage version is served
+    and followed: a promote or rollback swaps it without failing a request. SIGTERM drains."""
+    import logging as _logging
+
+    from trainflow.app.serve import Limits, Source
+    from trainflow.app.serve import serve as run_server
+
+    if (package is None) == (model is None):
+        raise CliFailure("give a package folder or --model NAME (with --artifact-root), one of the two")
+    if onnx not in ("primary", "int8", "fp32"):
+        raise CliFailure(f"--onnx {onnx!r}: use primary, int8 or fp32")
+    if stage not in ("production", "staging", "archived"):
+        raise CliFailure(f"--stage {stage!r}: use production, staging or archived")
+    source = Source(package=None if package is None else Path(os.path.abspath(package)), artifact_root=artifact_root,
+                    model_name=model, stage=stage, public_key=public_key, poll_seconds=poll_seconds, onnx=onnx)  # fmt: skip
+    limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_texts=max_texts, max_text_chars=max_text_chars,
+                    max_body_bytes=max_body_bytes)  # fmt: skip
+    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    err = Console(stderr=True, width=_width(sys.stderr), highlight=False)
+    run_server(
+        source, limits, host=host, port=port, on_ready=lambda line: err.print(line, markup=False, soft_wrap=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

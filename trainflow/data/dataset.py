@@ -135,6 +135,22 @@ def _read_table(path: Path, raw: bytes, encoding: str = "utf-8") -> tuple[pd.Dat
     raise DatasetError(path, "unsupported file type; use .csv, .tsv, .jsonl or .parquet (optionally .gz)")
 
 
+def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV/TSV/JSONL/Parquet file (optionally .gz) as a table, text columns as strings (what
+    `trainflow predict --input` reads).
+
+    Raises:
+        DatasetError: the file is missing, of another type, or cannot be parsed or decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "file does not exist")
+    table, clean = _read_table(path, path.read_bytes(), encoding)
+    if not clean:
+        raise DatasetError(path, f"holds bytes that are not {encoding}; re-save it as UTF-8")
+    return table
+
+
 def _has_bad_bytes(value: object) -> bool:
     return isinstance(value, str) and BAD_BYTE in value
 

@@ -259,6 +259,25 @@ def locked(artifact_root: Path, timeout_s: float = LOCK_TIMEOUT_S, *, create: bo
         lock.release()
 
 
+def stage_version(*, artifact_root: Path, model_name: str, stage: Stage) -> str | None:
+    """The version of `model_name` in `stage` as the registry says now, read without the lock (the
+    state file is replaced atomically): production's current version; for another stage the
+    version moved into it last. None when there is none.
+
+    Raises:
+        RegistryError: no registry at `artifact_root`, or its state file is corrupt.
+    """
+    require_registry(artifact_root)
+    data = _load(artifact_root)
+    model = data.models.get(model_name)
+    if model is None:
+        return None
+    if stage == "production":
+        return model.production_history[-1] if model.production_history else None
+    entries = [(e.changed_at, v) for v, e in model.versions.items() if e.stage == stage]
+    return max(entries)[1] if entries else None
+
+
 def resolve_model(*, artifact_root: Path, version: str, model_name: str | None = None) -> str:
     """The model a version belongs to. Raises RegistryError if no or several models have it, or
     if a name is not one plain path component."""
