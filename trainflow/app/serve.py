@@ -232,7 +232,7 @@ class Batcher:
         for start in range(0, len(inputs), size):
             self.metrics.batch.observe(min(size, len(inputs) - start))
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self.pool, served.model.predict, inputs, size)
+            out = await asyncio.get_running_loop().run_in_executor(self.pool, _predict_by_length, served, inputs, size)
         except Exception as err:  # the model failed: every request of the call gets the error
             for w in batch:
                 if not w.done.done():
@@ -247,6 +247,24 @@ class Batcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+SUB_BATCH = 8  # texts per ONNX Runtime run within a model call, grouped by length
+
+
+def _predict_by_length(served: Served, inputs: list[Any], size: int) -> list[Any]:
+    """Predict `inputs` in runs of at most SUB_BATCH texts of similar length (padding a run to its
+    longest text wastes little), in the callers' order. For a batch-invariant model the answers
+    are those of each text alone, whatever the grouping."""
+    if size <= 1 or len(inputs) <= 1:
+        return served.model.predict(inputs, batch_size=1)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]) if isinstance(inputs[i], str) else
+                   len(inputs[i][0]) + len(inputs[i][1]))  # fmt: skip
+    predicted = served.model.predict([inputs[i] for i in order], batch_size=min(size, SUB_BATCH))
+    out: list[Any] = [None] * len(inputs)
+    for i, p in zip(order, predicted, strict=True):
+        out[i] = p
+    return out
 
 
 # --- the registry follower ------------------------------------------------------------------------
