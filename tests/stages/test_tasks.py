@@ -8,9 +8,11 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -21,6 +23,7 @@ from stages.prepare import prepare_run
 from stages.publish import publish_run
 from stages.quantize import quantize_model
 from stages.select import select_best
+from tests.serving import server
 from tests.tiny import ROOT
 from trainflow.core.config import parse_config_dict
 from trainflow.data.dataset import load_split
@@ -67,7 +70,7 @@ def consumer(path: Path, inputs: list) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_multilabel_publishes_label_sets_with_tuned_thresholds_and_distils(tiny_cfg: dict) -> None:
+def test_multilabel_publishes_label_sets_with_tuned_thresholds_and_distils(tiny_cfg: dict, tmp_path: Path) -> None:
     cfg, ctx, best, records = search(
         tiny_cfg, {"type": "multilabel", "labels": TAGS},
         {"path": str(ROOT / "data" / "word_tags.csv.gz"), "label_column": "labels", "max_rows": 400},
@@ -104,6 +107,12 @@ def test_multilabel_publishes_label_sets_with_tuned_thresholds_and_distils(tiny_
     assert "Tags short texts with any of positive" in card and "per-label majority" in card
     int8 = load(path, model="int8").predict(test.texts[:20], batch_size=20)
     assert consumer(path, test.texts[:20]) == [{"labels": p.labels} for p in int8]  # type: ignore[union-attr]
+    with server(str(path), "--onnx", "int8", tmp_path=tmp_path) as s:  # label sets over the OIP
+        infer = httpx.post(f"{s.url}/v2/models/{cfg.name}/infer", json={"inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [20], "data": test.texts[:20]}]}).json()  # fmt: skip
+    by_name = {o["name"]: o for o in infer["outputs"]}
+    assert [json.loads(x) for x in by_name["labels"]["data"]] == [p.labels for p in int8]  # type: ignore[union-attr]
+    assert by_name["probabilities"]["shape"] == [20, len(TAGS)]
 
 
 def test_regression_publishes_values_on_the_targets_scale(tiny_cfg: dict) -> None:
@@ -132,7 +141,7 @@ def test_regression_publishes_values_on_the_targets_scale(tiny_cfg: dict) -> Non
     assert [r["value"] for r in consumer(path, test.texts[:20])] == pytest.approx([p.value for p in int8])  # type: ignore[union-attr]
 
 
-def test_text_pairs_are_encoded_as_pairs_end_to_end(tiny_cfg: dict) -> None:
+def test_text_pairs_are_encoded_as_pairs_end_to_end(tiny_cfg: dict, tmp_path: Path) -> None:
     cfg, ctx, best, records = search(
         tiny_cfg, {"type": "classification", "labels": ["negative", "neutral", "positive"]},
         {"path": str(ROOT / "data" / "drug_review_pairs.csv.gz"), "text_column": "condition",
@@ -155,6 +164,18 @@ def test_text_pairs_are_encoded_as_pairs_end_to_end(tiny_cfg: dict) -> None:
     assert not np.allclose(swapped, model.logits(test.inputs[:8]))
     with pytest.raises(ValueError, match="reads text pairs"):
         model.predict(["a single text"])
+    # Served: pairs over /v1/predict and as the OIP inputs text and text_pair, batch-1 answers.
+    pairs = [list(x) for x in test.inputs[:6]]
+    expected = [asdict(load(path, model="int8").predict([tuple(x)], batch_size=1)[0]) for x in pairs]
+    with server(str(path), "--onnx", "int8", tmp_path=tmp_path) as s:
+        assert httpx.post(f"{s.url}/v1/predict", json={"pairs": pairs}).json()["predictions"] == expected
+        assert httpx.post(f"{s.url}/v1/predict", json={"texts": ["one"]}).status_code == 400
+        meta = httpx.get(f"{s.url}/v2/models/{cfg.name}").json()
+        assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair"]
+        infer = httpx.post(f"{s.url}/v2/models/{cfg.name}/infer", json={"inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [6], "data": [a for a, _ in pairs]},
+            {"name": "text_pair", "datatype": "BYTES", "shape": [6], "data": [b for _, b in pairs]}]}).json()  # fmt: skip
+        assert infer["outputs"][0]["data"] == [e["label"] for e in expected]
     assert "Encode a pair with" in (path / "README.md").read_text()
     int8 = load(path, model="int8").predict(test.inputs[:20], batch_size=20)
     assert consumer(path, [list(x) for x in test.inputs[:20]]) == [{"label": p.label} for p in int8]  # type: ignore[union-attr]

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +24,12 @@ from stages.prepare import prepare_run
 from stages.publish import publish_run
 from stages.quantize import quantize_model
 from stages.select import select_best
+from tests.serving import CLI, free_port, server
 from tests.tiny import tiny_config
 from trainflow.app.serve import prediction_dicts
 from trainflow.core.config import default_recipes, parse_config_dict
 from trainflow.data.dataset import load_split
 from trainflow.package import load
-
-CLI = [sys.executable, "-m", "trainflow.app.cli"]
 
 
 @dataclass(frozen=True)
@@ -133,51 +128,6 @@ def test_predict_refuses_bad_input_with_one_line(
 # --- trainflow serve --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Running:
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-
-@contextmanager
-def server(*args: str, tmp_path: Path) -> Iterator[Running]:
-    """`trainflow serve ARGS` on a free loopback port, ready (or the test fails with its log)."""
-    port = _free_port()
-    log = tmp_path / f"serve-{port}.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen([*CLI, "serve", *args, "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT,
-                                env={**os.environ, "COLUMNS": "300"})  # fmt: skip
-    running = Running(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}):\n{running.text()}")
-            try:
-                if httpx.get(f"{running.url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not become ready:\n{running.text()}")
-            time.sleep(0.1)
-        yield running
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-
-
 async def _concurrent(url: str, bodies: list[dict], path: str = "/v1/predict") -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)) as client:
         return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
@@ -274,7 +224,7 @@ def test_a_tampered_or_unsigned_package_is_refused_before_the_port_opens(package
     with (mine.path("v2") / "model_int8.onnx").open("r+b") as fh:
         fh.seek(200)
         fh.write(b"\x00\x01\x02")
-    port = _free_port()
+    port = free_port()
     done = subprocess.run([*CLI, "serve", str(mine.path("v2")), "--port", str(port)], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -367,3 +317,26 @@ def test_sigterm_drains_the_requests_in_flight_then_exits(packages: Packages, tm
     assert all(len(r.json()["predictions"]) == len(long_texts) for r in replies)
     assert code == 0 and "drained: every request in flight was answered" in s.text()
     assert time.monotonic() > sent
+
+
+def test_a_model_that_is_not_batch_invariant_is_served_one_text_at_a_time(packages: Packages, tmp_path: Path) -> None:
+    """The INT8 model replaced by dynamic quantization (activation scales from each batch, so a text's
+    outputs move with its batch-mates), the manifest rewritten: the probe finds it out."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path / "loose" / "tiny" / "dyn"  # outside any registry: SHA256SUMS alone vouches for it
+    shutil.copytree(packages.path("v1"), folder)
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model_int8.onnx"), weight_type=QuantType.QInt8)
+    from trainflow.core.io import sha256_file
+
+    names = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
+    (folder / "SHA256SUMS").write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+    texts = packages.texts[:16]
+    expected = _batch1(folder, texts)
+    with server(str(folder), "--onnx", "int8", tmp_path=tmp_path) as s:
+        assert "one text at a time: its outputs change with their batch-mates" in s.text()
+        replies = asyncio.run(_concurrent(s.url, [{"texts": [t]} for t in texts] + [{"texts": texts}]))
+        metrics = httpx.get(f"{s.url}/metrics").text
+    assert [r.json()["predictions"] for r in replies] == [[e] for e in expected] + [expected]
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line and line[0] != "#"}
+    assert values["trainflow_batch_size_sum"] == values["trainflow_batch_size_count"] == 32, "every call one text"
