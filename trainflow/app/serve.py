@@ -343,117 +343,130 @@ class Server:
             log.info("registry: serving %s %s (was %s); %s", new.name, new.version, old.version, _batching(new))
 
     def app(self) -> Any:
+        """The Starlette app: the routes of the module docstring, each through `_endpoint`."""
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse, Response
         from starlette.routing import Route
 
-        limits, metrics = self.limits, self.metrics
-
-        def endpoint(name: str, handler: Callable[..., Any]) -> Callable[[Request], Any]:
-            async def call(request: Request) -> Response:
-                t0 = time.perf_counter()
-                try:
-                    response = await handler(request)
-                except BadRequest as err:
-                    response = JSONResponse({"error": str(err)}, status_code=err.status)
-                except Exception:  # a server fault, not the client's: logged with its traceback
-                    log.exception("%s %s failed", request.method, request.url.path)
-                    response = JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
-                code = str(response.status_code)
-                metrics.requests.labels(name, code).inc()
-                if response.status_code >= 400:
-                    metrics.errors.labels(name, code).inc()
-                metrics.latency.labels(name).observe(time.perf_counter() - t0)
-                return response
-
-            return call
-
-        async def body(request: Request) -> Any:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-                raise BadRequest(f"request body of {declared} bytes exceeds the limit of {limits.max_body_bytes}", 413)
-            raw = bytearray()
-            async for chunk in request.stream():
-                raw += chunk
-                if len(raw) > limits.max_body_bytes:
-                    raise BadRequest(f"request body exceeds the limit of {limits.max_body_bytes} bytes", 413)
-            try:
-                return json.loads(bytes(raw))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise BadRequest(f"invalid JSON: {err}") from None
-
-        async def predict(request: Request) -> Response:
-            served = self.served  # this request's version, whatever a swap does meanwhile
-            payload = await body(request)
-            inputs = _inputs_v1(payload, served, limits)
-            predictions = await self._predict(served, inputs)
-            return JSONResponse({"model": served.name, "version": served.version,
-                                 "predictions": prediction_dicts(predictions)})  # fmt: skip
-
-        async def live(request: Request) -> Response:
-            return JSONResponse({"live": True})
-
-        async def ready(request: Request) -> Response:
-            return JSONResponse({"ready": self.batcher is not None}, status_code=200 if self.batcher else 503)
-
-        async def server_meta(request: Request) -> Response:
-            from importlib.metadata import version
-
-            return JSONResponse({"name": "trainflow", "version": version("trainflow"), "extensions": []})
-
-        def model_of(request: Request) -> Served:
-            served, name = self.served, request.path_params["name"]
-            if name != served.name:
-                raise BadRequest(f"unknown model {name!r}; this server serves {served.name!r}", 404)
-            wanted = request.path_params.get("version")
-            if wanted is not None and wanted != served.version:
-                raise BadRequest(f"model {name!r} has no version {wanted!r} here; it serves {served.version!r}", 404)
-            return served
-
-        async def model_meta(request: Request) -> Response:
-            served = model_of(request)
-            return JSONResponse(_oip_metadata(served))
-
-        async def model_ready(request: Request) -> Response:
-            served = model_of(request)
-            return JSONResponse({"name": served.name, "ready": self.batcher is not None})
-
-        async def infer(request: Request) -> Response:
-            served = model_of(request)
-            payload = await body(request)
-            inputs, request_id = _inputs_v2(payload, served, limits)
-            predictions = await self._predict(served, inputs)
-            out = {"model_name": served.name, "model_version": served.version, "outputs": _oip_outputs(served,
-                   predictions)}  # fmt: skip
-            if request_id is not None:
-                out["id"] = request_id
-            return JSONResponse(out)
-
-        async def prometheus(request: Request) -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST
-
-            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-        async def http_error(request: Request, exc: Exception) -> Response:
-            status = exc.status_code if isinstance(exc, HTTPException) else 500
-            detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-            return JSONResponse({"error": f"{detail}: {request.method} {request.url.path}"}, status_code=status)
-
+        e = self._endpoint
         routes = [
-            Route("/v1/predict", endpoint("v1_predict", predict), methods=["POST"]),
-            Route("/v2", endpoint("v2_server", server_meta), methods=["GET"]),
-            Route("/v2/health/live", endpoint("v2_live", live), methods=["GET"]),
-            Route("/v2/health/ready", endpoint("v2_ready", ready), methods=["GET"]),
-            Route("/v2/models/{name}", endpoint("v2_model", model_meta), methods=["GET"]),
-            Route("/v2/models/{name}/versions/{version}", endpoint("v2_model", model_meta), methods=["GET"]),
-            Route("/v2/models/{name}/ready", endpoint("v2_model_ready", model_ready), methods=["GET"]),
-            Route("/v2/models/{name}/infer", endpoint("v2_infer", infer), methods=["POST"]),
-            Route("/v2/models/{name}/versions/{version}/infer", endpoint("v2_infer", infer), methods=["POST"]),
-            Route("/metrics", endpoint("metrics", prometheus), methods=["GET"]),
+            Route("/v1/predict", e("v1_predict", self._v1_predict), methods=["POST"]),
+            Route("/v2", e("v2_server", self._server_meta), methods=["GET"]),
+            Route("/v2/health/live", e("v2_live", self._live), methods=["GET"]),
+            Route("/v2/health/ready", e("v2_ready", self._ready), methods=["GET"]),
+            Route("/v2/models/{name}", e("v2_model", self._model_meta), methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}", e("v2_model", self._model_meta), methods=["GET"]),
+            Route("/v2/models/{name}/ready", e("v2_model_ready", self._model_ready), methods=["GET"]),
+            Route("/v2/models/{name}/infer", e("v2_infer", self._infer), methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", e("v2_infer", self._infer), methods=["POST"]),
+            Route("/metrics", e("metrics", self._prometheus), methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: http_error})
+        return Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: _http_error})
+
+    def _endpoint(self, name: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`handler` with its errors as JSON (a client's 4xx; a server fault 500, logged with its
+        traceback) and its request counted and timed under `name`."""
+        from starlette.responses import JSONResponse
+
+        metrics = self.metrics
+
+        async def call(request: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                response = await handler(request)
+            except BadRequest as err:
+                response = JSONResponse({"error": str(err)}, status_code=err.status)
+            except Exception:  # a server fault, not the client's
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
+            code = str(response.status_code)
+            metrics.requests.labels(name, code).inc()
+            if response.status_code >= 400:
+                metrics.errors.labels(name, code).inc()
+            metrics.latency.labels(name).observe(time.perf_counter() - t0)
+            return response
+
+        return call
+
+    async def _body(self, request: Any) -> Any:
+        """The request's JSON, read up to `max_body_bytes` (413 beyond, whatever Content-Length says)."""
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
+        try:
+            return json.loads(bytes(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BadRequest(f"invalid JSON: {err}") from None
+
+    def _model_of(self, request: Any) -> Served:
+        """The served version, if the path names it (404 otherwise)."""
+        served, name = self.served, request.path_params["name"]
+        if name != served.name:
+            raise BadRequest(f"unknown model {name!r}; this server serves {served.name!r}", 404)
+        wanted = request.path_params.get("version")
+        if wanted is not None and wanted != served.version:
+            raise BadRequest(f"model {name!r} has no version {wanted!r} here; it serves {served.version!r}", 404)
+        return served
+
+    async def _v1_predict(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        served = self.served  # this request's version, whatever a swap does meanwhile
+        inputs = _inputs_v1(await self._body(request), served, self.limits)
+        predictions = await self._predict(served, inputs)
+        return JSONResponse({"model": served.name, "version": served.version,
+                             "predictions": prediction_dicts(predictions)})  # fmt: skip
+
+    async def _infer(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        served = self._model_of(request)
+        inputs, request_id = _inputs_v2(await self._body(request), served, self.limits)
+        predictions = await self._predict(served, inputs)
+        out = {"model_name": served.name, "model_version": served.version,
+               "outputs": _oip_outputs(served, predictions)}  # fmt: skip
+        if request_id is not None:
+            out["id"] = request_id
+        return JSONResponse(out)
+
+    async def _live(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"live": True})
+
+    async def _ready(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"ready": self.batcher is not None}, status_code=200 if self.batcher else 503)
+
+    async def _server_meta(self, request: Any) -> Any:
+        from importlib.metadata import version
+
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"name": "trainflow", "version": version("trainflow"), "extensions": []})
+
+    async def _model_meta(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(_oip_metadata(self._model_of(request)))
+
+    async def _model_ready(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"name": self._model_of(request).name, "ready": self.batcher is not None})
+
+    async def _prometheus(self, request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from starlette.responses import Response
+
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _predict(self, served: Served, inputs: list[Any]) -> list[Any]:
         if self.batcher is None:
@@ -475,6 +488,16 @@ class Server:
             await batching
             self.batcher.close()
             log.info("drained: every request in flight was answered; exiting")
+
+
+async def _http_error(request: Any, exc: Exception) -> Any:
+    """Starlette's own 404 (no such path) and 405 (method), as JSON like every other error."""
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return JSONResponse({"error": f"{detail}: {request.method} {request.url.path}"}, status_code=status)
 
 
 def _batching(served: Served) -> str:
