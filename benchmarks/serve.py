@@ -84,12 +84,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(package: Path, max_batch: int, onnx: str):  # noqa: ANN201
+def served(package: Path, max_batch: int, onnx: str, max_wait_ms: float = 5.0):  # noqa: ANN201
     port = free_port()
     log = Path(f"/tmp/trainflow-serve-bench-{port}.log")
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "trainflow.app.cli", "serve", str(package), "--port", str(port),
-                                 "--max-batch", str(max_batch), "--onnx", onnx], stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+                                 "--max-batch", str(max_batch), "--onnx", onnx, "--max-wait-ms", str(max_wait_ms)],
+                                stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 
@@ -157,28 +158,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, default=None)
     parser.add_argument("--onnx", default="primary", choices=["primary", "int8", "fp32"])
-    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per level, mode and round")
+    parser.add_argument("--rounds", type=int, default=2, help="the modes take turns this many times per level")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve.json")
     args = parser.parse_args()
     package = args.package or newest_package(ROOT / "artifacts", "rt-sentiment")
     texts = sample_texts(1000)
     results: dict[str, Any] = {"package": str(package), "cpu": cpu_info(), "python": platform.python_version(),
-                               "bare": bare(package, texts[:400], args.onnx), "served": {}}  # fmt: skip
+                               "seconds": args.seconds, "rounds": args.rounds, "served": {}}  # fmt: skip
+    modes = {"batching on": 32, "batching off": 1}
+    # Both servers run side by side and take turns at each level (the machine's speed drifts over a
+    # run); the bare call is measured between turns too. Each figure is the median of its rounds.
+    with served(package, modes["batching on"], args.onnx) as (on_url, on_log), \
+            served(package, modes["batching off"], args.onnx) as (off_url, off_log):  # fmt: skip
+        urls = {"batching on": on_url, "batching off": off_url}
+        for url in urls.values():
+            asyncio.run(drive(url, texts, 4, 2.0, 100))  # warm-up
+        rows: dict[str, list[dict]] = {m: [] for m in modes}
+        bares = []
+        for clients in LEVELS:
+            runs: dict[str, list[dict]] = {m: [] for m in modes}
+            for _ in range(args.rounds):
+                if clients == 1:
+                    bares.append(bare(package, texts[:300], args.onnx))
+                for mode, url in urls.items():
+                    runs[mode].append(asyncio.run(drive(url, texts, clients, args.seconds, args.requests)))
+            for mode in modes:
+                row = {key: float(np.median([r[key] for r in runs[mode]])) for key in
+                       ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")}  # fmt: skip
+                row["clients"], row["rounds"] = clients, runs[mode]
+                rows[mode].append(row)
+                print(f"{mode:12s} {clients:2d} clients: {row['rps']:7.1f} req/s, p50 {row['p50_ms']:6.2f} ms,"
+                      f" p95 {row['p95_ms']:6.2f}, p99 {row['p99_ms']:6.2f}, errors {row['errors']:.0f}", flush=True)  # fmt: skip
+        for mode, url in urls.items():
+            log = (on_log if mode == "batching on" else off_log).read_text().splitlines()
+            results["served"][mode] = {"levels": rows[mode], "mean_texts_per_call": batch_sizes(url),
+                                       "log": log[0] if log else ""}  # fmt: skip
+    results["bare"] = {"p50_ms": float(np.median([b["p50_ms"] for b in bares])), "rounds": bares,
+                       "threads": bares[0]["threads"], "file": bares[0]["file"]}  # fmt: skip
     print(f"bare tokenize + ORT, batch 1: p50 {results['bare']['p50_ms']:.2f} ms ({results['bare']['file']},"
           f" {results['bare']['threads']} threads)", flush=True)  # fmt: skip
-    for mode, max_batch in (("batching on", 32), ("batching off", 1)):
-        rows = []
-        with served(package, max_batch, args.onnx) as (url, log):
-            asyncio.run(drive(url, texts, 4, 2.0, 100))  # warm-up
-            for clients in LEVELS:
-                row = asyncio.run(drive(url, texts, clients, args.seconds, args.requests))
-                rows.append(row)
-                print(f"{mode:12s} {clients:2d} clients: {row['rps']:7.1f} req/s, p50 {row['p50_ms']:6.2f} ms,"
-                      f" p95 {row['p95_ms']:6.2f}, p99 {row['p99_ms']:6.2f}, errors {row['errors']}", flush=True)  # fmt: skip
-            mean_batch = batch_sizes(url)
-            first_line = log.read_text().splitlines()[0] if log.read_text() else ""
-        results["served"][mode] = {"levels": rows, "mean_texts_per_call": mean_batch, "log": first_line}
     on, off = results["served"]["batching on"]["levels"], results["served"]["batching off"]["levels"]
     results["ratios"] = {
         "rps_32_on_over_off": on[-1]["rps"] / off[-1]["rps"],

@@ -170,6 +170,9 @@ class _Work:
     done: asyncio.Future = field(repr=False)
 
 
+LINGER_S = 0.001  # under load, how long a call waits for one more request before it runs
+
+
 class Batcher:
     """Collects requests into model calls (module docstring) and runs them, one at a time, in a
     worker thread, so the event loop keeps accepting requests meanwhile."""
@@ -187,8 +190,10 @@ class Batcher:
 
     async def run(self) -> None:
         """Serve the queue until a None arrives (put there after the server answered its last
-        request). A call takes every request queued by then; it waits up to `max_wait_ms` for more
-        only when the previous call was shared (under load), so a lone client never waits."""
+        request). A call takes every request queued by then; when the previous call was shared
+        (under load) it also takes those that keep arriving, each within LINGER_S of the last, for
+        at most `max_wait_ms` in all. A lone client never waits, and a call never idles for
+        requests that stopped coming."""
         loop = asyncio.get_running_loop()
         stopping, shared = False, False
         while True:
@@ -207,7 +212,7 @@ class Batcher:
                 try:
                     nxt = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    wait = deadline - loop.time()
+                    wait = min(deadline - loop.time(), LINGER_S)  # requests still coming in: take them
                     if wait <= 0:
                         break
                     try:
