@@ -107,6 +107,12 @@ def test_multilabel_publishes_label_sets_with_tuned_thresholds_and_distils(tiny_
     assert "Tags short texts with any of positive" in card and "per-label majority" in card
     int8 = load(path, model="int8").predict(test.texts[:20], batch_size=20)
     assert consumer(path, test.texts[:20]) == [{"labels": p.labels} for p in int8]  # type: ignore[union-attr]
+    # Promotion compares by the package's own registry.metric (macro_f1), also without --config.
+    publish(chosen, ctx, best, records, shipped.model_dir, version="v2", distilled=shipped)
+    for version in ("v1", "v2"):
+        done = subprocess.run([sys.executable, "-m", "trainflow.app.cli", "promote", version, "--artifact-root",
+                               str(path.parent.parent)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
     with server(str(path), "--onnx", "int8", tmp_path=tmp_path) as s:  # label sets over the OIP
         infer = httpx.post(f"{s.url}/v2/models/{cfg.name}/infer", json={"inputs": [
             {"name": "text", "datatype": "BYTES", "shape": [20], "data": test.texts[:20]}]}).json()  # fmt: skip

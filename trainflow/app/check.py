@@ -86,7 +86,8 @@ def check_model(cfg: RunConfig) -> list[ModelReport]:
     for base in bases:
         where = f"hpo.search_space.model.base choice {base!r}: " if "model.base" in space else ""
         try:
-            report = inspect_model(model=cfg.model.model_copy(update={"base": str(base), **fixed}), task=cfg.task)
+            report = inspect_model(model=cfg.model.model_copy(update={"base": str(base), **fixed}), task=cfg.task,
+                                   pairs=cfg.data.text_pair_column is not None)  # fmt: skip
         except ModelLoadError as err:
             problems.append(where + str(err))
             continue
@@ -118,7 +119,8 @@ def _student_base_problems(cfg: RunConfig, max_length: int) -> list[str]:
     for base in cfg.distill.student_bases:
         where = f"distill.student_bases {base!r}: "
         try:
-            report = inspect_model(model=cfg.model.model_copy(update={"base": base, "frozen_layers": 0}), task=cfg.task)
+            report = inspect_model(model=cfg.model.model_copy(update={"base": base, "frozen_layers": 0}), task=cfg.task,
+                                   pairs=cfg.data.text_pair_column is not None)  # fmt: skip
         except ModelLoadError as err:
             problems.append(where + str(err))
             continue

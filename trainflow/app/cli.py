@@ -432,10 +432,26 @@ def promote(version: Annotated[str, typer.Argument(help="Package version.")],
     from trainflow.release.signing import key_path
 
     policy, _ = _config_sections(config)
+    if config is None:  # the metric the package's own run compared by (its task's default, unless set)
+        policy = _package_registry_policy(artifact_root, version, model) or policy
     key = None if public_key is None else key_path(str(public_key), "public key")
     events = do_promote(artifact_root=artifact_root, version=version, model_name=model, policy=policy, public_key=key)
     for e in events:
         _out().print(_event_line(e), markup=False, soft_wrap=True)
+
+
+def _package_registry_policy(artifact_root: Path, version: str, model: str | None) -> RegistryConfig | None:
+    """The promotion policy with the metric of the candidate's own run config (a multi-label or
+    regression package has no accuracy to compare); None when it cannot be read."""
+    from trainflow.release.registry import metadata_or_none, resolve_model
+
+    try:
+        name = resolve_model(artifact_root=artifact_root, version=version, model_name=model)
+    except TrainflowError:
+        return None  # promote itself says what is wrong
+    meta = metadata_or_none(artifact_root / name / version)
+    metric = (meta.config.get("registry") or {}).get("metric") if meta is not None else None
+    return RegistryConfig(metric=metric) if metric in METRIC_DIRECTIONS else None
 
 
 def _event_line(e: Any) -> str:

@@ -67,6 +67,15 @@ def inputs_from_file(
 
 
 def predict_all(model: PackageModel, inputs: list[Any], batch_size: int, progress: Callable[[int], None]) -> list[Any]:
+    """Every prediction, `batch_size` texts a call (`progress` told after each call)."""
+    for i, x in enumerate(inputs, start=1):
+        for t in [x] if isinstance(x, str) else x:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PredictInputError(
+                    f"input {i} is not valid Unicode (undecodable bytes or a lone surrogate)"
+                ) from None
     out: list[Any] = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]

@@ -236,12 +236,17 @@ class Batcher:
         size = self.limits.max_batch if served.batched else 1
         for start in range(0, len(inputs), size):
             self.metrics.batch.observe(min(size, len(inputs) - start))
+        loop = asyncio.get_running_loop()
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self.pool, _predict_by_length, served, inputs, size)
-        except Exception as err:  # the model failed: every request of the call gets the error
+            out = await loop.run_in_executor(self.pool, _predict_by_length, served, inputs, size)
+        except Exception as err:
+            if len(batch) == 1:
+                if not batch[0].done.done():
+                    batch[0].done.set_exception(err)
+                return
+            # A shared call failed: each request runs alone, so an error stays with the one that caused it.
             for w in batch:
-                if not w.done.done():
-                    w.done.set_exception(err)
+                await self._call([w])
             return
         self.metrics.texts.inc(len(inputs))
         at = 0
@@ -408,6 +413,8 @@ class Server:
             return json.loads(bytes(raw))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise BadRequest(f"invalid JSON: {err}") from None
+        except RecursionError:
+            raise BadRequest("invalid JSON: nested too deeply") from None
 
     def _model_of(self, request: Any) -> Served:
         """The served version, if the path names it (404 otherwise)."""
@@ -519,6 +526,10 @@ def _texts(values: Any, what: str, limits: Limits) -> list[str]:
     for i, v in enumerate(values):
         if not isinstance(v, str):
             raise BadRequest(f"{what}[{i}] is {type(v).__name__}, not a string")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"{what}[{i}] is not valid Unicode (a lone surrogate)") from None
         if len(v) > limits.max_text_chars:
             raise BadRequest(f"{what}[{i}] has {len(v)} characters, more than the limit of {limits.max_text_chars}",
                              413)  # fmt: skip

@@ -250,7 +250,7 @@ def _split_labels(value: object, separator: str) -> list[str]:
         return [v.strip() for v in value.split(separator) if v.strip()]
     if isinstance(value, list | tuple):
         return [str(v).strip() for v in value]
-    return []
+    return [] if value is None else [str(value).strip()]
 
 
 def _histogram(task: TaskConfig, targets: list[Any]) -> list[tuple[str, int]]:

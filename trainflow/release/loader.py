@@ -88,6 +88,11 @@ class PackageModel:
         for t in texts:
             if not isinstance(t, str) and (len(t) != 2 or not all(isinstance(x, str) for x in t)):
                 raise ValueError(f"a text pair is two strings, got {t!r}")
+            for x in [t] if isinstance(t, str) else t:
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{x[:40]!r}... is not valid Unicode (a lone surrogate)") from None
 
     def logits(self, texts: list, batch_size: int = 32) -> np.ndarray:
         self._check_inputs(texts)

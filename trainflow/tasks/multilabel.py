@@ -45,8 +45,10 @@ def parse_label_sets(values: Sequence[object], labels: Sequence[str], separator:
             names: list[str] = []
         elif isinstance(value, str):
             names = [v.strip() for v in value.split(separator) if v.strip()]
-        else:
-            names = [str(v).strip() for v in value]  # type: ignore[attr-defined]
+        elif isinstance(value, list | tuple | np.ndarray):
+            names = [str(v).strip() for v in value]
+        else:  # a lone number or boolean where a label set belongs: a label of that name (unknown, reported)
+            names = [str(value).strip()]
         for name in names:
             if name in index:
                 targets[row, index[name]] = 1.0

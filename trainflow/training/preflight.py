@@ -123,8 +123,21 @@ def _skeleton(folder: str, num_labels: int) -> tuple[Any, Any]:
     return config, model
 
 
-def inspect_model(*, model: ModelConfig, task: TaskConfig) -> ModelReport:
-    """Check that `model.base` can be fine-tuned for `task` as configured (module docstring).
+def pair_problem(tokenizer: Any) -> str | None:
+    """A problem when the tokenizer joins a text pair with nothing between or around the two texts
+    (GPT-2-like decoders): the model could not tell where the first text ends."""
+    first, second = "first text", "second text"
+    alone = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (first, second)]
+    if tokenizer(first, text_pair=second)["input_ids"] == alone[0] + alone[1]:
+        return ("its tokenizer joins a text pair (data.text_pair_column) with nothing between the two texts, so the"
+                " model cannot tell where the first ends; use a base whose tokenizer separates pairs (BERT, RoBERTa,"
+                " DeBERTa, ELECTRA, ...)")  # fmt: skip
+    return None
+
+
+def inspect_model(*, model: ModelConfig, task: TaskConfig, pairs: bool = False) -> ModelReport:
+    """Check that `model.base` can be fine-tuned for `task` as configured (module docstring); with
+    `pairs`, that its tokenizer separates the two texts of a pair.
 
     Raises:
         ModelLoadError: every problem found, one per line.
@@ -154,6 +167,8 @@ def inspect_model(*, model: ModelConfig, task: TaskConfig) -> ModelReport:
     if tokenizer is not None:
         found, inputs = _tokenizer_problems(tokenizer, model.max_length)
         problems += found
+        if pairs and (problem := pair_problem(tokenizer)):
+            problems.append(problem)
         try:
             pad = ensure_pad_token(tokenizer, skeleton.config)
         except ModelLoadError as err:

@@ -180,6 +180,8 @@ def test_bad_requests_get_a_4xx_json_error_never_a_500(packages: Packages, tmp_p
             ("POST", "/v1/predict", {"texts": ["x" * 51]}, 413, "51 characters"),
             ("POST", "/v1/predict", {"texts": ["a"], "extra": 1}, 400, "unknown field"),
             ("POST", "/v1/predict", {"pairs": [["a", "b"]]}, 400, "reads single texts"),
+            ("POST", "/v1/predict", b'{"texts": ["\\ud800"]}', 400, "not valid Unicode"),
+            ("POST", "/v1/predict", b"[" * 2900, 400, "nested too deeply"),
             ("POST", "/v1/predict", b'{"texts": ["' + b"a" * 4000 + b'"]}', 413, "exceeds the limit of 3000"),
             ("POST", "/v2/models/other/infer", {"inputs": []}, 404, "unknown model 'other'"),
             ("GET", "/v2/models/other", None, 404, "unknown model"),

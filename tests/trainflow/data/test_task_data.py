@@ -123,3 +123,31 @@ def test_task_config_errors_name_the_key(tiny_cfg: dict) -> None:
     tiny_cfg["task"] = {"type": "regression"}
     cfg = parse_config_dict(tiny_cfg)
     assert (cfg.hpo.metric, cfg.hpo.direction) == ("mse", "minimize")
+
+
+def test_a_scalar_where_a_label_set_belongs_is_a_row_problem(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": ["plot"] if i % 2 else ["acting", "music"]} for i in range(60)]
+    rows[6]["label"], rows[9]["label"] = 3, True
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(
+        DatasetError, match=r"a label that is not one of .* in 2 row\(s\): rows 7 \('3'\), 10 \('True'\)"
+    ):
+        inspect_dataset(data=_data(path), task=TAGS, seed=0)
+
+
+def test_a_base_whose_tokenizer_does_not_separate_pairs_is_refused_for_a_pair_task(
+    tmp_path: Path, tiny_cfg: dict
+) -> None:
+    from tests.families import build_family
+    from tests.tiny import rt_texts
+    from trainflow.app.check import check_model
+    from trainflow.core.errors import ModelLoadError
+
+    gpt2 = build_family("gpt2", tmp_path / "gpt2", rt_texts(100))
+    tiny_cfg["model"]["base"] = str(gpt2)
+    tiny_cfg["data"]["text_pair_column"] = "text"
+    with pytest.raises(ModelLoadError, match="joins a text pair .* with nothing between the two texts"):
+        check_model(parse_config_dict(tiny_cfg))
+    del tiny_cfg["data"]["text_pair_column"]
+    assert check_model(parse_config_dict(tiny_cfg))  # single texts: fine
