@@ -94,6 +94,7 @@ def main() -> None:
               "int8_recipe": meta["quantization"]["chosen_recipe"], "package": str(package),
               "workers_per_gpu": cfg["hpo"]["workers_per_gpu"], "n_workers": cfg["hpo"]["n_workers"],
               "gpu": os.popen("nvidia-smi --query-gpu=name --format=csv,noheader").read().strip() or "none"}  # fmt: skip
+    metric = meta["hpo"]["metric"]  # the run's metric: accuracy, macro_f1 (multi-label), mse (regression), ...
     lines = [
         f"`benchmarks/gpu_flow.py --config {args.config.name}`, {result['date']} on {result['gpu']}: the real flow,"
         f" {result['trials']} trials x {cfg['train']['max_steps']} steps (batch {cfg['train']['batch_size']}),"
@@ -104,10 +105,11 @@ def main() -> None:
         *[f"| {k} | {v['tasks']} | {v['seconds']:.1f} |" for k, v in steps.items()],
         "",
         f"Run {run_s:.0f} s (process {wall:.0f} s); training share {result['train_share']:.0%}; all non-training"
-        f" steps {non_train:.0f} s; {trials_per_gpu_hour:.0f} trials per GPU-hour; best validation accuracy"
-        f" {meta['metrics']['validation'].get('accuracy', float('nan')):.4f}, test FP32"
-        f" {meta['metrics']['test_fp32_onnx']['accuracy']:.4f}, INT8 {meta['metrics']['test_int8_onnx']['accuracy']:.4f}"
-        f" ({result['int8_recipe']}); trial states {meta['hpo']['states']}.",
+        f" steps {non_train:.0f} s; {trials_per_gpu_hour:.0f} trials per GPU-hour; best validation {metric}"
+        f" {meta['metrics']['validation'].get(metric, float('nan')):.4f}, test FP32"
+        f" {meta['metrics']['test_fp32_onnx'].get(metric, float('nan')):.4f}, INT8"
+        f" {meta['metrics']['test_int8_onnx'].get(metric, float('nan')):.4f} ({result['int8_recipe']}); trial states"
+        f" {meta['hpo']['states']}.",
     ]
     if "distill" in steps:
         d = meta["distillation"]
