@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.export import export_and_check
-from stages.hpo_worker import run_trials
-from stages.prepare import prepare_run
 from stages.publish import publish_run
-from stages.quantize import quantize_model
-from stages.select import select_best
 from tests.faults.secret_scan import files_containing
+from tests.pipeline import searched_and_quantized
 from tests.postgres import postgres_server
 from tests.tiny import tiny_config
 from trainflow.core.config import parse_config_dict
@@ -44,11 +40,7 @@ def _pipeline(tmp: Path, model_dir: Path, storage: str) -> Path:
     raw["hpo"].update(n_trials=1, n_workers=1, pruner="none", storage=storage)
     raw["quantize"].update(search=False, recipes=[{"name": "u8s8-minmax"}])
     cfg = parse_config_dict(raw)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_trials(cfg=cfg, ctx=ctx, worker=0)
-    best, records = select_best(cfg=cfg, ctx=ctx)
-    exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
-    quant = quantize_model(cfg=cfg, ctx=ctx, exported=exported)
+    ctx, best, records, exported, quant = searched_and_quantized(cfg)
     package = publish_run(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
                           pathspec="TrainFlow/r1/publish/6", version="v1-r1")  # fmt: skip
     return Path(package.path)

@@ -7,7 +7,7 @@ from typing import Any
 from stages.prepare import prepare_run
 from stages.select import select_best
 from tests.tiny import ROOT
-from trainflow.core.config import parse_config_dict
+from trainflow.core.config import RunConfig, parse_config_dict
 from trainflow.data.dataset import load_split
 from trainflow.search.worker import run_worker
 
@@ -21,7 +21,12 @@ def ordinal_search(tiny_cfg: dict, **sections: Any):  # noqa: ANN201 - (cfg, ctx
         **sections,
     )
     tiny_cfg["hpo"].update(n_trials=1, n_workers=1, metric="mae")
-    cfg = parse_config_dict(tiny_cfg)
+    return one_trial(parse_config_dict(tiny_cfg))
+
+
+def one_trial(cfg: RunConfig):  # noqa: ANN201 - (cfg, ctx, best, records)
+    """Run key "r1": the config's search by worker 0 (its trial in the worker's own loop), then the
+    best trial."""
     ctx = prepare_run(cfg=cfg, run_key="r1")
     run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
                train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),

@@ -19,18 +19,16 @@ import pytest
 
 from stages.distill import pick_student, prepare_distillation, run_students
 from stages.export import export_and_check
-from stages.prepare import prepare_run
 from stages.publish import publish_run
 from stages.quantize import quantize_model
-from stages.select import select_best
 from tests.serving import server
+from tests.stages.ordinal import one_trial
 from tests.tiny import ROOT
 from trainflow.core.config import parse_config_dict
 from trainflow.data.dataset import load_split
 from trainflow.package import LabelSetPrediction, Prediction, ValuePrediction, load
 from trainflow.release.package import verify_package
 from trainflow.search import space as search_space
-from trainflow.search.worker import run_worker
 from trainflow.tasks.multilabel import multilabel_metrics
 from trainflow.tasks.regression import regression_metrics
 
@@ -43,13 +41,7 @@ def search(tiny_cfg: dict, task: dict, data: dict, **sections: Any):  # noqa: AN
     tiny_cfg["hpo"].update(n_trials=1, n_workers=1)
     tiny_cfg["hpo"].pop("metric", None)  # the task's default metric
     tiny_cfg["quantize"] = {**tiny_cfg.get("quantize", {}), "max_accuracy_drop": 1.0}  # a tiny model: open the gate
-    cfg = parse_config_dict(tiny_cfg)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_worker(cfg=cfg, storage=ctx.storage, study_name=ctx.study_name, worker=0,
-               train=load_split(ctx.snapshot, "train"), validation=load_split(ctx.snapshot, "validation"),
-               work_dir=ctx.path, group="r1")  # fmt: skip
-    best, records = select_best(cfg=cfg, ctx=ctx)
-    return cfg, ctx, best, records
+    return one_trial(parse_config_dict(tiny_cfg))
 
 
 def publish(cfg, ctx, best, records, model_dir: str, version: str = "v1", distilled=None) -> Path:  # noqa: ANN001

@@ -18,12 +18,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from stages.export import export_and_check
-from stages.hpo_worker import run_trials
-from stages.prepare import prepare_run
 from stages.publish import publish_run
-from stages.quantize import quantize_model
-from stages.select import select_best
+from tests.pipeline import searched_and_quantized
 from tests.serving import CLI, free_port, server
 from tests.tiny import tiny_config
 from trainflow.app.serve import prediction_dicts
@@ -51,11 +47,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     raw["hpo"].update(n_trials=1, n_workers=1, pruner="none")
     raw["quantize"]["recipes"] = [default_recipes()[0].model_dump()]
     cfg = parse_config_dict(raw)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_trials(cfg=cfg, ctx=ctx, worker=0)
-    best, records = select_best(cfg=cfg, ctx=ctx)
-    exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
-    quant = quantize_model(cfg=cfg, ctx=ctx, exported=exported)
+    ctx, best, records, exported, quant = searched_and_quantized(cfg)
     for version in ("v1", "v2"):
         publish_run(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
                     pathspec=f"TrainFlow/r1/publish/{version}", version=version)  # fmt: skip

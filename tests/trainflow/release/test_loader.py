@@ -17,12 +17,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from stages.export import export_and_check
-from stages.hpo_worker import run_trials
-from stages.prepare import prepare_run
 from stages.publish import publish_run
-from stages.quantize import quantize_model
-from stages.select import select_best
+from tests.pipeline import searched_and_quantized
 from tests.tiny import ROOT, rt_texts, tiny_config
 from trainflow.convert.onnx_model import OnnxTextModel
 from trainflow.core.config import default_recipes, parse_config_dict
@@ -48,11 +44,7 @@ def _build(tmp: Path, model_dir: Path, recipes: list[dict] | None = None, **quan
     if recipes is not None:
         raw["quantize"]["recipes"] = recipes
     cfg = parse_config_dict(raw)
-    ctx = prepare_run(cfg=cfg, run_key="r1")
-    run_trials(cfg=cfg, ctx=ctx, worker=0)
-    best, records = select_best(cfg=cfg, ctx=ctx)
-    exported = export_and_check(cfg=cfg, ctx=ctx, model_dir=best.model_dir)
-    quant = quantize_model(cfg=cfg, ctx=ctx, exported=exported)
+    ctx, best, records, exported, quant = searched_and_quantized(cfg)
     package = publish_run(cfg=cfg, ctx=ctx, best=best, records=records, exported=exported, quant=quant,
                           pathspec="TrainFlow/r1/publish/6", version="v1-r1")  # fmt: skip
     return Built(Path(package.path), load_split(ctx.snapshot, "test").texts)
